@@ -1,0 +1,213 @@
+"""Typed actions: what a rule asks to change, and the result of trying.
+
+Every action carries where it comes from (rule, SOP file, step), its target, a human
+reason, and a deterministic ``key`` (rule + step + record) that makes it exactly-once:
+the ledger never applies a key twice, created records carry the key in an external-id
+field (or in their text), and a rerun of the same day yields the same keys.
+
+Actions serialise to plain JSON (``to_dict``/``action_from_dict``) for plan files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from worker.errors import PlanFileError
+from worker.records import RecordRef
+
+
+class ActionKind(StrEnum):
+    UPDATE = "update"
+    CLOSE = "close"
+    CREATE_TASK = "create_task"
+    CASE_COMMENT = "case_comment"
+    SEND_EMAIL = "send_email"
+    CONVERT_LEAD = "convert_lead"
+
+
+class Outcome(StrEnum):
+    """Where an action ends up in the ledger."""
+
+    PLANNED = "planned"
+    SENT = "sent"  # handed to Salesforce, result not yet recorded
+    APPLIED = "applied"
+    FAILED = "failed"
+    CONFLICT = "conflict"
+    SKIPPED = "skipped"
+
+
+def make_key(rule: str, step: str, record_id: str) -> str:
+    """The deterministic key of a rule's step on one record."""
+    return f"{rule}:{step}:{record_id}"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    field: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    """Common metadata of every action."""
+
+    kind: ClassVar[ActionKind]
+
+    rule: str
+    sop: str
+    step: str
+    target: RecordRef
+    reason: str
+    key: str
+
+    def summary(self) -> str:
+        """One line saying what the action does, for tables."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        return _jsonable(data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateRecord(Action):
+    """Set fields on the target record."""
+
+    kind: ClassVar[ActionKind] = ActionKind.UPDATE
+    changes: tuple[FieldChange, ...]
+
+    def values(self) -> dict[str, Any]:
+        return {c.field: c.after for c in self.changes}
+
+    def summary(self) -> str:
+        return "; ".join(f"{c.field}: {_short(c.before)} -> {_short(c.after)}" for c in self.changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloseRecord(UpdateRecord):
+    """Set the fields that close the target (status, reason, notes)."""
+
+    kind: ClassVar[ActionKind] = ActionKind.CLOSE
+
+    def summary(self) -> str:
+        return "close: " + super().summary()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateTask(Action):
+    """Create a Task; ``fields`` are the Task's field values (API name -> value)."""
+
+    kind: ClassVar[ActionKind] = ActionKind.CREATE_TASK
+    subject: str
+    description: str
+    due: dt.date
+    owner_id: str | None
+    what_id: str | None
+    who_id: str | None
+    fields: Mapping[str, Any]
+
+    def summary(self) -> str:
+        return f"new Task {self.subject!r} due {self.due.isoformat()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddCaseComment(Action):
+    """Add a comment to the target Case (internal unless ``published``)."""
+
+    kind: ClassVar[ActionKind] = ActionKind.CASE_COMMENT
+    body: str
+    published: bool = False
+
+    def summary(self) -> str:
+        scope = "public" if self.published else "internal"
+        return f"{scope} comment {_short(self.body.splitlines()[0] if self.body else '')}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendEmail(Action):
+    """Send an email through Salesforce's standard ``emailSimple`` action, logged on a record."""
+
+    kind: ClassVar[ActionKind] = ActionKind.SEND_EMAIL
+    to_address: str
+    subject: str
+    body: str
+    log_on_id: str | None = None
+    sender_type: str | None = None
+    sender_address: str | None = None
+
+    def summary(self) -> str:
+        return f"email {self.subject!r} to {self.to_address}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertLead(Action):
+    """Convert the target Lead (SOAP ``convertLead``) into account, contact and opportunity."""
+
+    kind: ClassVar[ActionKind] = ActionKind.CONVERT_LEAD
+    converted_status: str
+    create_opportunity: bool = True
+    opportunity_name: str | None = None
+    owner_id: str | None = None
+
+    def summary(self) -> str:
+        opp = f", opportunity {self.opportunity_name!r}" if self.create_opportunity else ""
+        return f"convert lead ({self.converted_status}{opp})"
+
+
+ACTION_TYPES: dict[ActionKind, type[Action]] = {
+    cls.kind: cls
+    for cls in (UpdateRecord, CloseRecord, CreateTask, AddCaseComment, SendEmail, ConvertLead)
+}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What happened to one action when a sink tried it."""
+
+    key: str
+    outcome: Outcome
+    sf_id: str | None = None
+    error_code: str | None = None
+    message: str | None = None
+
+
+def action_from_dict(data: Mapping[str, Any]) -> Action:
+    """Rebuild an action from :meth:`Action.to_dict` output (a plan file entry)."""
+    try:
+        cls = ACTION_TYPES[ActionKind(data["kind"])]
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            raw = data[f.name]
+            if f.name == "target":
+                raw = RecordRef(**raw)
+            elif f.name == "changes":
+                raw = tuple(FieldChange(**c) for c in raw)
+            elif f.name == "due":
+                raw = dt.date.fromisoformat(raw)
+            values[f.name] = raw
+        return cls(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanFileError(f"action {data.get('key', '?')!r} is not valid: {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "(empty)" if value in (None, "") else str(value).replace("\n", " / ")
+    return text if len(text) <= width else text[: width - 1] + "…"

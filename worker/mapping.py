@@ -1,0 +1,207 @@
+"""The mapping file: everything org- and SOP-specific, validated when it is loaded.
+
+A mapping is a TOML file (``mappings/default.toml`` is the demo org's). It names the
+SOP files and steps, the day counts, the custom field API names and picklist values
+the rules use. The code holds none of these; a new org is a new mapping file.
+
+Layout::
+
+    [org]              time zone-independent org facts: key field, holiday calendar
+    [tasks]            Task picklist values the org uses (open/completed status, subtypes)
+    [objects.<Name>]   per sObject: the name field, extra fields and scope filters to pull
+    [retention]        how long cached records and audit rows are kept
+    precedence = [...] rule ids, strongest first, when two rules touch one record
+    [rules.<id>]       one section per rule, validated by that rule's settings model
+
+Every problem is reported with the file and the dotted key path, never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import MappingError
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class OrgSection(StrictModel):
+    name: str = Field(description="A label for the org, shown in plans and the audit.")
+    task_key_field: str = Field(
+        default="",
+        description="External-id field on Task holding the worker's action key; empty = "
+        "the key is written into the Task description and looked up before creating.",
+    )
+    holiday_country: str = Field(
+        default="US", description="ISO country of the business-day calendar."
+    )
+    holiday_subdivision: str | None = Field(
+        default=None, description="State or province for regional holidays, if any."
+    )
+    email_action_enabled: bool = Field(
+        default=False,
+        description="Send emails through Salesforce's emailSimple action; when false, "
+        "rules create a Task for a person to send the email instead.",
+    )
+
+
+class TaskSection(StrictModel):
+    open_status: str = "Not Started"
+    completed_statuses: tuple[str, ...] = ("Completed",)
+    priority: str = "Normal"
+    high_priority: str = "High"
+    type_field: str = Field(default="Type", description="Task field holding the kind of activity.")
+    call_type: str = "Call"
+    email_type: str = "Email"
+    call_subtype: str = "Call"
+    email_subtype: str = "Email"
+    task_subtype: str = "Task"
+
+
+class ObjectSection(StrictModel):
+    name_field: str = Field(default="Name", description="Field shown as the record's name.")
+    fields: tuple[str, ...] = Field(default=(), description="Extra fields to cache.")
+    filters: dict[str, tuple[str | bool | int, ...]] = Field(
+        default_factory=dict,
+        description="Scope filters: field -> allowed values (ANDed, values escaped).",
+    )
+
+
+class RetentionSection(StrictModel):
+    prospect_days: int = Field(default=730, ge=1, description="SOP retention: prospects 2 years.")
+    customer_days: int = Field(default=2555, ge=1, description="SOP retention: customers 7 years.")
+    customer_objects: tuple[str, ...] = ("Account", "Opportunity", "Case")
+    audit_days: int = Field(default=2555, ge=1)
+
+
+class RuleSettings(StrictModel):
+    """Base of every rule's mapping section."""
+
+    required_steps: ClassVar[tuple[str, ...]] = ()
+
+    enabled: bool = True
+    sop_file: str = Field(description="The SOP document this rule implements.")
+    steps: dict[str, str] = Field(description="Step id -> the SOP's own label for the step.")
+
+    @model_validator(mode="after")
+    def _all_steps_labelled(self) -> RuleSettings:
+        missing = [s for s in self.required_steps if s not in self.steps]
+        if missing:
+            raise ValueError(f"steps: no label for step(s) {', '.join(missing)}")
+        unknown = [s for s in self.steps if self.required_steps and s not in self.required_steps]
+        if unknown:
+            raise ValueError(f"steps: unknown step(s) {', '.join(unknown)}")
+        return self
+
+    def needs(self) -> dict[str, set[str]]:
+        """Fields this rule reads, per sObject, beyond the standard ones."""
+        return {}
+
+    def step_label(self, step_id: str) -> str:
+        return self.steps.get(step_id, step_id)
+
+
+class _MappingFile(StrictModel):
+    org: OrgSection
+    tasks: TaskSection = TaskSection()
+    objects: dict[str, ObjectSection] = Field(default_factory=dict)
+    retention: RetentionSection = RetentionSection()
+    precedence: tuple[str, ...] = ()
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _precedence_unique(self) -> _MappingFile:
+        if len(set(self.precedence)) != len(self.precedence):
+            raise ValueError("precedence lists a rule twice")
+        return self
+
+
+@dataclass(frozen=True)
+class OrgMapping:
+    """The parts of a mapping every rule may read."""
+
+    org: OrgSection
+    tasks: TaskSection
+    objects: Mapping[str, ObjectSection]
+
+    def name_field(self, sobject: str) -> str:
+        section = self.objects.get(sobject)
+        return section.name_field if section else "Name"
+
+
+@dataclass(frozen=True)
+class LoadedMapping:
+    path: str
+    common: OrgMapping
+    retention: RetentionSection
+    precedence: tuple[str, ...]
+    rules: Mapping[str, RuleSettings]
+
+
+def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]) -> LoadedMapping:
+    """Read and validate a mapping file against the known rules' settings models."""
+    shown = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MappingError(shown, [("", "file not found")]) from None
+    except OSError as exc:
+        raise MappingError(shown, [("", f"cannot read: {exc.strerror}")]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MappingError(shown, [("", f"not valid TOML: {exc}")]) from None
+
+    problems: list[tuple[str, str]] = []
+    try:
+        top = _MappingFile.model_validate(raw)
+    except ValidationError as exc:
+        raise MappingError(shown, _problems(exc)) from None
+
+    rules: dict[str, RuleSettings] = {}
+    for rule_id, section in top.rules.items():
+        model = rule_models.get(rule_id)
+        if model is None:
+            known = ", ".join(sorted(rule_models))
+            problems.append((f"rules.{rule_id}", f"unknown rule (known rules: {known})"))
+            continue
+        try:
+            rules[rule_id] = model.model_validate(section)
+        except ValidationError as exc:
+            problems.extend(_problems(exc, prefix=f"rules.{rule_id}"))
+    for i, rule_id in enumerate(top.precedence):
+        if rule_id not in rule_models:
+            problems.append((f"precedence[{i}]", f"unknown rule {rule_id!r}"))
+    if problems:
+        raise MappingError(shown, problems)
+    return LoadedMapping(
+        path=shown,
+        common=OrgMapping(org=top.org, tasks=top.tasks, objects=dict(top.objects)),
+        retention=top.retention,
+        precedence=top.precedence,
+        rules=rules,
+    )
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        key = ".".join(p for p in (prefix, loc) if p)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append((key, msg))
+    return out

@@ -1,0 +1,93 @@
+"""The two edges of the pipeline: where records come from and where actions go.
+
+``source -> cache -> rules -> plan -> sink -> audit``
+
+- A :class:`Source` fetches pages of raw records (REST JSON) for a set of object queries.
+  The live org and a fixture org on disk both implement it.
+- A :class:`Sink` writes actions and reports a typed result per action. The live org and
+  the local org write; :class:`~worker.sinks.DryRunSink` refuses every write.
+
+Both are driven by :mod:`worker.pipeline`, which owns the SQLite cache, the ledger and the
+audit log; sources and sinks never touch the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.actions import Action, ActionResult
+
+
+@dataclass(frozen=True)
+class ObjectQuery:
+    """What to read of one sObject: fields, scope filters, and the incremental window."""
+
+    sobject: str
+    fields: tuple[str, ...]
+    filters: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    since: dt.datetime | None = None  # inclusive lower bound on SystemModstamp (overlap applied)
+    until: dt.datetime | None = None  # inclusive upper bound: the run's start time
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of one object's records. ``deleted_ids`` are rows seen with IsDeleted."""
+
+    sobject: str
+    records: Sequence[Mapping[str, Any]]
+    deleted_ids: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class ApiUsage:
+    """The org's daily API allowance as last reported (``Sforce-Limit-Info``)."""
+
+    used: int
+    limit: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+
+class Source(Protocol):
+    name: str
+
+    def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
+        """Yield pages for every query; the caller commits each page before the next."""
+        ...
+
+    def api_calls(self) -> int:
+        """API calls spent so far by this source (0 for a local org)."""
+        ...
+
+    def usage(self) -> ApiUsage | None: ...
+
+
+class Sink(Protocol):
+    name: str
+    can_write: bool
+
+    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        """SystemModstamp of each target as the org has it now (missing id = deleted)."""
+        ...
+
+    def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        """Apply actions; one result per action, in order. Must not raise per-record errors."""
+        ...
+
+    def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
+        """For actions whose earlier write had an unknown outcome: a result if the org shows
+        the action took effect (or cannot have), ``None`` if it is safe to send again."""
+        ...
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        """API calls that writing these actions will spend."""
+        ...
+
+    def api_calls(self) -> int: ...
+
+    def usage(self) -> ApiUsage | None: ...

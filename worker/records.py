@@ -1,0 +1,218 @@
+"""Records as the rules see them: immutable, typed readers over Salesforce REST JSON.
+
+A :class:`Record` wraps the JSON of one sObject row as ``query`` returns it. Its readers
+(:meth:`Record.date`, :meth:`Record.number`, ...) raise :class:`~worker.errors.RecordError`
+on a malformed value, so a rule never guesses: the runner records the error, skips that
+record and goes on with the rest.
+
+A :class:`Snapshot` is every cached record of one cycle with the indexes rules need
+(Tasks by WhatId/WhoId, CaseComments by ParentId, children by lookup field).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
+from typing import Any
+
+from worker import schema
+from worker.errors import RecordError
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Points at one Salesforce record, with the stamp it had when it was read."""
+
+    sobject: str
+    id: str
+    name: str = ""
+    stamp: str | None = None
+
+    def label(self) -> str:
+        return f"{self.sobject} {self.name or self.id}"
+
+
+def parse_sf_datetime(value: str) -> dt.datetime:
+    """Parse Salesforce's datetime format (``2026-09-23T14:05:00.000+0000``) to aware UTC."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    elif len(text) >= 5 and text[-5] in "+-" and text[-4:].isdigit():
+        text = f"{text[:-2]}:{text[-2:]}"
+    parsed = dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def format_sf_datetime(value: dt.datetime) -> str:
+    """Format an aware datetime as Salesforce writes it (UTC, milliseconds, ``+0000``)."""
+    utc = value.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}+0000"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sObject row. ``fields`` is the REST JSON without ``attributes``."""
+
+    sobject: str
+    id: str
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], sobject: str | None = None) -> Record:
+        attrs = raw.get(schema.ATTRIBUTES) or {}
+        kind = sobject or attrs.get("type")
+        rid = raw.get(schema.ID)
+        if not kind or not isinstance(kind, str):
+            raise RecordError(str(rid or "?"), schema.ATTRIBUTES, "no sObject type")
+        if not rid or not isinstance(rid, str):
+            raise RecordError("?", schema.ID, f"{kind} record without an Id")
+        body = {k: v for k, v in raw.items() if k != schema.ATTRIBUTES}
+        return cls(sobject=kind, id=rid, fields=body)
+
+    def to_json(self) -> dict[str, Any]:
+        return {schema.ATTRIBUTES: {"type": self.sobject}, **self.fields}
+
+    # -- readers -------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        """The raw value of a field; a dotted name walks relationships (``Owner.Name``)."""
+        value: Any = self.fields
+        for part in name.split("."):
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    def has(self, name: str) -> bool:
+        return self.get(name) not in (None, "")
+
+    def text(self, name: str) -> str | None:
+        value = self.get(name)
+        if value is None or value == "":
+            return None
+        if isinstance(value, (dict, list)):
+            raise RecordError(self.id, name, f"expected text, got {type(value).__name__}")
+        return str(value)
+
+    def flag(self, name: str) -> bool:
+        value = self.get(name)
+        if value is None:
+            return False
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise RecordError(self.id, name, f"expected a checkbox (true/false), got {value!r}")
+
+    def date(self, name: str) -> dt.date | None:
+        value = self.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise RecordError(self.id, name, f"expected a date, got {value!r}")
+        try:
+            if "T" in value:
+                return parse_sf_datetime(value).date()
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise RecordError(self.id, name, f"not a date: {value!r}") from None
+
+    def datetime(self, name: str) -> dt.datetime | None:
+        value = self.get(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise RecordError(self.id, name, f"expected a datetime, got {value!r}")
+        try:
+            return parse_sf_datetime(value)
+        except ValueError:
+            raise RecordError(self.id, name, f"not a datetime: {value!r}") from None
+
+    def number(self, name: str) -> Decimal | None:
+        value = self.get(name)
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            raise RecordError(self.id, name, f"expected a number, got {value!r}")
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise RecordError(self.id, name, f"not a number: {value!r}") from None
+
+    def ref(self, name_field: str | None = None) -> RecordRef:
+        name = self.text(name_field) if name_field else None
+        return RecordRef(
+            sobject=self.sobject,
+            id=self.id,
+            name=name or "",
+            stamp=self.text(schema.SYSTEM_MODSTAMP),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All cached records of one cycle, by sObject, with lookup indexes built on demand."""
+
+    records: Mapping[str, tuple[Record, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, records: Iterable[Record]) -> Snapshot:
+        grouped: dict[str, list[Record]] = defaultdict(list)
+        for rec in records:
+            grouped[rec.sobject].append(rec)
+        return cls({k: tuple(sorted(v, key=lambda r: r.id)) for k, v in grouped.items()})
+
+    def of(self, sobject: str) -> tuple[Record, ...]:
+        return self.records.get(sobject, ())
+
+    @cached_property
+    def _by_id(self) -> dict[str, Record]:
+        return {r.id: r for recs in self.records.values() for r in recs}
+
+    def get(self, record_id: str | None) -> Record | None:
+        return self._by_id.get(record_id) if record_id else None
+
+    @cached_property
+    def _children(self) -> dict[tuple[str, str], dict[str, list[Record]]]:
+        return {}
+
+    def children(self, sobject: str, lookup_field: str, parent_id: str) -> tuple[Record, ...]:
+        """Records of ``sobject`` whose ``lookup_field`` points at ``parent_id``."""
+        index = self._children.get((sobject, lookup_field))
+        if index is None:
+            index = defaultdict(list)
+            for rec in self.of(sobject):
+                value = rec.get(lookup_field)
+                if isinstance(value, str) and value:
+                    index[value].append(rec)
+            self._children[(sobject, lookup_field)] = index
+        return tuple(index.get(parent_id, ()))
+
+    def tasks_for(self, record_id: str) -> tuple[Record, ...]:
+        """Tasks whose WhatId or WhoId is the record, oldest activity first."""
+        seen: dict[str, Record] = {}
+        for lookup in (schema.WHAT_ID, schema.WHO_ID):
+            for task in self.children(schema.TASK, lookup, record_id):
+                seen[task.id] = task
+        return tuple(sorted(seen.values(), key=_activity_order))
+
+    def comments_for(self, case_id: str) -> tuple[Record, ...]:
+        return tuple(
+            sorted(
+                self.children(schema.CASE_COMMENT, schema.PARENT_ID, case_id),
+                key=lambda c: (str(c.get(schema.CREATED_DATE) or ""), c.id),
+            )
+        )
+
+
+def _activity_order(task: Record) -> tuple[str, str, str]:
+    return (
+        str(task.get(schema.ACTIVITY_DATE) or ""),
+        str(task.get(schema.CREATED_DATE) or ""),
+        task.id,
+    )

@@ -1,0 +1,25 @@
+"""The rules, one module per SOP, run from one explicit ordered list.
+
+To add a rule: write ``worker/rules/<name>.py`` exposing ``RULE`` (see
+:mod:`worker.rules.base`), append it to :data:`ALL_RULES`, and give it a
+``[rules.<id>]`` section in the mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from worker.mapping import RuleSettings
+from worker.rules import payment_followup
+from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict, evaluate_rule
+
+ALL_RULES: tuple[Rule[RuleSettings], ...] = (
+    payment_followup.RULE,  # type: ignore[list-item]
+)
+
+
+def rule_models() -> Mapping[str, type[RuleSettings]]:
+    return {rule.id: rule.settings_model for rule in ALL_RULES}
+
+
+__all__ = ["ALL_RULES", "Evaluation", "Rule", "SkippedStep", "Verdict", "evaluate_rule", "rule_models"]

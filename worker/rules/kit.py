@@ -1,0 +1,324 @@
+"""Pure helpers shared by the rule modules: building actions, reading the worker's own
+Tasks back, notes fields, templates, business days and month arithmetic.
+
+Nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import holidays
+from dateutil.relativedelta import relativedelta
+
+from worker import schema
+from worker.actions import (
+    AddCaseComment,
+    CloseRecord,
+    ConvertLead,
+    CreateTask,
+    FieldChange,
+    SendEmail,
+    UpdateRecord,
+    make_key,
+)
+from worker.errors import ConfigError, TemplateError
+from worker.mapping import OrgMapping, RuleSettings
+from worker.records import Record, RecordRef
+
+Channel = Literal["call", "email", "task"]
+
+_MARKER = re.compile(r"\[sop-worker ([^\]\s]+)\]")
+
+
+def key_marker(key: str) -> str:
+    """The tag that carries an action key inside text (Task description, CaseComment)."""
+    return f"[sop-worker {key}]"
+
+
+def keys_in_text(text: str | None) -> list[str]:
+    return _MARKER.findall(text or "")
+
+
+def task_key(task: Record, org: OrgMapping) -> str | None:
+    """The worker's action key on a Task: its external-id field, else the text marker."""
+    if org.org.task_key_field:
+        value = task.get(org.org.task_key_field)
+        if isinstance(value, str) and value:
+            return value
+    found = keys_in_text(task.text(schema.DESCRIPTION))
+    return found[0] if found else None
+
+
+def worker_tasks(
+    snapshot: Any, record_id: str, rule_id: str, org: OrgMapping
+) -> dict[str, Record]:
+    """The Tasks this rule created on a record, by action key."""
+    out: dict[str, Record] = {}
+    prefix = f"{rule_id}:"
+    for task in snapshot.tasks_for(record_id):
+        key = task_key(task, org)
+        if key and key.startswith(prefix) and key.endswith(f":{record_id}"):
+            out[key] = task
+    return out
+
+
+def comment_keys(comments: Iterable[Record], rule_id: str) -> dict[str, Record]:
+    """CaseComments written by this rule, by the action key embedded in their body."""
+    out: dict[str, Record] = {}
+    for comment in comments:
+        for key in keys_in_text(comment.text(schema.COMMENT_BODY)):
+            if key.startswith(f"{rule_id}:"):
+                out[key] = comment
+    return out
+
+
+def is_completed(task: Record, org: OrgMapping) -> bool:
+    if task.flag(schema.IS_CLOSED):
+        return True
+    return (task.text(schema.STATUS) or "") in org.tasks.completed_statuses
+
+
+def append_line(existing: str | None, line: str, max_chars: int) -> str:
+    """Append ``line`` to a notes field; when over ``max_chars`` drop the oldest lines.
+
+    The newest line always survives (cut with an ellipsis if it alone is too long).
+    """
+    line = line.strip()
+    if len(line) > max_chars:
+        return line[: max_chars - 1] + "…"
+    lines = [ln for ln in (existing or "").splitlines() if ln.strip()]
+    lines.append(line)
+    while len("\n".join(lines)) > max_chars:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def render(template: str, values: Mapping[str, Any], name: str, record_id: str | None = None) -> str:
+    """Fill ``{placeholder}`` fields; a missing or empty value is an error, never a blank."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise TemplateError(name, f"malformed template: {exc}", record_id) from None
+    for _, placeholder, _, _ in parsed:
+        if placeholder is None:
+            continue
+        value = values.get(placeholder)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise TemplateError(name, placeholder, record_id)
+    return template.format_map(dict(values))
+
+
+def template_placeholders(template: str) -> set[str]:
+    return {p for _, p, _, _ in string.Formatter().parse(template) if p}
+
+
+def add_months(day: dt.date, months: int) -> dt.date:
+    """Calendar months, clamped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
+    result: dt.date = day + relativedelta(months=months)
+    return result
+
+
+@dataclass(frozen=True)
+class BusinessCalendar:
+    """Weekdays minus the public holidays of a country (and subdivision)."""
+
+    country: str
+    subdivision: str | None = None
+
+    def is_business_day(self, day: dt.date) -> bool:
+        return day.weekday() < 5 and day not in _holidays(self.country, self.subdivision, day.year)
+
+    def add(self, start: dt.date, days: int) -> dt.date:
+        """The business day ``days`` business days after ``start`` (0 = start itself, rolled
+        forward to a business day)."""
+        day = start
+        while not self.is_business_day(day):
+            day += dt.timedelta(days=1)
+        remaining = days
+        while remaining > 0:
+            day += dt.timedelta(days=1)
+            if self.is_business_day(day):
+                remaining -= 1
+        return day
+
+    def between(self, start: dt.date, end: dt.date) -> int:
+        """Business days after ``start`` up to and including ``end`` (0 when end <= start)."""
+        count = 0
+        day = start
+        while day < end:
+            day += dt.timedelta(days=1)
+            if self.is_business_day(day):
+                count += 1
+        return count
+
+
+@lru_cache(maxsize=64)
+def _holidays(country: str, subdivision: str | None, year: int) -> holidays.HolidayBase:
+    try:
+        return holidays.country_holidays(country, subdiv=subdivision, years=year)
+    except NotImplementedError:
+        raise ConfigError(
+            f"holiday calendar: country {country!r} / subdivision {subdivision!r} is not known"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Builds one record's actions with the rule's metadata filled in."""
+
+    rule: str
+    settings: RuleSettings
+    org: OrgMapping
+    record: Record
+    target: RecordRef
+
+    @classmethod
+    def on(cls, rule: str, settings: RuleSettings, org: OrgMapping, record: Record) -> Emit:
+        return cls(rule, settings, org, record, record.ref(org.name_field(record.sobject)))
+
+    def key(self, step_key: str) -> str:
+        return make_key(self.rule, step_key, self.record.id)
+
+    def _meta(self, step_id: str, step_key: str | None, reason: str) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "sop": self.settings.sop_file,
+            "step": self.settings.step_label(step_id),
+            "target": self.target,
+            "reason": reason,
+            "key": self.key(step_key or step_id),
+        }
+
+    def task(
+        self,
+        step_id: str,
+        *,
+        subject: str,
+        description: str,
+        due: dt.date,
+        reason: str,
+        channel: Channel = "task",
+        owner_id: str | None = None,
+        who_id: str | None = None,
+        what_id: str | None = None,
+        high_priority: bool = False,
+        step_key: str | None = None,
+    ) -> CreateTask:
+        """A Task on the record: on WhoId for a Lead or Contact, else on WhatId."""
+        meta = self._meta(step_id, step_key, reason)
+        tasks = self.org.tasks
+        if self.record.sobject in (schema.LEAD, "Contact"):
+            who_id = who_id or self.record.id
+        else:
+            what_id = what_id or self.record.id
+        if who_id and who_id.startswith(schema.LEAD_ID_PREFIX):
+            what_id = None  # Salesforce rejects a WhatId beside a Lead WhoId
+        task_type, subtype = {
+            "call": (tasks.call_type, tasks.call_subtype),
+            "email": (tasks.email_type, tasks.email_subtype),
+            "task": (None, tasks.task_subtype),
+        }[channel]
+        body = description
+        fields: dict[str, Any] = {
+            schema.STATUS: tasks.open_status,
+            schema.PRIORITY: tasks.high_priority if high_priority else tasks.priority,
+            schema.TASK_SUBTYPE: subtype,
+        }
+        if task_type:
+            fields[tasks.type_field] = task_type
+        if self.org.org.task_key_field:
+            fields[self.org.org.task_key_field] = meta["key"]
+        else:
+            body = f"{description}\n\n{key_marker(meta['key'])}"
+        owner = owner_id or self.record.text(schema.OWNER_ID)
+        return CreateTask(
+            **meta,
+            subject=subject[: schema.SUBJECT_MAX_CHARS],
+            description=body,
+            due=due,
+            owner_id=owner,
+            what_id=what_id,
+            who_id=who_id,
+            fields=fields,
+        )
+
+    def changes(self, values: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+        return tuple(
+            FieldChange(name, self.record.get(name), value)
+            for name, value in values.items()
+            if self.record.get(name) != value
+        )
+
+    def update(
+        self, step_id: str, values: Mapping[str, Any], *, reason: str, step_key: str | None = None
+    ) -> UpdateRecord | None:
+        """Set fields; ``None`` when every field already holds its new value."""
+        changes = self.changes(values)
+        if not changes:
+            return None
+        return UpdateRecord(**self._meta(step_id, step_key, reason), changes=changes)
+
+    def close(
+        self, step_id: str, values: Mapping[str, Any], *, reason: str, step_key: str | None = None
+    ) -> CloseRecord | None:
+        changes = self.changes(values)
+        if not changes:
+            return None
+        return CloseRecord(**self._meta(step_id, step_key, reason), changes=changes)
+
+    def comment(
+        self,
+        step_id: str,
+        body: str,
+        *,
+        reason: str,
+        published: bool = False,
+        step_key: str | None = None,
+    ) -> AddCaseComment:
+        meta = self._meta(step_id, step_key, reason)
+        marker = key_marker(meta["key"])
+        room = schema.COMMENT_BODY_MAX_BYTES - len(marker.encode()) - 2
+        text = body.encode()[:room].decode(errors="ignore")
+        return AddCaseComment(**meta, body=f"{text}\n\n{marker}", published=published)
+
+    def email(
+        self,
+        step_id: str,
+        *,
+        to_address: str,
+        subject: str,
+        body: str,
+        reason: str,
+        step_key: str | None = None,
+    ) -> SendEmail:
+        return SendEmail(
+            **self._meta(step_id, step_key, reason),
+            to_address=to_address,
+            subject=subject,
+            body=body,
+            log_on_id=self.record.id,
+        )
+
+    def convert(
+        self,
+        step_id: str,
+        *,
+        converted_status: str,
+        reason: str,
+        opportunity_name: str | None = None,
+        step_key: str | None = None,
+    ) -> ConvertLead:
+        return ConvertLead(
+            **self._meta(step_id, step_key, reason),
+            converted_status=converted_status,
+            create_opportunity=True,
+            opportunity_name=opportunity_name,
+            owner_id=self.record.text(schema.OWNER_ID),
+        )

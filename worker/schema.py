@@ -1,0 +1,56 @@
+"""Salesforce's own standard field names: fixed by the platform, the same in every org.
+
+Only the platform's schema lives here. Anything an org chooses (custom fields, picklist
+values, which Task marks a reply) lives in ``mappings/``.
+"""
+
+from __future__ import annotations
+
+ID = "Id"
+SYSTEM_MODSTAMP = "SystemModstamp"
+IS_DELETED = "IsDeleted"
+ATTRIBUTES = "attributes"
+
+TASK = "Task"
+CASE_COMMENT = "CaseComment"
+LEAD = "Lead"
+CASE = "Case"
+
+# Task
+WHAT_ID = "WhatId"
+WHO_ID = "WhoId"
+OWNER_ID = "OwnerId"
+SUBJECT = "Subject"
+DESCRIPTION = "Description"
+ACTIVITY_DATE = "ActivityDate"
+STATUS = "Status"
+PRIORITY = "Priority"
+TASK_SUBTYPE = "TaskSubtype"
+IS_CLOSED = "IsClosed"
+CREATED_DATE = "CreatedDate"
+COMPLETED_DATE = "CompletedDateTime"
+
+# CaseComment
+PARENT_ID = "ParentId"
+COMMENT_BODY = "CommentBody"
+IS_PUBLISHED = "IsPublished"
+
+# Lead
+IS_CONVERTED = "IsConverted"
+
+# Limits the platform enforces on what the worker writes.
+SUBJECT_MAX_CHARS = 255
+COMMENT_BODY_MAX_BYTES = 4000
+TASK_DESCRIPTION_MAX_CHARS = 32000
+
+# Id prefixes (key prefixes) the worker needs to tell a Lead from a Contact in WhoId.
+LEAD_ID_PREFIX = "00Q"
+CONTACT_ID_PREFIX = "003"
+
+# Fields every cached record carries, whatever the mapping asks for.
+ALWAYS_FIELDS = (ID, SYSTEM_MODSTAMP, IS_DELETED)
+TASK_FIELDS = (
+    WHAT_ID, WHO_ID, OWNER_ID, SUBJECT, DESCRIPTION, ACTIVITY_DATE, STATUS, IS_CLOSED,
+    TASK_SUBTYPE, CREATED_DATE,
+)
+CASE_COMMENT_FIELDS = (PARENT_ID, COMMENT_BODY, IS_PUBLISHED, CREATED_DATE)
