@@ -72,7 +72,8 @@ class Action:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind.value
-        return _jsonable(data)
+        out: dict[str, Any] = _jsonable(data)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +87,9 @@ class UpdateRecord(Action):
         return {c.field: c.after for c in self.changes}
 
     def summary(self) -> str:
-        return "; ".join(f"{c.field}: {_short(c.before)} -> {_short(c.after)}" for c in self.changes)
+        return "; ".join(
+            f"{c.field}: {_short(c.before)} -> {_short(c.after)}" for c in self.changes
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -56,9 +56,7 @@ def task_key(task: Record, org: OrgMapping) -> str | None:
     return found[0] if found else None
 
 
-def worker_tasks(
-    snapshot: Any, record_id: str, rule_id: str, org: OrgMapping
-) -> dict[str, Record]:
+def worker_tasks(snapshot: Any, record_id: str, rule_id: str, org: OrgMapping) -> dict[str, Record]:
     """The Tasks this rule created on a record, by action key."""
     out: dict[str, Record] = {}
     prefix = f"{rule_id}:"
@@ -100,7 +98,9 @@ def append_line(existing: str | None, line: str, max_chars: int) -> str:
     return "\n".join(lines)
 
 
-def render(template: str, values: Mapping[str, Any], name: str, record_id: str | None = None) -> str:
+def render(
+    template: str, values: Mapping[str, Any], name: str, record_id: str | None = None
+) -> str:
     """Fill ``{placeholder}`` fields; a missing or empty value is an error, never a blank."""
     try:
         parsed = list(string.Formatter().parse(template))

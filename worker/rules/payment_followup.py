@@ -80,8 +80,14 @@ class PaymentFollowupSettings(RuleSettings):
 
     def needs(self) -> dict[str, set[str]]:
         fields = {
-            self.payment_field, self.stage_field, self.close_date_field, self.resolved_field,
-            self.status_field, self.closed_reason_field, self.log_field, schema.OWNER_ID,
+            self.payment_field,
+            self.stage_field,
+            self.close_date_field,
+            self.resolved_field,
+            self.status_field,
+            self.closed_reason_field,
+            self.log_field,
+            schema.OWNER_ID,
             "Account.Name",
         }
         if self.response_flag_field:
@@ -92,8 +98,11 @@ class PaymentFollowupSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: PaymentFollowupSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (r for r in snapshot.of(settings.sobject)
-            if r.text(settings.payment_field) in settings.payment_values)
+    return (
+        r
+        for r in snapshot.of(settings.sobject)
+        if r.text(settings.payment_field) in settings.payment_values
+    )
 
 
 def decide(
@@ -131,7 +140,8 @@ def decide(
             Verdict.NOT_DUE,
             f"day {age} since {s.close_date_field} {close_date}; cadence starts on day "
             f"{s.start_after_days + 1}",
-            next_due=start, next_step=s.step_label("initial"),
+            next_due=start,
+            next_step=s.step_label("initial"),
         )
 
     done = worker_tasks(snapshot, record.id, RULE_ID, org)
@@ -156,8 +166,10 @@ def decide(
         final_day = final_task.date(schema.ACTIVITY_DATE) if final_task else None
         if final_day is not None and final_day >= as_of:
             return verdict(
-                Verdict.NOT_DUE, f"{since}; final attempt made {final_day}, close-out the day after",
-                next_due=final_day + dt.timedelta(days=1), next_step=s.step_label("closeout"),
+                Verdict.NOT_DUE,
+                f"{since}; final attempt made {final_day}, close-out the day after",
+                next_due=final_day + dt.timedelta(days=1),
+                next_step=s.step_label("closeout"),
             )
         note = render(s.closeout_note, values, f"rules.{RULE_ID}.closeout_note", record.id)
         action = emit.close(
@@ -169,31 +181,59 @@ def decide(
             },
             reason=f"{since}, no response logged",
         )
-        skipped = ()
+        skipped: tuple[SkippedStep, ...] = ()
         if final_task is None:
-            skipped = (SkippedStep(emit.key("final"), s.step_label("final"),
-                                   close_date + dt.timedelta(days=s.final_attempt_day),
-                                   "late_policy=close_now: closed without a final attempt"),)
-        return verdict(Verdict.ACT, f"{since}, no response logged",
-                       actions=tuple(a for a in (action,) if a), skipped=skipped)
+            skipped = (
+                SkippedStep(
+                    emit.key("final"),
+                    s.step_label("final"),
+                    close_date + dt.timedelta(days=s.final_attempt_day),
+                    "late_policy=close_now: closed without a final attempt",
+                ),
+            )
+        return verdict(
+            Verdict.ACT,
+            f"{since}, no response logged",
+            actions=tuple(a for a in (action,) if a),
+            skipped=skipped,
+        )
 
     # Step 3: the final attempt, on the final day (or at once when first seen later).
     if age >= s.final_attempt_day:
         if final_task is not None:
             return verdict(
-                Verdict.NOT_DUE, f"{since}; final attempt made, close-out after day "
-                f"{s.final_attempt_day}",
+                Verdict.NOT_DUE,
+                f"{since}; final attempt made, close-out after day {s.final_attempt_day}",
                 next_due=close_date + dt.timedelta(days=s.final_attempt_day + 1),
                 next_step=s.step_label("closeout"),
             )
         n = len(attempts) + 1
-        return _attempt(emit, s, record, values | {"attempt": n}, as_of, "final", "final", n,
-                        f"{since}: final attempt before close-out", channel="call")
+        return _attempt(
+            emit,
+            s,
+            record,
+            values | {"attempt": n},
+            as_of,
+            "final",
+            "final",
+            n,
+            f"{since}: final attempt before close-out",
+            channel="call",
+        )
 
     # Step 2: initial contact, then follow-ups every N days.
     if not attempts:
-        return _attempt(emit, s, record, values | {"attempt": 1}, as_of, "initial", "initial", 1,
-                        f"{since}, more than {s.start_after_days} days: contact immediately")
+        return _attempt(
+            emit,
+            s,
+            record,
+            values | {"attempt": 1},
+            as_of,
+            "initial",
+            "initial",
+            1,
+            f"{since}, more than {s.start_after_days} days: contact immediately",
+        )
     last = attempts[-1]
     last_day = last.date(schema.ACTIVITY_DATE) or as_of
     log = _log_missing(emit, s, record, last, attempts, org)
@@ -203,21 +243,34 @@ def decide(
             Verdict.ACT if log else Verdict.NOT_DUE,
             f"{since}; attempt {len(attempts)} on {last_day}, next follow-up {next_due}",
             actions=tuple(a for a in (log,) if a),
-            next_due=next_due, next_step=s.step_label("followup"),
+            next_due=next_due,
+            next_step=s.step_label("followup"),
         )
     n = len(attempts) + 1
     missed = []
     due = next_due
     while due + dt.timedelta(days=s.follow_up_every_days) <= as_of:
-        missed.append(SkippedStep(
-            emit.key(f"followup-missed-{due.isoformat()}"), s.step_label("followup"), due,
-            "fell due while the worker was not running; catch-up does the step due now only",
-        ))
+        missed.append(
+            SkippedStep(
+                emit.key(f"followup-missed-{due.isoformat()}"),
+                s.step_label("followup"),
+                due,
+                "fell due while the worker was not running; catch-up does the step due now only",
+            )
+        )
         due += dt.timedelta(days=s.follow_up_every_days)
-    evaluation = _attempt(emit, s, record, values | {"attempt": n}, as_of, "followup",
-                          f"followup-{n}", n,
-                          f"{since}; last attempt {last_day}, follow-up every "
-                          f"{s.follow_up_every_days} days, no response logged")
+    evaluation = _attempt(
+        emit,
+        s,
+        record,
+        values | {"attempt": n},
+        as_of,
+        "followup",
+        f"followup-{n}",
+        n,
+        f"{since}; last attempt {last_day}, follow-up every "
+        f"{s.follow_up_every_days} days, no response logged",
+    )
     return Evaluation(**{**evaluation.__dict__, "skipped": tuple(missed)})
 
 
@@ -234,35 +287,56 @@ def _attempt(
     channel: Literal["call", "email", "task"] = "call",
 ) -> Evaluation:
     where = f"rules.{RULE_ID}"
-    subject_t = {"initial": s.initial_subject, "followup": s.followup_subject,
-                 "final": s.final_subject}[step_id]
+    subject_t = {
+        "initial": s.initial_subject,
+        "followup": s.followup_subject,
+        "final": s.final_subject,
+    }[step_id]
     desc_t = s.final_description if step_id == "final" else s.attempt_description
     subject = render(subject_t, values, f"{where}.{step_id}_subject", record.id)
     task = emit.task(
-        step_id, subject=subject,
-        description=render(desc_t, values, f"{where}.{'final' if step_id == 'final' else 'attempt'}"
-                           "_description", record.id),
-        due=as_of, reason=reason, channel=channel, high_priority=step_id == "final",
+        step_id,
+        subject=subject,
+        description=render(
+            desc_t,
+            values,
+            f"{where}.{'final' if step_id == 'final' else 'attempt'}_description",
+            record.id,
+        ),
+        due=as_of,
+        reason=reason,
+        channel=channel,
+        high_priority=step_id == "final",
         step_key=step_key,
     )
     line = _log_text(s, n, subject, as_of)
     log = emit.update(
-        "log", {s.log_field: append_line(record.text(s.log_field), line, s.log_max_chars)},
-        reason=f"log attempt {n} in {s.log_field}", step_key=f"{step_key}-log",
+        "log",
+        {s.log_field: append_line(record.text(s.log_field), line, s.log_max_chars)},
+        reason=f"log attempt {n} in {s.log_field}",
+        step_key=f"{step_key}-log",
     )
     actions: tuple[Action, ...] = tuple(a for a in (task, log) if a)
-    return Evaluation(rule=RULE_ID, target=emit.target, verdict=Verdict.ACT, why=reason,
-                      actions=actions)
+    return Evaluation(
+        rule=RULE_ID, target=emit.target, verdict=Verdict.ACT, why=reason, actions=actions
+    )
 
 
 def _log_text(s: PaymentFollowupSettings, n: int, subject: str, day: dt.date) -> str:
-    return render(s.log_line, {"date": day.isoformat(), "attempt": n, "subject": subject},
-                  f"rules.{RULE_ID}.log_line")
+    return render(
+        s.log_line,
+        {"date": day.isoformat(), "attempt": n, "subject": subject},
+        f"rules.{RULE_ID}.log_line",
+    )
 
 
 def _log_missing(
-    emit: Emit, s: PaymentFollowupSettings, record: Record, last: Record,
-    attempts: list[Record], org: OrgMapping,
+    emit: Emit,
+    s: PaymentFollowupSettings,
+    record: Record,
+    last: Record,
+    attempts: list[Record],
+    org: OrgMapping,
 ) -> Action | None:
     """Re-emit the newest attempt's log line if it never reached the notes field."""
     n = len(attempts)
@@ -275,13 +349,18 @@ def _log_missing(
     if line in (record.text(s.log_field) or ""):
         return None
     return emit.update(
-        "log", {s.log_field: append_line(record.text(s.log_field), line, s.log_max_chars)},
-        reason=f"attempt {n} was not yet logged in {s.log_field}", step_key=f"{step_key}-log",
+        "log",
+        {s.log_field: append_line(record.text(s.log_field), line, s.log_max_chars)},
+        reason=f"attempt {n} was not yet logged in {s.log_field}",
+        step_key=f"{step_key}-log",
     )
 
 
 def _response(
-    record: Record, snapshot: Snapshot, s: PaymentFollowupSettings, org: OrgMapping,
+    record: Record,
+    snapshot: Snapshot,
+    s: PaymentFollowupSettings,
+    org: OrgMapping,
     close_date: dt.date,
 ) -> str | None:
     if s.response_flag_field and record.flag(s.response_flag_field):

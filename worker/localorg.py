@@ -1,0 +1,290 @@
+"""A Salesforce org kept on disk: the demo org, test fixtures, and offline runs.
+
+Layout of an org folder::
+
+    manifest.json          {"name", "as_of", "description"}: as_of is the org's own "today",
+                           the default as-of date whenever this org is used
+    records/*.json         REST query responses ({"totalSize", "done", "records": [...]}),
+                           each record typed by attributes.type, any number of files
+
+The same folder is both a :class:`~worker.ports.Source` and a :class:`~worker.ports.Sink`.
+Writes never touch the fixture files: a working copy is made beside the SQLite database on
+the first write and used from then on, so a cycle can be repeated day after day offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker import schema
+from worker.actions import (
+    Action,
+    ActionResult,
+    AddCaseComment,
+    ConvertLead,
+    CreateTask,
+    Outcome,
+    SendEmail,
+    UpdateRecord,
+)
+from worker.errors import ConfigError
+from worker.records import format_sf_datetime
+from worker.rules.kit import key_marker
+
+MANIFEST = "manifest.json"
+RECORDS_DIR = "records"
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    as_of: dt.date
+    description: str = ""
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"local org {folder}: no {MANIFEST}; is this an org folder?") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {key}: {first['msg']}") from None
+
+
+def iter_raw_records(folder: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of every response file under ``records/``, in file order."""
+    base = Path(folder) / RECORDS_DIR
+    if not base.is_dir():
+        raise ConfigError(f"local org {folder}: no {RECORDS_DIR}/ folder")
+    for path in sorted(base.glob("*.json")):
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list):
+            raise ConfigError(f"{path}: expected a query response with a 'records' list")
+        yield from records
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+_PREFIXES = {
+    "Task": "00T",
+    "CaseComment": "00a",
+    "Account": "001",
+    "Contact": "003",
+    "Opportunity": "006",
+    "EmailMessage": "02s",
+}
+
+
+def local_id(sobject: str, key: str) -> str:
+    """A deterministic 18-character Id for a record the local org creates for ``key``."""
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:10].upper()
+    return f"{_PREFIXES.get(sobject, '0Lo')}Lo{digest}AAA"
+
+
+def apply_actions(
+    records: dict[str, dict[str, Any]],
+    actions: Sequence[Action],
+    now: dt.datetime,
+    task_key_field: str,
+) -> list[ActionResult]:
+    """Apply actions to an in-memory org (Id -> raw record) the way Salesforce would.
+
+    Creates are keyed: a Task carrying an existing key updates that Task (an upsert), a
+    CaseComment whose key marker already exists is not added again. Every write bumps the
+    record's SystemModstamp to ``now``.
+    """
+    stamp = format_sf_datetime(now)
+    results: list[ActionResult] = []
+    for action in actions:
+        try:
+            results.append(_apply_one(records, action, stamp, now, task_key_field))
+        except _LocalWriteError as exc:
+            results.append(
+                ActionResult(action.key, Outcome.FAILED, error_code=exc.code, message=exc.message)
+            )
+    return results
+
+
+class _LocalWriteError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _apply_one(
+    records: dict[str, dict[str, Any]],
+    action: Action,
+    stamp: str,
+    now: dt.datetime,
+    task_key_field: str,
+) -> ActionResult:
+    target = records.get(action.target.id)
+    if isinstance(action, UpdateRecord):
+        if target is None or target.get(schema.IS_DELETED):
+            raise _LocalWriteError("ENTITY_IS_DELETED", "entity is deleted")
+        if target.get(schema.IS_CONVERTED):
+            raise _LocalWriteError(
+                "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead"
+            )
+        target.update(action.values())
+        target[schema.SYSTEM_MODSTAMP] = stamp
+        return ActionResult(action.key, Outcome.APPLIED, sf_id=action.target.id)
+    if isinstance(action, CreateTask):
+        fields: dict[str, Any] = {
+            schema.SUBJECT: action.subject,
+            schema.DESCRIPTION: action.description,
+            schema.ACTIVITY_DATE: action.due.isoformat(),
+            schema.OWNER_ID: action.owner_id,
+            schema.WHAT_ID: action.what_id,
+            schema.WHO_ID: action.who_id,
+            schema.IS_CLOSED: False,
+            **action.fields,
+        }
+        return _create(
+            records,
+            "Task",
+            action.key,
+            fields,
+            stamp,
+            now,
+            existing=_find_task(records, action.key, task_key_field),
+        )
+    if isinstance(action, AddCaseComment):
+        marker = key_marker(action.key)
+        for rec in records.values():
+            if rec.get(schema.PARENT_ID) == action.target.id and marker in str(
+                rec.get(schema.COMMENT_BODY) or ""
+            ):
+                return ActionResult(action.key, Outcome.APPLIED, sf_id=rec[schema.ID])
+        return _create(
+            records,
+            "CaseComment",
+            action.key,
+            {
+                schema.PARENT_ID: action.target.id,
+                schema.COMMENT_BODY: action.body,
+                schema.IS_PUBLISHED: action.published,
+            },
+            stamp,
+            now,
+        )
+    if isinstance(action, SendEmail):
+        # emailSimple logs the email as a completed activity on the record it names.
+        return _create(
+            records,
+            "Task",
+            action.key,
+            {
+                schema.SUBJECT: f"Email: {action.subject}"[: schema.SUBJECT_MAX_CHARS],
+                schema.DESCRIPTION: f"To: {action.to_address}\n\n{action.body}\n\n"
+                f"{key_marker(action.key)}",
+                schema.ACTIVITY_DATE: now.date().isoformat(),
+                schema.WHAT_ID: action.log_on_id,
+                schema.STATUS: "Completed",
+                schema.IS_CLOSED: True,
+                schema.TASK_SUBTYPE: "Email",
+            },
+            stamp,
+            now,
+            existing=_find_task(records, action.key, ""),
+        )
+    if isinstance(action, ConvertLead):
+        if target is None:
+            raise _LocalWriteError("ENTITY_IS_DELETED", "entity is deleted")
+        if target.get(schema.IS_CONVERTED):
+            raise _LocalWriteError("CANNOT_UPDATE_CONVERTED_LEAD", "lead is already converted")
+        name = " ".join(str(target.get(f) or "") for f in ("FirstName", "LastName")).strip()
+        company = str(target.get("Company") or name or target[schema.ID])
+        acc = _create(records, "Account", f"{action.key}:account", {"Name": company}, stamp, now)
+        con = _create(
+            records,
+            "Contact",
+            f"{action.key}:contact",
+            {
+                "FirstName": target.get("FirstName"),
+                "LastName": target.get("LastName"),
+                "AccountId": acc.sf_id,
+            },
+            stamp,
+            now,
+        )
+        opp_id = None
+        if action.create_opportunity:
+            opp = _create(
+                records,
+                "Opportunity",
+                f"{action.key}:opportunity",
+                {
+                    "Name": action.opportunity_name or company,
+                    "AccountId": acc.sf_id,
+                    schema.OWNER_ID: action.owner_id,
+                },
+                stamp,
+                now,
+            )
+            opp_id = opp.sf_id
+        target.update(
+            {
+                schema.IS_CONVERTED: True,
+                schema.STATUS: action.converted_status,
+                "ConvertedAccountId": acc.sf_id,
+                "ConvertedContactId": con.sf_id,
+                "ConvertedOpportunityId": opp_id,
+                schema.SYSTEM_MODSTAMP: stamp,
+            }
+        )
+        return ActionResult(action.key, Outcome.APPLIED, sf_id=opp_id or acc.sf_id)
+    raise _LocalWriteError("UNSUPPORTED", f"the local org cannot apply {action.kind}")
+
+
+def _find_task(records: dict[str, dict[str, Any]], key: str, key_field: str) -> str | None:
+    marker = key_marker(key)
+    for rec in records.values():
+        if rec.get(schema.ATTRIBUTES, {}).get("type") != "Task":
+            continue
+        if (key_field and rec.get(key_field) == key) or marker in str(
+            rec.get(schema.DESCRIPTION) or ""
+        ):
+            return str(rec[schema.ID])
+    return None
+
+
+def _create(
+    records: dict[str, dict[str, Any]],
+    sobject: str,
+    key: str,
+    fields: dict[str, Any],
+    stamp: str,
+    now: dt.datetime,
+    existing: str | None = None,
+) -> ActionResult:
+    rid = existing or local_id(sobject, key)
+    if rid in records:
+        records[rid].update(fields)
+        records[rid][schema.SYSTEM_MODSTAMP] = stamp
+        return ActionResult(key, Outcome.APPLIED, sf_id=rid)
+    records[rid] = {
+        schema.ATTRIBUTES: {"type": sobject},
+        schema.ID: rid,
+        schema.CREATED_DATE: format_sf_datetime(now),
+        schema.IS_DELETED: False,
+        **fields,
+        schema.SYSTEM_MODSTAMP: stamp,
+    }
+    return ActionResult(key, Outcome.APPLIED, sf_id=rid)
