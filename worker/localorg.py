@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from worker.actions import (
     UpdateRecord,
 )
 from worker.errors import ConfigError
-from worker.records import format_sf_datetime
+from worker.ports import ApiUsage, ObjectQuery, Page
+from worker.records import format_sf_datetime, parse_sf_datetime
 from worker.rules.kit import key_marker
 
 MANIFEST = "manifest.json"
@@ -288,3 +290,150 @@ def _create(
         schema.SYSTEM_MODSTAMP: stamp,
     }
     return ActionResult(key, Outcome.APPLIED, sf_id=rid)
+
+
+# -- the org folder as source and sink -------------------------------------------------------
+
+
+class LocalOrg:
+    """An org folder as both :class:`~worker.ports.Source` and :class:`~worker.ports.Sink`.
+
+    Reads come from the working copy when one exists, else from the fixture folder. The
+    first write copies the fixture to ``work_dir`` and writes there, never into the fixture.
+    Reads return only the queried fields, as Salesforce does, so a rule that reads a field
+    the mapping did not ask for fails here as it would against a real org.
+    """
+
+    can_write = True
+
+    def __init__(
+        self,
+        fixture: str | Path,
+        work_dir: str | Path,
+        task_key_field: str = "",
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.fixture = Path(fixture)
+        self._key_field = task_key_field
+        self._clock = clock
+        self.manifest = read_manifest(self.fixture)
+        self.working = Path(work_dir) / "local-orgs" / self.fixture.resolve().name
+        self.name = f"local org {self.fixture}"
+
+    @property
+    def folder(self) -> Path:
+        return self.working if (self.working / MANIFEST).exists() else self.fixture
+
+    # -- source ------------------------------------------------------------------------------
+    def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
+        records = list(iter_raw_records(self.folder))
+        for query in queries:
+            rows, deleted = [], []
+            for raw in records:
+                if raw.get(schema.ATTRIBUTES, {}).get("type") != query.sobject:
+                    continue
+                if not _in_window(raw, query) or not _matches(raw, query.filters):
+                    continue
+                if raw.get(schema.IS_DELETED):
+                    deleted.append(str(raw[schema.ID]))
+                else:
+                    rows.append(_project(raw, query.fields))
+            rows.sort(key=lambda r: (str(r.get(schema.SYSTEM_MODSTAMP) or ""), str(r[schema.ID])))
+            yield Page(query.sobject, rows, deleted)
+
+    def api_calls(self) -> int:
+        return 0
+
+    def usage(self) -> ApiUsage | None:
+        return None
+
+    # -- sink --------------------------------------------------------------------------------
+    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        wanted = set(target_ids)
+        return {
+            str(raw[schema.ID]): raw.get(schema.SYSTEM_MODSTAMP)
+            for raw in iter_raw_records(self.folder)
+            if raw.get(schema.ID) in wanted and not raw.get(schema.IS_DELETED)
+        }
+
+    def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        self._ensure_working_copy()
+        files, records = self._load_files()
+        before = set(records)
+        results = apply_actions(records, actions, self._clock(), self._key_field)
+        created = [records[rid] for rid in records if rid not in before]
+        self._save_files(files, created)
+        return results
+
+    def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
+        records = {str(r[schema.ID]): r for r in iter_raw_records(self.folder)}
+        out: list[ActionResult | None] = []
+        for action in actions:
+            found = None
+            if isinstance(action, (CreateTask, SendEmail)):
+                found = _find_task(records, action.key, self._key_field)
+            elif isinstance(action, AddCaseComment):
+                marker = key_marker(action.key)
+                found = next(
+                    (
+                        rid
+                        for rid, r in records.items()
+                        if marker in str(r.get(schema.COMMENT_BODY) or "")
+                    ),
+                    None,
+                )
+            out.append(ActionResult(action.key, Outcome.APPLIED, sf_id=found) if found else None)
+        return out
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        return 0
+
+    def _ensure_working_copy(self) -> None:
+        if (self.working / MANIFEST).exists():
+            return
+        self.working.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.working.with_name(self.working.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(self.fixture, tmp)
+        tmp.replace(self.working)
+
+    def _load_files(self) -> tuple[dict[Path, dict[str, Any]], dict[str, dict[str, Any]]]:
+        files: dict[Path, dict[str, Any]] = {}
+        records: dict[str, dict[str, Any]] = {}
+        for path in sorted((self.working / RECORDS_DIR).glob("*.json")):
+            body = json.loads(path.read_text(encoding="utf-8"))
+            files[path] = body
+            for raw in body["records"]:
+                records[str(raw[schema.ID])] = raw  # same dict objects: edits land in `files`
+        return files, records
+
+    def _save_files(self, files: dict[Path, dict[str, Any]], created: list[dict[str, Any]]) -> None:
+        if created:
+            path = self.working / RECORDS_DIR / "zz-created-by-worker.json"
+            body = files.setdefault(path, {"totalSize": 0, "done": True, "records": []})
+            body["records"].extend(created)
+        for path, body in files.items():
+            body["totalSize"] = len(body["records"])
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+            tmp.replace(path)
+
+
+def _in_window(raw: Mapping[str, Any], query: ObjectQuery) -> bool:
+    stamp = raw.get(schema.SYSTEM_MODSTAMP)
+    if not isinstance(stamp, str):
+        return query.since is None
+    when = parse_sf_datetime(stamp)
+    if query.since and when < query.since:
+        return False
+    return not (query.until and when > query.until)
+
+
+def _matches(raw: Mapping[str, Any], filters: Mapping[str, tuple[Any, ...]]) -> bool:
+    return all(raw.get(name) in allowed for name, allowed in filters.items())
+
+
+def _project(raw: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    keep = {f.split(".")[0] for f in fields}
+    return {k: v for k, v in raw.items() if k in keep or k == schema.ATTRIBUTES}

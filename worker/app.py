@@ -1,0 +1,100 @@
+"""The edge: turns settings into a wired pipeline (store, mapping, rules, source, sink, clock).
+
+The only module that decides between the live org and a local org, and between writing and
+dry run. Everything it builds is handed down; nothing below reads settings or the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from worker.errors import ConfigError
+from worker.localorg import LocalOrg, read_manifest
+from worker.mapping import LoadedMapping, load_mapping
+from worker.pipeline import Pipeline
+from worker.ports import Sink, Source
+from worker.rules import ALL_RULES, Rule, rule_models
+from worker.settings import WorkerSettings
+from worker.sinks import DryRunSink
+from worker.store import Store
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def load_rules_and_mapping(settings: WorkerSettings) -> tuple[LoadedMapping, list[Rule[Any]]]:
+    mapping = load_mapping(settings.mapping, rule_models())
+    return mapping, list(ALL_RULES)
+
+
+def resolve_as_of(settings: WorkerSettings, clock: Callable[[], dt.datetime]) -> dt.date:
+    """--as-of, else the local org's own date, else today in the org's time zone."""
+    if settings.as_of:
+        return settings.as_of
+    if settings.local_org:
+        return read_manifest(settings.local_org).as_of
+    return clock().astimezone(settings.zone).date()
+
+
+@dataclass
+class App:
+    settings: WorkerSettings
+    mapping: LoadedMapping
+    rules: list[Rule[Any]]
+    store: Store
+    pipeline: Pipeline
+    clock: Callable[[], dt.datetime]
+
+
+def _endpoints(
+    settings: WorkerSettings, mapping: LoadedMapping, write: bool, clock: Callable[[], dt.datetime]
+) -> tuple[Source, Sink]:
+    if settings.local_org:
+        org = LocalOrg(
+            settings.local_org,
+            settings.db_path.parent,
+            task_key_field=mapping.common.org.task_key_field,
+            clock=clock,
+        )
+        return org, (org if write else DryRunSink())
+    from worker.salesforce.wiring import open_salesforce  # only needed for a live org
+
+    return open_salesforce(mapping, write=write)
+
+
+@contextmanager
+def open_app(
+    settings: WorkerSettings, *, write: bool, clock: Callable[[], dt.datetime] = utc_now
+) -> Iterator[App]:
+    mapping, rules = load_rules_and_mapping(settings)
+    if settings.local_org and not settings.local_org.is_dir():
+        raise ConfigError(f"WORKER_LOCAL_ORG: {settings.local_org} is not a folder")
+    store = Store.open(settings.db_path)
+    try:
+        source, sink = _endpoints(settings, mapping, write, clock)
+        pipeline = Pipeline(
+            store=store, source=source, sink=sink, mapping=mapping, rules=rules, clock=clock
+        )
+        yield App(settings, mapping, rules, store, pipeline, clock)
+    finally:
+        store.close()
+
+
+@contextmanager
+def run_lock(app: App, run_id: str) -> Iterator[None]:
+    ttl = dt.timedelta(seconds=app.settings.lock_ttl_seconds)
+    app.store.acquire_lock(run_id, app.clock(), ttl)
+    try:
+        yield
+    finally:
+        app.store.release_lock(run_id)

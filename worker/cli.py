@@ -1,0 +1,245 @@
+"""The ``sop-worker`` command line: a thin click layer over :mod:`worker.app`.
+
+Exit codes: 0 ok; 1 some actions failed (or the run stopped on the API budget);
+2 usage or configuration error; 3 another run holds the lock.
+One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+from rich.console import Console
+
+from worker import __version__, report
+from worker.app import load_rules_and_mapping, new_run_id, open_app, resolve_as_of, run_lock
+from worker.errors import ConfigError, DryRunWriteError, LockHeldError, SopWorkerError
+from worker.logs import configure_logging
+from worker.pipeline import RunReport
+from worker.plan import Plan
+from worker.settings import WorkerSettings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger()
+
+
+class _Group(click.Group):
+    """The one error boundary: the worker's errors become a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LockHeldError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_LOCKED)
+        except DryRunWriteError:
+            raise  # a bug: keep the traceback
+        except (ConfigError, SopWorkerError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILED)
+
+
+def _settings_options(func: F) -> F:
+    options = [
+        click.option(
+            "--db-path",
+            type=click.Path(path_type=Path),
+            envvar=None,
+            help="SQLite file (env WORKER_DB_PATH).",
+        ),
+        click.option(
+            "--mapping", type=click.Path(path_type=Path), help="Mapping file (env WORKER_MAPPING)."
+        ),
+        click.option(
+            "--local-org",
+            type=click.Path(path_type=Path),
+            help="Org folder on disk to use instead of Salesforce (env WORKER_LOCAL_ORG).",
+        ),
+        click.option("--timezone", help="The org's IANA time zone (env WORKER_TIMEZONE)."),
+        click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (env WORKER_LOG_LEVEL)."),
+        click.option(
+            "--log-format",
+            type=click.Choice(["auto", "json", "console"]),
+            help="Log format (env WORKER_LOG_FORMAT).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _as_of_option(func: F) -> F:
+    return click.option(
+        "--as-of",
+        type=click.DateTime(formats=["%Y-%m-%d"]),
+        help="Evaluate as of this date, YYYY-MM-DD (env WORKER_AS_OF). Default: the local "
+        "org's manifest date, else today in the org's time zone.",
+    )(func)
+
+
+def _settings(kwargs: dict[str, Any]) -> WorkerSettings:
+    as_of = kwargs.pop("as_of", None)
+    settings = load_settings(as_of=as_of.date() if as_of else None, **kwargs)
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sop-worker")
+def cli() -> None:
+    """Turn written SOPs into automatic, auditable Salesforce updates.
+
+    Each cycle reads Salesforce (or a local org folder) into a SQLite cache, runs the SOP
+    rules as of a date, and writes the resulting plan back exactly once, recording every
+    change in an audit log. Exit codes: 0 ok, 1 some actions failed, 2 usage or
+    configuration error, 3 another run holds the lock.
+    """
+
+
+@cli.command()
+@_settings_options
+@_as_of_option
+@click.option("--dry-run", is_flag=True, help="Plan and show, write nothing.")
+@click.option("--loop", is_flag=True, help="Run cycles until SIGTERM/SIGINT (worker dyno).")
+@click.option(
+    "--interval",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Seconds between cycles with --loop (env WORKER_INTERVAL_SECONDS).",
+)
+def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
+    """One cycle: pull, plan, apply. With --loop, repeat every --interval seconds."""
+    settings = _settings({**kwargs, "interval_seconds": interval})
+    if not loop:
+        result = _one_cycle(settings, write=not dry_run)
+        sys.exit(EXIT_FAILED if result.failed or result.stopped else EXIT_OK)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worst = EXIT_OK
+    while not stop.is_set():
+        try:
+            result = _one_cycle(settings, write=not dry_run)
+            worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
+        except LockHeldError as exc:
+            log.warning("run.locked", message=str(exc))
+        stop.wait(settings.interval_seconds)
+    log.info("run.loop_stopped")
+    sys.exit(worst)
+
+
+def _one_cycle(settings: WorkerSettings, *, write: bool) -> RunReport:
+    run_id = new_run_id()
+    with open_app(settings, write=write) as app, run_lock(app, run_id):
+        result = app.pipeline.run(run_id, resolve_as_of(settings, app.clock), write=write)
+    console = _console()
+    if not write and result.plan is not None:
+        report.print_plan(result.plan, console)
+    if sys.stdout.isatty() or not write:
+        report.print_summary(result.summary(), console)
+    return result
+
+
+@cli.command()
+@_settings_options
+@_as_of_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the plan to this file.")
+def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
+    """Dry run: pull, then show every action the rules would take, and why.
+
+    Nothing is written to Salesforce. `--out plan.json` saves a plan file that
+    `sop-worker apply` applies exactly.
+    """
+    settings = _settings(kwargs)
+    run_id = new_run_id()
+    with open_app(settings, write=False) as app, run_lock(app, run_id):
+        result = app.pipeline.run(run_id, resolve_as_of(settings, app.clock), write=False)
+    assert result.plan is not None
+    the_plan = result.plan
+    if out:
+        text = (
+            the_plan.to_json()
+            if out.suffix != ".csv" and fmt != "csv"
+            else report.plan_csv(the_plan)
+        )
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"Plan with {len(the_plan.actions)} action(s) written to {out}", err=True)
+        if fmt == "table":
+            return
+    if fmt == "json":
+        click.echo(the_plan.to_json(), nl=False)
+    elif fmt == "csv":
+        click.echo(report.plan_csv(the_plan), nl=False)
+    else:
+        report.print_plan(the_plan, _console())
+
+
+@cli.command()
+@_settings_options
+@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
+def apply(plan_file: Path, **kwargs: Any) -> None:
+    """Apply exactly the actions of a saved plan file.
+
+    Each target is checked first: one changed since it was planned is skipped as a
+    conflict; keys already applied are never applied again.
+    """
+    settings = _settings(kwargs)
+    saved = Plan.read(plan_file)
+    run_id = new_run_id()
+    with open_app(settings, write=True) as app, run_lock(app, run_id):
+        if saved.org != app.mapping.common.org.name:
+            raise ConfigError(
+                f"{plan_file} was planned for org {saved.org!r}, "
+                f"not {app.mapping.common.org.name!r}"
+            )
+        result = app.pipeline.apply_plan_file(run_id, saved)
+    report.print_summary(result.summary(), _console())
+    sys.exit(EXIT_FAILED if result.failed or result.stopped else EXIT_OK)
+
+
+@cli.command()
+@_settings_options
+def rules(**kwargs: Any) -> None:
+    """List the rules, each with its SOP file, steps, and whether the mapping enables it."""
+    settings = _settings({**kwargs})
+    mapping, all_rules = load_rules_and_mapping(settings)
+    console = _console()
+    from rich.table import Table
+
+    table = Table(title=f"Rules in {mapping.path}", show_lines=True)
+    for name in ("Rule", "Title", "SOP file", "Steps", "Enabled"):
+        table.add_column(name, overflow="fold")
+    for rule in all_rules:
+        section = mapping.rules.get(rule.id)
+        if section is None:
+            table.add_row(rule.id, rule.title, "-", "-", "no (no mapping section)")
+            continue
+        steps = "\n".join(f"{sid}: {section.step_label(sid)}" for sid in rule.step_ids)
+        table.add_row(
+            rule.id, rule.title, section.sop_file, steps, "yes" if section.enabled else "no"
+        )
+    console.print(table)
+
+
+def main() -> None:
+    cli(prog_name="sop-worker")

@@ -1,0 +1,357 @@
+"""One cycle: source -> cache -> rules -> plan -> sink -> audit.
+
+:class:`Pipeline` holds the pieces chosen at the edge (store, source, sink, mapping, rules,
+clock) and runs the steps; each step reads like fetch, then save. Rules stay pure: the
+pipeline loads the snapshot, passes the as-of date, and turns their evaluations into a plan.
+
+Exactly-once, step by step:
+
+1. ``reconcile``: ledger rows left ``sent`` by a run that died are checked against the org
+   (by external-id key or a marker query) before anything is written again.
+2. ``pull``: per object, one incremental query on SystemModstamp with an overlap window;
+   each page is committed with its watermark, never past the run's start.
+3. ``plan``: rules over the cached snapshot; keys the ledger already applied are left out.
+4. ``apply``: targets whose SystemModstamp changed since they were read are conflicts (a
+   person edited them); the rest are written in batches, each batch marked ``sent`` with
+   an intent audit row before the write and its outcomes recorded after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from worker import schema
+from worker.actions import (
+    Action,
+    ActionResult,
+    ConvertLead,
+    Outcome,
+    UpdateRecord,
+)
+from worker.errors import ApiLimitError, AuthError
+from worker.mapping import LoadedMapping
+from worker.plan import Plan, build_plan
+from worker.ports import ObjectQuery, Sink, Source
+from worker.rules.base import Evaluation, Rule, evaluate_rule
+from worker.store import Store
+
+log = structlog.get_logger()
+
+DEFAULT_OVERLAP = dt.timedelta(minutes=10)
+WRITE_BATCH = 1000  # one composite request of five 200-record collections
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    as_of: dt.date
+    dry_run: bool
+    records_read: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    record_errors: int = 0
+    api_calls: int = 0
+    api_remaining: int | None = None
+    stopped: str | None = None
+    seconds: float = 0.0
+    plan: Plan | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(n for (_, outcome), n in self.outcomes.items() if outcome == Outcome.FAILED)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "as_of": self.as_of.isoformat(),
+            "dry_run": self.dry_run,
+            "records_read": dict(sorted(self.records_read.items())),
+            "actions": {
+                f"{rule}:{outcome}": n for (rule, outcome), n in sorted(self.outcomes.items())
+            },
+            "record_errors": self.record_errors,
+            "api_calls": self.api_calls,
+            "api_remaining": self.api_remaining,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def object_fields(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> dict[str, tuple[str, ...]]:
+    """Every field to read per sObject: the rules' needs, the mapping's extras, standard ones."""
+    needed: dict[str, set[str]] = {}
+    for rule in rules:
+        for sobject, names in mapping.rules[rule.id].needs().items():
+            needed.setdefault(sobject, set()).update(names)
+    for sobject, section in mapping.common.objects.items():
+        if sobject in needed:
+            needed[sobject].update(section.fields)
+    for sobject, names in needed.items():
+        names.update(schema.ALWAYS_FIELDS)
+        names.add(mapping.common.name_field(sobject))
+        if sobject == schema.TASK:
+            names.update(schema.TASK_FIELDS)
+            if mapping.common.org.task_key_field:
+                names.add(mapping.common.org.task_key_field)
+        if sobject == schema.CASE_COMMENT:
+            names.update(schema.CASE_COMMENT_FIELDS)
+    return {k: tuple(sorted(v)) for k, v in sorted(needed.items())}
+
+
+def fields_hash(fields: Iterable[str], filters: Mapping[str, Any]) -> str:
+    text = ",".join(sorted(fields)) + "|" + repr(sorted(filters.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        source: Source,
+        sink: Sink,
+        mapping: LoadedMapping,
+        rules: Sequence[Rule[Any]],
+        clock: Callable[[], dt.datetime],
+        overlap: dt.timedelta = DEFAULT_OVERLAP,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.sink = sink
+        self.mapping = mapping
+        self.rules = [r for r in rules if mapping.rules.get(r.id) and mapping.rules[r.id].enabled]
+        self.clock = clock
+        self.overlap = overlap
+
+    # -- 1. reconcile ---------------------------------------------------------------------------
+    def reconcile(self, report: RunReport) -> None:
+        pending = self.store.ledger_entries(status=Outcome.SENT)
+        if not pending:
+            return
+        actions = [e.action for e in pending]
+        found = self.sink.reconcile(actions)
+        now = self.clock()
+        settled = [r for r in found if r is not None]
+        by_key = {a.key: a for a in actions}
+        self.store.record_results(by_key, settled, report.run_id, now, event="reconciled")
+        unknown = [a for a, r in zip(actions, found, strict=True) if r is None]
+        self.store.record_results(
+            by_key,
+            [
+                ActionResult(a.key, Outcome.PLANNED, message="outcome unknown; safe to resend")
+                for a in unknown
+            ],
+            report.run_id,
+            now,
+            event="reconciled",
+        )
+        log.info("ledger.reconciled", applied=len(settled), resend=len(unknown))
+
+    # -- 2. pull ----------------------------------------------------------------------------
+    def pull(self, report: RunReport, run_start: dt.datetime) -> None:
+        queries = []
+        hashes = {}
+        for sobject, names in object_fields(self.mapping, self.rules).items():
+            section = self.mapping.common.objects.get(sobject)
+            filters = dict(section.filters) if section else {}
+            digest = fields_hash(names, filters)
+            hashes[sobject] = digest
+            mark = self.store.watermark(sobject, digest)
+            if mark is None:
+                self.store.reset_cache(sobject)
+            since = mark - self.overlap if mark else None
+            queries.append(ObjectQuery(sobject, names, filters, since, run_start))
+        for page in self.source.fetch(queries):
+            name_field = self.mapping.common.name_field(page.sobject)
+            newest = self.store.save_page(page, name_field, self.clock())
+            if newest:
+                self.store.set_watermark(page.sobject, newest, hashes[page.sobject], self.clock())
+            report.records_read[page.sobject] += len(page.records)
+            log.debug(
+                "pull.page",
+                sobject=page.sobject,
+                records=len(page.records),
+                deleted=len(page.deleted_ids),
+            )
+
+    # -- 3. plan ----------------------------------------------------------------------------
+    def evaluate(self, as_of: dt.date) -> tuple[list[Evaluation], int]:
+        sobjects = object_fields(self.mapping, self.rules)
+        snapshot, problems = self.store.load_snapshot(sobjects)
+        for problem in problems:
+            log.warning(
+                "cache.unreadable_record", record_id=problem.record_id, problem=problem.problem
+            )
+        evaluations: list[Evaluation] = []
+        for rule in self.rules:
+            evaluations.extend(
+                evaluate_rule(
+                    rule, snapshot, as_of, self.mapping.rules[rule.id], self.mapping.common
+                )
+            )
+        return evaluations, len(problems)
+
+    def plan(self, as_of: dt.date) -> Plan:
+        evaluations, _ = self.evaluate(as_of)
+        keys = [a.key for e in evaluations for a in e.actions]
+        keys += [s.key for e in evaluations for s in e.skipped]
+        plan = build_plan(
+            evaluations,
+            org=self.mapping.common.org.name,
+            mapping=self.mapping.path,
+            as_of=as_of,
+            generated_at=self.clock(),
+            precedence=self.mapping.precedence,
+            rule_order=[r.id for r in self.rules],
+            ledger=self.store.ledger_status(keys),
+            sops={r.id: self.mapping.rules[r.id].sop_file for r in self.rules},
+        )
+        usage = self.sink.usage() or self.source.usage()
+        return Plan(
+            **{
+                **plan.__dict__,
+                "api_calls": self.sink.estimate_calls(plan.actions),
+                "remaining_daily": usage.remaining if usage else None,
+            }
+        )
+
+    # -- 4. apply ---------------------------------------------------------------------------
+    def apply(self, plan: Plan, report: RunReport) -> None:
+        now = self.clock()
+        self.store.record_skipped_steps(
+            [(s.action, s.why) for s in plan.skipped], report.run_id, now
+        )
+        for skip in plan.skipped:
+            report.outcomes[(skip.action.rule, Outcome.SKIPPED.value)] += 1
+        status = self.store.ledger_status(a.key for a in plan.actions)
+        todo = [
+            a for a in plan.actions if status.get(a.key) not in (Outcome.APPLIED, Outcome.SKIPPED)
+        ]
+        self.store.record_planned(todo, report.run_id, now)
+        todo = self._drop_conflicts(todo, report)
+        by_key = {a.key: a for a in todo}
+        for start in range(0, len(todo), WRITE_BATCH):
+            batch = todo[start : start + WRITE_BATCH]
+            self.store.mark_sent(batch, report.run_id, self.clock())
+            try:
+                results = self.sink.write(batch)
+            except (ApiLimitError, AuthError) as exc:
+                # The batch stays "sent": the next run reconciles it before writing again.
+                report.stopped = f"{type(exc).__name__}: {exc}"
+                log.error("apply.stopped", reason=report.stopped, pending=len(todo) - start)
+                return
+            self.store.record_results(by_key, results, report.run_id, self.clock())
+            for result in results:
+                report.outcomes[(by_key[result.key].rule, result.outcome.value)] += 1
+                if result.outcome is Outcome.FAILED:
+                    log.warning(
+                        "action.failed",
+                        key=result.key,
+                        error_code=result.error_code,
+                        message=result.message,
+                    )
+
+    def _drop_conflicts(self, actions: list[Action], report: RunReport) -> list[Action]:
+        """Updates whose target changed since it was read are conflicts, not overwrites."""
+        checked = [a for a in actions if isinstance(a, (UpdateRecord, ConvertLead))]
+        if not checked:
+            return actions
+        current = self.sink.current_stamps(sorted({a.target.id for a in checked}))
+        conflicts: list[ActionResult] = []
+        for action in checked:
+            now_stamp = current.get(action.target.id)
+            if action.target.id not in current:
+                conflicts.append(
+                    ActionResult(
+                        action.key,
+                        Outcome.CONFLICT,
+                        error_code="ENTITY_IS_DELETED",
+                        message="the record no longer exists",
+                    )
+                )
+            elif action.target.stamp and now_stamp != action.target.stamp:
+                conflicts.append(
+                    ActionResult(
+                        action.key,
+                        Outcome.CONFLICT,
+                        error_code="RECORD_CHANGED",
+                        message=f"changed in Salesforce after it was read (SystemModstamp "
+                        f"{action.target.stamp} -> {now_stamp}); re-planned next cycle",
+                    )
+                )
+        if conflicts:
+            by_key = {a.key: a for a in actions}
+            self.store.record_results(by_key, conflicts, report.run_id, self.clock())
+            for result in conflicts:
+                report.outcomes[(by_key[result.key].rule, Outcome.CONFLICT.value)] += 1
+        skip = {r.key for r in conflicts}
+        return [a for a in actions if a.key not in skip]
+
+    # -- the cycle --------------------------------------------------------------------------
+    def run(self, run_id: str, as_of: dt.date, *, write: bool, pull: bool = True) -> RunReport:
+        started = time.monotonic()
+        report = RunReport(run_id=run_id, as_of=as_of, dry_run=not write)
+        run_start = self.clock()
+        bound = structlog.contextvars.bound_contextvars(run_id=run_id)
+        with bound:
+            self.store.begin_run(run_id, "run" if write else "dry-run", as_of, run_start)
+            status = "ok"
+            try:
+                if write:
+                    self.reconcile(report)
+                if pull:
+                    self.pull(report, run_start)
+                plan = self.plan(as_of)
+                report.plan = plan
+                report.record_errors = len(plan.errors)
+                for problem in plan.errors:
+                    log.warning(
+                        "rule.record_error",
+                        rule=problem.rule,
+                        record_id=problem.target.id,
+                        problem=problem.why,
+                    )
+                if write:
+                    self.apply(plan, report)
+                else:
+                    for action in plan.actions:
+                        report.outcomes[(action.rule, "would_apply")] += 1
+            except ApiLimitError as exc:
+                report.stopped = f"ApiLimitError: {exc}"
+                status = "stopped"
+            finally:
+                report.api_calls = self.source.api_calls() + self.sink.api_calls()
+                usage = self.sink.usage() or self.source.usage()
+                report.api_remaining = usage.remaining if usage else None
+                report.seconds = time.monotonic() - started
+                if report.stopped:
+                    status = "stopped"
+                elif report.failed:
+                    status = "failed"
+                self.store.finish_run(run_id, status, report.summary(), self.clock())
+                log.info("run.summary", **report.summary())
+        return report
+
+    def apply_plan_file(self, run_id: str, plan: Plan) -> RunReport:
+        """Apply exactly a saved plan (after the same conflict checks), without planning."""
+        report = RunReport(run_id=run_id, as_of=plan.as_of, dry_run=False, plan=plan)
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(run_id=run_id):
+            self.store.begin_run(run_id, "apply", plan.as_of, self.clock())
+            self.reconcile(report)
+            try:
+                self.apply(plan, report)
+            finally:
+                report.api_calls = self.source.api_calls() + self.sink.api_calls()
+                report.seconds = time.monotonic() - started
+                status = "stopped" if report.stopped else ("failed" if report.failed else "ok")
+                self.store.finish_run(run_id, status, report.summary(), self.clock())
+                log.info("run.summary", **report.summary())
+        return report

@@ -1,0 +1,254 @@
+"""Plans: the actions one cycle will take, why, what they cost, and what was left out.
+
+:func:`build_plan` is pure. It takes the rules' evaluations, resolves conflicts between
+rules on the same record by the mapping's precedence (a rule that closes or converts a
+record, or sets a field, wins over rules after it in ``precedence``; the loser's action is
+kept in the plan as ``superseded`` with the winner named), and leaves out keys the ledger
+has already applied.
+
+A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN_VERSION`):
+
+.. code-block:: text
+
+    {"schema": "sop-worker/plan", "version": 1, "org": str, "mapping": str,
+     "as_of": "YYYY-MM-DD", "generated_at": ISO datetime,
+     "actions":    [action, ...],                  # to apply, in order
+     "skipped":    [{"action": action, "why": str}, ...],   # steps missed, not done late
+     "superseded": [{"action": action, "why": str}, ...],   # lost to a stronger rule
+     "done":       [key, ...],                      # already applied earlier
+     "errors":     [{"rule", "record_id", "record_name", "why"}, ...],
+     "cost":       {"api_calls": int, "remaining_daily": int | null}}
+
+where ``action`` is :meth:`worker.actions.Action.to_dict` output: ``kind``, ``rule``,
+``sop``, ``step``, ``target`` {sobject, id, name, stamp}, ``reason``, ``key`` and the
+kind's own fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.actions import (
+    Action,
+    CloseRecord,
+    ConvertLead,
+    Outcome,
+    UpdateRecord,
+    action_from_dict,
+)
+from worker.errors import PlanFileError
+from worker.records import RecordRef
+from worker.rules.base import Evaluation, SkippedStep, Verdict
+
+PLAN_SCHEMA = "sop-worker/plan"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Skip:
+    action: Action
+    why: str
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    rule: str
+    target: RecordRef
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    org: str
+    mapping: str
+    as_of: dt.date
+    generated_at: dt.datetime
+    actions: tuple[Action, ...]
+    skipped: tuple[Skip, ...] = ()
+    superseded: tuple[Skip, ...] = ()
+    done: tuple[str, ...] = ()
+    errors: tuple[RecordProblem, ...] = ()
+    api_calls: int = 0
+    remaining_daily: int | None = None
+    evaluations: tuple[Evaluation, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": PLAN_SCHEMA,
+            "version": PLAN_VERSION,
+            "org": self.org,
+            "mapping": self.mapping,
+            "as_of": self.as_of.isoformat(),
+            "generated_at": self.generated_at.isoformat(),
+            "actions": [a.to_dict() for a in self.actions],
+            "skipped": [{"action": s.action.to_dict(), "why": s.why} for s in self.skipped],
+            "superseded": [{"action": s.action.to_dict(), "why": s.why} for s in self.superseded],
+            "done": list(self.done),
+            "errors": [
+                {
+                    "rule": e.rule,
+                    "record_id": e.target.id,
+                    "record_name": e.target.name,
+                    "sobject": e.target.sobject,
+                    "why": e.why,
+                }
+                for e in self.errors
+            ],
+            "cost": {"api_calls": self.api_calls, "remaining_daily": self.remaining_daily},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        if data.get("schema") != PLAN_SCHEMA:
+            raise PlanFileError("not a sop-worker plan file (no 'schema': 'sop-worker/plan')")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanFileError(
+                f"plan file version {data.get('version')!r}; this worker reads version "
+                f"{PLAN_VERSION}: plan again"
+            )
+        try:
+            return cls(
+                org=data["org"],
+                mapping=data["mapping"],
+                as_of=dt.date.fromisoformat(data["as_of"]),
+                generated_at=dt.datetime.fromisoformat(data["generated_at"]),
+                actions=tuple(action_from_dict(a) for a in data["actions"]),
+                skipped=tuple(
+                    Skip(action_from_dict(s["action"]), s["why"]) for s in data.get("skipped", ())
+                ),
+                done=tuple(data.get("done", ())),
+                errors=tuple(
+                    RecordProblem(
+                        e["rule"],
+                        RecordRef(e.get("sobject", ""), e["record_id"], e.get("record_name", "")),
+                        e["why"],
+                    )
+                    for e in data.get("errors", ())
+                ),
+                api_calls=int(data.get("cost", {}).get("api_calls", 0)),
+                remaining_daily=data.get("cost", {}).get("remaining_daily"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanFileError(f"plan file is malformed: {exc}") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PlanFileError(f"{path}: no such plan file") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
+        if not isinstance(data, dict):
+            raise PlanFileError(f"{path}: not a plan file")
+        return cls.from_dict(data)
+
+
+def _skips(entries: Iterable[Mapping[str, Any]]) -> tuple[Skip, ...]:
+    return tuple(Skip(action_from_dict(s["action"]), s["why"]) for s in entries)
+
+
+def _rank(precedence: Sequence[str], rule_order: Sequence[str]) -> dict[str, int]:
+    order = list(precedence) + [r for r in rule_order if r not in precedence]
+    return {rule: i for i, rule in enumerate(order)}
+
+
+def _skip_action(rule: str, target: RecordRef, step: SkippedStep, sop: str) -> Action:
+    return UpdateRecord(
+        rule=rule,
+        sop=sop,
+        step=step.step,
+        target=target,
+        reason=f"due {step.due.isoformat()}: {step.reason}",
+        key=step.key,
+        changes=(),
+    )
+
+
+def resolve_precedence(
+    actions: Iterable[Action], rank: Mapping[str, int]
+) -> tuple[list[Action], list[Skip]]:
+    """Drop actions that a stronger rule's action on the same record overrides."""
+    by_target: dict[str, list[Action]] = defaultdict(list)
+    for action in actions:
+        by_target[action.target.id].append(action)
+    kept: list[Action] = []
+    dropped: list[Skip] = []
+    for group in by_target.values():
+        group.sort(key=lambda a: rank.get(a.rule, len(rank)))
+        closer: str | None = None
+        fields_owner: dict[str, str] = {}
+        for action in group:
+            if closer and action.rule != closer:
+                dropped.append(Skip(action, f"superseded: rule {closer} closes this record"))
+                continue
+            if isinstance(action, UpdateRecord):
+                taken = [
+                    c.field
+                    for c in action.changes
+                    if fields_owner.get(c.field, action.rule) != action.rule
+                ]
+                if taken:
+                    owner = fields_owner[taken[0]]
+                    dropped.append(Skip(action, f"superseded: rule {owner} sets {taken[0]}"))
+                    continue
+                for change in action.changes:
+                    fields_owner[change.field] = action.rule
+            if isinstance(action, (CloseRecord, ConvertLead)):
+                closer = action.rule
+            kept.append(action)
+    return kept, dropped
+
+
+def build_plan(
+    evaluations: Sequence[Evaluation],
+    *,
+    org: str,
+    mapping: str,
+    as_of: dt.date,
+    generated_at: dt.datetime,
+    precedence: Sequence[str],
+    rule_order: Sequence[str],
+    ledger: Mapping[str, Outcome],
+    sops: Mapping[str, str],
+) -> Plan:
+    """Pure: evaluations + ledger state -> the plan."""
+    rank = _rank(precedence, rule_order)
+    proposed = [a for e in evaluations for a in e.actions]
+    kept, dropped = resolve_precedence(proposed, rank)
+    # A failed action is planned again next cycle (the cause may have been fixed); only an
+    # applied or deliberately skipped key is final.
+    final_states = {Outcome.APPLIED, Outcome.SKIPPED}
+    done = tuple(sorted(a.key for a in kept if ledger.get(a.key) in final_states))
+    todo = [a for a in kept if ledger.get(a.key) not in final_states]
+    # Stable: within one record, actions keep the order their rule emitted them in.
+    todo.sort(key=lambda a: (rank.get(a.rule, len(rank)), a.target.sobject, a.target.id))
+    skipped = [
+        Skip(_skip_action(e.rule, e.target, s, sops.get(e.rule, "")), s.reason)
+        for e in evaluations
+        for s in e.skipped
+        if s.key not in ledger
+    ]
+    errors = tuple(
+        RecordProblem(e.rule, e.target, e.why) for e in evaluations if e.verdict is Verdict.ERROR
+    )
+    return Plan(
+        org=org,
+        mapping=mapping,
+        as_of=as_of,
+        generated_at=generated_at,
+        actions=tuple(todo),
+        skipped=tuple(skipped + dropped),
+        done=done,
+        errors=errors,
+        evaluations=tuple(evaluations),
+    )

@@ -1,0 +1,175 @@
+"""What people read: plan tables, CSV/JSON exports, run summaries, audit listings.
+
+Rendering only; no decisions. Tables use rich, so they read well on a terminal and stay
+plain text when piped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.plan import Plan
+from worker.store import AuditRow
+
+PLAN_CSV_COLUMNS = (
+    "key",
+    "kind",
+    "rule",
+    "sop",
+    "step",
+    "sobject",
+    "record_id",
+    "record_name",
+    "change",
+    "reason",
+)
+
+
+def plan_rows(plan: Plan) -> list[dict[str, str]]:
+    return [
+        {
+            "key": a.key,
+            "kind": a.kind.value,
+            "rule": a.rule,
+            "sop": a.sop,
+            "step": a.step,
+            "sobject": a.target.sobject,
+            "record_id": a.target.id,
+            "record_name": a.target.name,
+            "change": a.summary(),
+            "reason": a.reason,
+        }
+        for a in plan.actions
+    ]
+
+
+def plan_csv(plan: Plan) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PLAN_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(plan_rows(plan))
+    return buf.getvalue()
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    table = Table(
+        title=f"Plan for {plan.org} as of {plan.as_of} ({len(plan.actions)} actions)",
+        show_lines=True,
+        expand=True,
+    )
+    for name, ratio in (("Record", 2), ("Rule / SOP step", 2), ("Change", 4), ("Reason", 3)):
+        table.add_column(name, ratio=ratio, overflow="fold")
+    for action in plan.actions:
+        table.add_row(
+            f"{action.target.sobject}\n{action.target.name or action.target.id}\n"
+            f"[dim]{action.target.id}[/dim]",
+            f"{action.rule}\n[dim]{action.sop}[/dim]\n{action.step}",
+            action.summary(),
+            action.reason,
+        )
+    console.print(table)
+    if plan.skipped:
+        skipped = Table(title="Skipped (missed while the worker was not running)", expand=True)
+        for name in ("Record", "Rule", "Step", "Why"):
+            skipped.add_column(name, overflow="fold")
+        for s in plan.skipped:
+            skipped.add_row(
+                s.action.target.name or s.action.target.id,
+                s.action.rule,
+                s.action.step,
+                s.action.reason,
+            )
+        console.print(skipped)
+    if plan.superseded:
+        lost = Table(title="Superseded (a stronger rule acts on the same record)", expand=True)
+        for name in ("Record", "Rule", "Change", "Why"):
+            lost.add_column(name, overflow="fold")
+        for s in plan.superseded:
+            lost.add_row(
+                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
+            )
+        console.print(lost)
+    if plan.errors:
+        errors = Table(
+            title="Records that could not be evaluated (skipped, nothing written)", expand=True
+        )
+        for name in ("Record", "Rule", "Problem"):
+            errors.add_column(name, overflow="fold")
+        for e in plan.errors:
+            errors.add_row(f"{e.target.sobject} {e.target.name or e.target.id}", e.rule, e.why)
+        console.print(errors)
+    remaining = "unknown" if plan.remaining_daily is None else f"{plan.remaining_daily:,}"
+    console.print(
+        f"{len(plan.actions)} action(s) to apply, {len(plan.skipped)} skipped, "
+        f"{len(plan.superseded)} superseded, {len(plan.done)} already done, "
+        f"{len(plan.errors)} record error(s). Cost: {plan.api_calls} API call(s); "
+        f"daily allowance remaining: {remaining}."
+    )
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"Run {summary['run_id']} as of {summary['as_of']}"
+        f"{' (dry run)' if summary['dry_run'] else ''}"
+    )
+    table.add_column("What")
+    table.add_column("Count", justify="right")
+    for sobject, n in summary["records_read"].items():
+        table.add_row(f"records read: {sobject}", str(n))
+    for key, n in summary["actions"].items():
+        table.add_row(f"actions {key}", str(n))
+    table.add_row("record errors", str(summary["record_errors"]))
+    table.add_row("API calls used", str(summary["api_calls"]))
+    table.add_row(
+        "API calls remaining today",
+        "unknown" if summary["api_remaining"] is None else str(summary["api_remaining"]),
+    )
+    table.add_row("seconds", str(summary["seconds"]))
+    if summary.get("stopped"):
+        table.add_row("stopped", summary["stopped"])
+    console.print(table)
+
+
+AUDIT_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditRow))
+
+
+def audit_csv(rows: Iterable[AuditRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(r) for r in rows)
+    return buf.getvalue()
+
+
+def audit_jsonl(rows: Iterable[AuditRow]) -> str:
+    return "".join(json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n" for r in rows)
+
+
+def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
+    table = Table(title=f"Audit ({len(rows)} rows)", expand=True)
+    for name in ("When", "Run", "Event", "Outcome", "Record", "Rule / step", "Change", "Error"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        change = r.after or ""
+        if r.before:
+            change = f"{r.before} -> {r.after}"
+        error = " ".join(p for p in (r.error_code, r.message) if p)
+        table.add_row(
+            r.ts[:19],
+            r.run_id[:8],
+            r.event,
+            r.outcome,
+            f"{r.record_name or r.record_id}\n[dim]{r.record_id}[/dim]",
+            f"{r.rule}\n{r.step}",
+            change,
+            error,
+        )
+    console.print(table)

@@ -1,0 +1,107 @@
+"""Worker settings from the environment (``WORKER_*``), a ``.env`` file, or CLI options.
+
+Salesforce connection settings (``SF_*``) live in :mod:`worker.salesforce.settings`; both
+are loaded through :func:`load_settings`, which turns any invalid value into a
+:class:`~worker.errors.ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "WORKER_"
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the worker needs besides the Salesforce connection."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    db_path: Path = Field(
+        default=Path("var/sop-worker.db"),
+        description="SQLite file: record cache, ledger, audit log (created with mode 0600).",
+    )
+    mapping: Path = Field(
+        default=Path("mappings/default.toml"),
+        description="Mapping file: SOP parameters, field API names, picklist values.",
+    )
+    local_org: Path | None = Field(
+        default=None,
+        description="Use an org folder on disk (e.g. fixtures/demo-org) as source and sink "
+        "instead of Salesforce; writes go to a working copy beside the database.",
+    )
+    as_of: dt.date | None = Field(
+        default=None,
+        description="Evaluate as of this date (YYYY-MM-DD). Default: the local org's manifest "
+        "date, else today in WORKER_TIMEZONE.",
+    )
+    timezone: str = Field(
+        default="UTC", description="The org's time zone (IANA name); 'today' is taken there."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest log level written."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    interval_seconds: int = Field(
+        default=900, ge=10, description="Pause between cycles with `run --loop`."
+    )
+    lock_ttl_seconds: int = Field(
+        default=1800,
+        ge=30,
+        description="Run lease length; a lease older than this (its process died) is taken over.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(**overrides: Any) -> WorkerSettings:
+    """Settings from environment and ``.env``, with CLI ``overrides`` (None = not given)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return WorkerSettings(**given)
+    except ValidationError as exc:
+        raise settings_error(exc, ENV_PREFIX) from None
+
+
+def settings_error(exc: ValidationError, prefix: str) -> ConfigError:
+    """One line per bad value, each naming its environment variable."""
+    lines = []
+    for err in exc.errors():
+        name = prefix + "_".join(str(p) for p in err["loc"]).upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = (
+            ""
+            if got is None or "secret" in name.lower() or "token" in name.lower()
+            else (f" (got {got!r})")
+        )
+        lines.append(f"{name}: {msg}{shown}")
+    return ConfigError("invalid settings\n  " + "\n  ".join(lines))

@@ -1,0 +1,46 @@
+"""The dry-run sink: the same interface as a writing sink, with no way to write.
+
+Dry run is not a flag checked here and there: the pipeline is handed this sink, which
+raises :class:`~worker.errors.DryRunWriteError` on any write. (The Salesforce client used
+for a dry run is also read-only at the transport, see :mod:`worker.salesforce`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from worker.actions import Action, ActionResult
+from worker.errors import DryRunWriteError
+from worker.ports import ApiUsage
+
+
+class DryRunSink:
+    name = "dry run"
+    can_write = False
+
+    def __init__(
+        self,
+        estimate: Callable[[Sequence[Action]], int] = lambda actions: 0,
+        usage: Callable[[], ApiUsage | None] = lambda: None,
+    ) -> None:
+        self._estimate = estimate
+        self._usage = usage
+
+    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        raise DryRunWriteError("dry run: apply-time checks are never reached")
+
+    def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        keys = ", ".join(a.key for a in actions[:3])
+        raise DryRunWriteError(f"dry run: refused to write {len(actions)} action(s) ({keys})")
+
+    def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
+        raise DryRunWriteError("dry run: reconciling is part of applying")
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        return self._estimate(actions)
+
+    def api_calls(self) -> int:
+        return 0
+
+    def usage(self) -> ApiUsage | None:
+        return self._usage()
