@@ -1,0 +1,166 @@
+"""The CLI end to end over a local org: plan, run, apply, dry run, exit codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from click.testing import CliRunner, Result
+
+from worker.cli import cli
+from worker.errors import DryRunWriteError
+from worker.sinks import DryRunSink
+from worker.store import Store
+
+from .conftest import DEMO_ORG
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(
+        cli, list(args), env={"WORKER_LOG_FORMAT": "json", **(env or {})}, catch_exceptions=False
+    )
+
+
+def org_args(org: Path, db: Path) -> list[str]:
+    return ["--local-org", str(org), "--db-path", str(db)]
+
+
+def tree_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def plan_json(org: Path, db: Path, *extra: str) -> dict[str, Any]:
+    result = invoke("plan", *org_args(org, db), "--format", "json", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_explains_itself(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert len(result.output.splitlines()) > 3
+    assert cli.commands[command].help
+
+
+def test_demo_plan_is_the_same_on_any_day(tmp_path: Path) -> None:
+    with time_machine.travel(dt.datetime(2027, 3, 1, tzinfo=dt.UTC)):
+        later = plan_json(DEMO_ORG, tmp_path / "a.db")
+    now = plan_json(DEMO_ORG, tmp_path / "b.db")
+    assert later["as_of"] == now["as_of"] == "2026-11-23"
+    assert later["actions"] == now["actions"]
+    rules = {a["rule"] for a in now["actions"]}
+    assert "payment_followup" in rules
+    kinds = {
+        a["key"].split(":")[1].split("-")[0]
+        for a in now["actions"]
+        if a["rule"] == "payment_followup"
+    }
+    assert {"initial", "followup", "final", "closeout"} <= kinds
+
+
+def test_run_writes_to_a_working_copy_once(demo_copy: Path, tmp_path: Path) -> None:
+    before = tree_hash(demo_copy)
+    db = tmp_path / "w.db"
+    first = invoke("run", *org_args(demo_copy, db))
+    assert first.exit_code == 0, first.output
+    assert tree_hash(demo_copy) == before  # fixtures are never written
+    store = Store.open(db)
+    applied = [r for r in store.audit_rows(outcome="applied")]
+    assert applied
+    working = tmp_path / "local-orgs" / "demo-org" / "records" / "zz-created-by-worker.json"
+    created = json.loads(working.read_text())["records"]
+    assert len(created) == len([r for r in applied if r.kind == "create_task"])
+    second = invoke("run", *org_args(demo_copy, db))
+    assert second.exit_code == 0
+    assert len(store.audit_rows(outcome="applied")) == len(applied)  # nothing twice
+    assert plan_json(demo_copy, db)["actions"] == []
+
+
+def test_dry_run_writes_nothing(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    result = invoke("run", "--dry-run", *org_args(demo_copy, db))
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "local-orgs").exists()
+    assert Store.open(db).audit_rows() == []
+
+
+def test_dry_run_sink_refuses_loudly() -> None:
+    with pytest.raises(DryRunWriteError, match="refused to write 0 action"):
+        DryRunSink().write([])
+
+
+def test_plan_file_round_trip_and_stale_apply(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    plan_file = tmp_path / "plan.json"
+    assert invoke("plan", *org_args(demo_copy, db), "--out", str(plan_file)).exit_code == 0
+    saved = json.loads(plan_file.read_text())
+    assert saved["schema"] == "sop-worker/plan" and saved["version"] == 1
+    # A person edits one planned target after the plan was made.
+    target = next(a for a in saved["actions"] if a["kind"] in ("update", "close"))
+    opp_file = demo_copy / "records" / "payment_followup-opportunities.json"
+    body = json.loads(opp_file.read_text())
+    for rec in body["records"]:
+        if rec["Id"] == target["target"]["id"]:
+            rec["SystemModstamp"] = "2026-11-23T08:00:00.000+0000"
+    opp_file.write_text(json.dumps(body))
+    result = invoke("apply", *org_args(demo_copy, db), str(plan_file))
+    assert result.exit_code == 0, result.output
+    store = Store.open(db)
+    conflicts = store.audit_rows(outcome="conflict")
+    assert {r.record_id for r in conflicts} == {target["target"]["id"]}
+    assert all(r.error_code == "RECORD_CHANGED" for r in conflicts)
+    applied = {r.key for r in store.audit_rows(outcome="applied")}
+    assert applied == {a["key"] for a in saved["actions"]} - {r.key for r in conflicts}
+    again = invoke("apply", *org_args(demo_copy, db), str(plan_file))
+    assert again.exit_code == 0
+    assert {r.key for r in store.audit_rows(outcome="applied")} == applied
+
+
+def test_second_run_while_locked_exits_3(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    store = Store.open(db)
+    store.acquire_lock("other-run", dt.datetime.now(dt.UTC), dt.timedelta(minutes=30))
+    result = invoke("run", *org_args(demo_copy, db))
+    assert result.exit_code == 3
+    assert "another run holds the lock: other-run" in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WORKER_TIMEZONE": "Mars/Olympus"}, "WORKER_TIMEZONE"),
+        ({"WORKER_LOG_LEVEL": "LOUD"}, "WORKER_LOG_LEVEL"),
+        ({"WORKER_AS_OF": "yesterday"}, "WORKER_AS_OF"),
+        ({"WORKER_LOCK_TTL_SECONDS": "5"}, "WORKER_LOCK_TTL_SECONDS"),
+    ],
+)
+def test_bad_setting_exits_2_naming_it(tmp_path: Path, env: dict[str, str], variable: str) -> None:
+    result = invoke("plan", *org_args(DEMO_ORG, tmp_path / "w.db"), env=env)
+    assert result.exit_code == 2
+    assert variable in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_mapping_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[org]\nname = 3\n", encoding="utf-8")
+    result = invoke("rules", "--mapping", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: org.name" in result.output
+
+
+def test_rules_lists_sop_files_and_steps() -> None:
+    result = invoke("rules")
+    assert result.exit_code == 0
+    assert "payment_followup" in result.output
+    assert "000_8d938a1ad00c5e13.txt" in result.output

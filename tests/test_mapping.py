@@ -1,0 +1,98 @@
+"""Mapping validation: every problem names the file and the key path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from worker.errors import MappingError
+from worker.mapping import load_mapping
+from worker.rules import rule_models
+
+from .conftest import DEFAULT_MAPPING
+
+
+def broken(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT_MAPPING.read_text(encoding="utf-8")
+    assert old in text, old
+    path = tmp_path / "org.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        (
+            "follow_up_every_days = 2",
+            'follow_up_every_days = "two"',
+            "rules.payment_followup.follow_up_every_days",
+            "valid integer",
+        ),
+        (
+            "follow_up_every_days = 2",
+            "follow_up_every_dayz = 2",
+            "rules.payment_followup.follow_up_every_dayz",
+            "unknown key",
+        ),
+        (
+            'close_date_field = "CloseDate"\n',
+            "",
+            "rules.payment_followup.close_date_field",
+            "required key is missing",
+        ),
+        (
+            'name = "SOP Worker demo org"',
+            'name = "x"\ncolour = "blue"',
+            "org.colour",
+            "unknown key",
+        ),
+        (
+            'closeout = "Step 3: Close Out the Opportunity"\n',
+            "",
+            "rules.payment_followup",
+            "no label for step(s) closeout",
+        ),
+        (
+            "final_attempt_day = 60",
+            "final_attempt_day = 20",
+            "rules.payment_followup",
+            "final_attempt_day must be after start_after_days",
+        ),
+        (
+            "[rules.payment_followup]\n",
+            "[rules.payment_followups]\n",
+            "rules.payment_followups",
+            "unknown rule",
+        ),
+    ],
+)
+def test_problem_names_file_and_key(
+    tmp_path: Path, old: str, new: str, key: str, message: str
+) -> None:
+    path = broken(tmp_path, old, new)
+    with pytest.raises(MappingError) as info:
+        load_mapping(path, rule_models())
+    text = str(info.value)
+    assert f"{path}: {key}" in text
+    assert message in text
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[org\nname = 1", encoding="utf-8")
+    with pytest.raises(MappingError, match=re.escape(f"{path}: not valid TOML")):
+        load_mapping(path, rule_models())
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="file not found"):
+        load_mapping(tmp_path / "nope.toml", rule_models())
+
+
+def test_default_mapping_loads_every_rule() -> None:
+    loaded = load_mapping(DEFAULT_MAPPING, rule_models())
+    assert set(loaded.rules) == set(rule_models())
+    assert set(loaded.precedence) == set(rule_models())

@@ -1,0 +1,119 @@
+"""The SQLite store: file mode, WAL, migrations, watermarks, ledger and audit, the lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+
+from worker.actions import ActionResult, CreateTask, Outcome
+from worker.errors import LockHeldError
+from worker.ports import Page
+from worker.records import RecordRef
+from worker.store import MIGRATIONS, Store
+
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+
+def task_action(key: str = "r:s:006A") -> CreateTask:
+    return CreateTask(
+        rule="r",
+        sop="000.txt",
+        step="Step 2",
+        target=RecordRef("Opportunity", "006A"),
+        reason="why",
+        key=key,
+        subject="Call",
+        description="d",
+        due=dt.date(2026, 11, 23),
+        owner_id=None,
+        what_id="006A",
+        who_id=None,
+        fields={},
+    )
+
+
+def test_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "w.db"
+    store = Store.open(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.version == len(MIGRATIONS)
+    assert store.pending_migrations() == []
+    store.close()
+    assert Store.open(path).version == len(MIGRATIONS)  # reopening migrates nothing
+
+
+def test_save_page_upserts_and_deletes() -> None:
+    store = Store.memory()
+    rec = {"Id": "006A", "Name": "A", "SystemModstamp": "2026-11-20T10:00:00.000+0000"}
+    newer = {**rec, "Name": "A2", "SystemModstamp": "2026-11-21T10:00:00.000+0000"}
+    assert store.save_page(Page("Opportunity", [rec]), "Name", NOW) == rec["SystemModstamp"]
+    store.save_page(Page("Opportunity", [newer, rec | {"Id": "006B"}]), "Name", NOW)
+    snapshot, problems = store.load_snapshot(["Opportunity"])
+    assert problems == []
+    assert [r.id for r in snapshot.of("Opportunity")] == ["006A", "006B"]
+    assert snapshot.get("006A").text("Name") == "A2"  # type: ignore[union-attr]
+    store.save_page(Page("Opportunity", [], deleted_ids=["006A"]), "Name", NOW)
+    assert [r.id for r in store.load_snapshot(["Opportunity"])[0].of("Opportunity")] == ["006B"]
+
+
+def test_watermark_resets_when_fields_change() -> None:
+    store = Store.memory()
+    store.save_page(
+        Page("Lead", [{"Id": "00QA", "SystemModstamp": "2026-11-20T10:00:00.000+0000"}]),
+        "Name",
+        NOW,
+    )
+    store.set_watermark("Lead", "2026-11-20T10:00:00.000+0000", "h1", NOW)
+    assert store.watermark("Lead", "h1") == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
+    assert store.watermark("Lead", "h2") is None
+
+
+def test_ledger_moves_forward_with_an_audit_row_per_change() -> None:
+    store = Store.memory()
+    action = task_action()
+    store.record_planned([action], "run1", NOW)
+    assert store.ledger_status([action.key]) == {action.key: Outcome.PLANNED}
+    store.mark_sent([action], "run1", NOW)
+    assert store.ledger_status([action.key]) == {action.key: Outcome.SENT}
+    store.record_results(
+        {action.key: action}, [ActionResult(action.key, Outcome.APPLIED, sf_id="00T1")], "run1", NOW
+    )
+    store.record_planned([action], "run2", NOW)  # replanning never reopens an applied key
+    assert store.ledger_status([action.key]) == {action.key: Outcome.APPLIED}
+    events = [(r.event, r.outcome) for r in store.audit_rows(record_id="006A")]
+    assert events == [("intent", "sent"), ("outcome", "applied")]
+
+
+def test_audit_filters() -> None:
+    store = Store.memory()
+    a, b = task_action("r:s:006A"), task_action("r:t:006A")
+    store.mark_sent([a, b], "run1", NOW)
+    store.record_results(
+        {a.key: a, b.key: b},
+        [
+            ActionResult(a.key, Outcome.APPLIED),
+            ActionResult(b.key, Outcome.FAILED, error_code="INVALID_FIELD", message="bad field"),
+        ],
+        "run1",
+        NOW,
+    )
+    failed = store.audit_rows(outcome="failed")
+    assert [(r.key, r.error_code) for r in failed] == [(b.key, "INVALID_FIELD")]
+    assert store.audit_rows(run_id="other") == []
+    assert len(store.audit_rows(since=dt.date(2026, 11, 23))) == 4
+    assert store.audit_rows(since=dt.date(2026, 11, 24)) == []
+
+
+def test_lock_is_exclusive_until_it_expires() -> None:
+    store = Store.memory()
+    ttl = dt.timedelta(minutes=30)
+    store.acquire_lock("run1", NOW, ttl)
+    with pytest.raises(LockHeldError, match="another run holds the lock: run1"):
+        store.acquire_lock("run2", NOW + dt.timedelta(minutes=5), ttl)
+    store.acquire_lock("run2", NOW + dt.timedelta(minutes=31), ttl)  # run1 died: taken over
+    store.release_lock("run2")
+    store.acquire_lock("run3", NOW, ttl)
