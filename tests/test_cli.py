@@ -104,7 +104,8 @@ def test_plan_file_round_trip_and_stale_apply(demo_copy: Path, tmp_path: Path) -
     plan_file = tmp_path / "plan.json"
     assert invoke("plan", *org_args(demo_copy, db), "--out", str(plan_file)).exit_code == 0
     saved = json.loads(plan_file.read_text())
-    assert saved["schema"] == "sop-worker/plan" and saved["version"] == 1
+    assert saved["schema"] == "sop-worker/plan"
+    assert saved["version"] == 1
     # A person edits one planned target after the plan was made.
     target = next(a for a in saved["actions"] if a["kind"] in ("update", "close"))
     opp_file = demo_copy / "records" / "payment_followup-opportunities.json"
