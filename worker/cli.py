@@ -7,6 +7,7 @@ One error boundary (:class:`_Group`) turns the worker's own errors into one line
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import sys
 import threading
@@ -19,12 +20,14 @@ import structlog
 from rich.console import Console
 
 from worker import __version__, report
+from worker.actions import Outcome
 from worker.app import load_rules_and_mapping, new_run_id, open_app, resolve_as_of, run_lock
 from worker.errors import ConfigError, DryRunWriteError, LockHeldError, SopWorkerError
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
 from worker.settings import WorkerSettings, load_settings
+from worker.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -239,6 +242,100 @@ def rules(**kwargs: Any) -> None:
             rule.id, rule.title, section.sop_file, steps, "yes" if section.enabled else "no"
         )
     console.print(table)
+
+
+@cli.command()
+@_settings_options
+@click.option("--record", "record_id", help="Only this record Id.")
+@click.option("--rule", help="Only this rule id.")
+@click.option("--run", "run_id", help="Only this run id.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="From this date (UTC).")
+@click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+def audit(
+    record_id: str | None,
+    rule: str | None,
+    run_id: str | None,
+    since: dt.datetime | None,
+    outcome: str | None,
+    fmt: str,
+    limit: int | None,
+    **kwargs: Any,
+) -> None:
+    """Show the audit log: every intent and outcome, with before/after values and errorCodes."""
+    settings = _settings(kwargs)
+    store = Store.open(settings.db_path)
+    try:
+        rows = store.audit_rows(
+            record_id=record_id,
+            rule=rule,
+            run_id=run_id,
+            since=since.date() if since else None,
+            outcome=outcome,
+            limit=limit,
+        )
+    finally:
+        store.close()
+    if fmt == "csv":
+        click.echo(report.audit_csv(rows), nl=False)
+    elif fmt == "jsonl":
+        click.echo(report.audit_jsonl(rows), nl=False)
+    else:
+        report.print_audit(rows, _console())
+
+
+@cli.command()
+@_settings_options
+@_as_of_option
+@click.argument("record_id")
+@click.option("--no-pull", is_flag=True, help="Use the cache as it is; do not read the org first.")
+def explain(record_id: str, no_pull: bool, **kwargs: Any) -> None:
+    """Why: each rule's verdict on a record, its past SOP actions and the next ones due."""
+    settings = _settings(kwargs)
+    run_id = new_run_id()
+    with open_app(settings, write=False) as app, run_lock(app, run_id):
+        if not no_pull:
+            app.pipeline.pull(
+                RunReport(run_id, resolve_as_of(settings, app.clock), True), app.clock()
+            )
+        as_of = resolve_as_of(settings, app.clock)
+        found = app.pipeline.explain(record_id, as_of)
+    if found.record is None:
+        raise ConfigError(f"record {record_id} is not in the cache (is it in a mapped object?)")
+    report.print_explanation(found, as_of, _console())
+
+
+@cli.command()
+@_settings_options
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+def purge(dry_run: bool, **kwargs: Any) -> None:
+    """Remove cached records and audit rows older than the mapping's retention periods."""
+    settings = _settings(kwargs)
+    mapping, _ = load_rules_and_mapping(settings)
+    store = Store.open(settings.db_path)
+    now = dt.datetime.now(dt.UTC)
+    keep = mapping.retention
+    cutoffs = {}
+    for table in store.db.table_names():
+        if table.startswith("cache_"):
+            sobject = table.removeprefix("cache_")
+            days = keep.customer_days if sobject in keep.customer_objects else keep.prospect_days
+            cutoffs[sobject] = now - dt.timedelta(days=days)
+    try:
+        removed = store.purge(cutoffs, now - dt.timedelta(days=keep.audit_days), dry_run=dry_run)
+    finally:
+        store.close()
+    verb = "would remove" if dry_run else "removed"
+    for what, count in sorted(removed.items()):
+        click.echo(f"{what}: {verb} {count}")
 
 
 def main() -> None:

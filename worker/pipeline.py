@@ -40,8 +40,9 @@ from worker.errors import ApiLimitError, AuthError
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import ObjectQuery, Sink, Source
+from worker.records import Record
 from worker.rules.base import Evaluation, Rule, evaluate_rule
-from worker.store import Store
+from worker.store import AuditRow, LedgerEntry, Store
 
 log = structlog.get_logger()
 
@@ -82,6 +83,17 @@ class RunReport:
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
         }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    record_id: str
+    record: Record | None
+    evaluations: tuple[Evaluation, ...]
+    out_of_scope: tuple[str, ...]
+    ledger: Mapping[str, Outcome]
+    history: tuple[LedgerEntry, ...]
+    audit: tuple[AuditRow, ...]
 
 
 def object_fields(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> dict[str, tuple[str, ...]]:
@@ -220,6 +232,34 @@ class Pipeline:
                 "api_calls": self.sink.estimate_calls(plan.actions),
                 "remaining_daily": usage.remaining if usage else None,
             }
+        )
+
+    def explain(self, record_id: str, as_of: dt.date) -> Explanation:
+        """Every rule's verdict on one record, with its past and next SOP steps."""
+        record = self.store.cached_record(record_id)
+        evaluations, _ = self.evaluate(as_of)
+        mine = [e for e in evaluations if e.target.id == record_id]
+        seen = {e.rule for e in mine}
+        out_of_scope = []
+        if record is not None:
+            for rule in self.rules:
+                needs = self.mapping.rules[rule.id].needs()
+                if (
+                    rule.id not in seen
+                    and record.sobject in needs
+                    and record.sobject != schema.TASK
+                ):
+                    out_of_scope.append(rule.id)
+        keys = [a.key for e in mine for a in e.actions]
+        done = {e.key: e for e in self.store.ledger_entries(target_id=record_id)}
+        return Explanation(
+            record_id,
+            record,
+            tuple(mine),
+            tuple(out_of_scope),
+            self.store.ledger_status(keys),
+            tuple(done.values()),
+            tuple(self.store.audit_rows(record_id=record_id)),
         )
 
     # -- 4. apply ---------------------------------------------------------------------------

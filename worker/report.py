@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from worker.actions import Outcome
+from worker.pipeline import Explanation
 from worker.plan import Plan
 from worker.store import AuditRow
 
@@ -173,3 +176,50 @@ def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
             error,
         )
     console.print(table)
+
+
+def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> None:
+    record = found.record
+    title = found.record_id
+    if record is not None:
+        name = record.get("Name") or record.get("Subject") or record.get("CaseNumber") or ""
+        title = f"{record.sobject} {name} ({record.id})".replace("  ", " ")
+    console.print(f"[bold]{title}[/bold] as of {as_of}")
+    table = Table(show_lines=True, expand=True)
+    for name in ("Rule", "Verdict", "Why", "Next"):
+        table.add_column(name, overflow="fold")
+    for e in found.evaluations:
+        verdict = e.verdict.value
+        lines = [e.why]
+        for action in e.actions:
+            state = found.ledger.get(action.key)
+            done = next((h for h in found.history if h.key == action.key), None)
+            if state is Outcome.APPLIED and done:
+                lines.append(
+                    f"already done on {done.updated_at[:10]} by run {done.run_id}: "
+                    f"{action.summary()}"
+                )
+            else:
+                lines.append(f"acts: {action.summary()}")
+        for skipped in e.skipped:
+            lines.append(f"skipped {skipped.step} due {skipped.due}: {skipped.reason}")
+        nxt = f"{e.next_step or ''} on {e.next_due}" if e.next_due else ""
+        table.add_row(e.rule, verdict, "\n".join(lines), nxt)
+    for rule in found.out_of_scope:
+        table.add_row(rule, "excluded", "not in this rule's scope (see its mapping filters)", "")
+    console.print(table)
+    if found.history:
+        timeline = Table(title="SOP timeline (ledger)", expand=True)
+        for name in ("Updated", "Run", "Step", "Status", "Change"):
+            timeline.add_column(name, overflow="fold")
+        for h in found.history:
+            timeline.add_row(
+                h.updated_at[:19],
+                h.run_id,
+                f"{h.action.rule}\n{h.action.step}",
+                h.status.value + (f" {h.error_code}" if h.error_code else ""),
+                h.action.summary(),
+            )
+        console.print(timeline)
+    else:
+        console.print("No SOP action recorded for this record yet.")

@@ -558,6 +558,7 @@ class Store:
         self,
         cutoffs: Mapping[str, dt.datetime],
         audit_cutoff: dt.datetime,
+        dry_run: bool = False,
     ) -> dict[str, int]:
         """Drop cached records last modified before their object's cutoff, and old audit rows."""
         removed: dict[str, int] = {}
@@ -582,8 +583,13 @@ class Store:
                         f"DELETE FROM [{table}] WHERE id IN ({','.join('?' for _ in chunk)})", chunk
                     )
                 removed[sobject] = len(stale)
-            cursor = self.db.execute("DELETE FROM audit WHERE ts < ?", [audit_cutoff.isoformat()])
-            removed["audit"] = cursor.rowcount
+            old_audit = [audit_cutoff.isoformat()]
+            removed["audit"] = self.db.execute(
+                "SELECT count(*) FROM audit WHERE ts < ?", old_audit
+            ).fetchone()[0]
+            self.db.execute("DELETE FROM audit WHERE ts < ?", old_audit)
+            if dry_run:
+                self.db.conn.rollback()
         return removed
 
 
