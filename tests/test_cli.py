@@ -79,7 +79,10 @@ def test_run_writes_to_a_working_copy_once(demo_copy: Path, tmp_path: Path) -> N
     assert applied
     working = tmp_path / "local-orgs" / "demo-org" / "records" / "zz-created-by-worker.json"
     created = json.loads(working.read_text())["records"]
-    assert len(created) == len([r for r in applied if r.kind == "create_task"])
+    tasks = [r for r in created if r["attributes"]["type"] == "Task"]
+    comments = [r for r in created if r["attributes"]["type"] == "CaseComment"]
+    assert len(tasks) == len([r for r in applied if r.kind in ("create_task", "send_email")])
+    assert len(comments) == len([r for r in applied if r.kind == "case_comment"])
     second = invoke("run", *org_args(demo_copy, db))
     assert second.exit_code == 0
     assert len(store.audit_rows(outcome="applied")) == len(applied)  # nothing twice

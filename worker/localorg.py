@@ -421,13 +421,12 @@ class LocalOrg:
 
 
 def _in_window(raw: Mapping[str, Any], query: ObjectQuery) -> bool:
+    """Incremental reads honour the lower bound only: a local org has its own dates (its
+    manifest's as-of), so the real clock's upper bound would hide records dated after it."""
     stamp = raw.get(schema.SYSTEM_MODSTAMP)
-    if not isinstance(stamp, str):
-        return query.since is None
-    when = parse_sf_datetime(stamp)
-    if query.since and when < query.since:
-        return False
-    return not (query.until and when > query.until)
+    if not isinstance(stamp, str) or query.since is None:
+        return True
+    return parse_sf_datetime(stamp) >= query.since
 
 
 def _matches(raw: Mapping[str, Any], filters: Mapping[str, tuple[Any, ...]]) -> bool:
