@@ -8,8 +8,9 @@ Exactly-once, step by step:
 
 1. ``reconcile``: ledger rows left ``sent`` by a run that died are checked against the org
    (by external-id key or a marker query) before anything is written again.
-2. ``pull``: per object, one incremental query on SystemModstamp with an overlap window;
-   each page is committed with its watermark, never past the run's start.
+2. ``pull``: per object, one incremental query on SystemModstamp from the watermark (the
+   live source widens it by an overlap window); each page is committed, then its watermark,
+   never past the run's start.
 3. ``plan``: rules over the cached snapshot; keys the ledger already applied are left out.
 4. ``apply``: targets whose SystemModstamp changed since they were read are conflicts (a
    person edited them); the rest are written in batches, each batch marked ``sent`` with
@@ -46,7 +47,6 @@ from worker.store import AuditRow, LedgerEntry, Store
 
 log = structlog.get_logger()
 
-DEFAULT_OVERLAP = dt.timedelta(minutes=10)
 WRITE_BATCH = 1000  # one composite request of five 200-record collections
 
 
@@ -132,7 +132,6 @@ class Pipeline:
         mapping: LoadedMapping,
         rules: Sequence[Rule[Any]],
         clock: Callable[[], dt.datetime],
-        overlap: dt.timedelta = DEFAULT_OVERLAP,
     ) -> None:
         self.store = store
         self.source = source
@@ -140,7 +139,6 @@ class Pipeline:
         self.mapping = mapping
         self.rules = [r for r in rules if mapping.rules.get(r.id) and mapping.rules[r.id].enabled]
         self.clock = clock
-        self.overlap = overlap
 
     # -- 1. reconcile ---------------------------------------------------------------------------
     def reconcile(self, report: RunReport) -> None:
@@ -178,8 +176,7 @@ class Pipeline:
             mark = self.store.watermark(sobject, digest)
             if mark is None:
                 self.store.reset_cache(sobject)
-            since = mark - self.overlap if mark else None
-            queries.append(ObjectQuery(sobject, names, filters, since, run_start))
+            queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
         for page in self.source.fetch(queries):
             name_field = self.mapping.common.name_field(page.sobject)
             newest = self.store.save_page(page, name_field, self.clock())

@@ -28,7 +28,7 @@ class ObjectQuery:
     sobject: str
     fields: tuple[str, ...]
     filters: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    since: dt.datetime | None = None  # inclusive lower bound on SystemModstamp (overlap applied)
+    since: dt.datetime | None = None  # the watermark; a live source widens it by its overlap
     until: dt.datetime | None = None  # inclusive upper bound: the run's start time
 
 
