@@ -41,7 +41,7 @@ from worker.errors import ApiLimitError, AuthError
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import ObjectQuery, Sink, Source
-from worker.records import Record
+from worker.records import Record, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
 
@@ -181,7 +181,12 @@ class Pipeline:
             name_field = self.mapping.common.name_field(page.sobject)
             newest = self.store.save_page(page, name_field, self.clock())
             if newest:
-                self.store.set_watermark(page.sobject, newest, hashes[page.sobject], self.clock())
+                # Never past the run's start: a record stamped later (clock skew, a write
+                # landing during this read) is read again next cycle rather than missed.
+                mark = min(parse_sf_datetime(newest), run_start)
+                self.store.set_watermark(
+                    page.sobject, format_sf_datetime(mark), hashes[page.sobject], self.clock()
+                )
             report.records_read[page.sobject] += len(page.records)
             log.debug(
                 "pull.page",

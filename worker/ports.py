@@ -54,7 +54,8 @@ class ApiUsage:
 
 
 class Source(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
         """Yield pages for every query; the caller commits each page before the next."""
@@ -68,8 +69,11 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    name: str
-    can_write: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def can_write(self) -> bool: ...
 
     def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
         """SystemModstamp of each target as the org has it now (missing id = deleted)."""

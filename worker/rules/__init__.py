@@ -11,10 +11,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.mapping import RuleSettings
-from worker.rules import payment_followup
+from worker.rules import collections, homecare_stages, payment_followup, rejected_payments
 from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict, evaluate_rule
 
-ALL_RULES: tuple[Rule[Any], ...] = (payment_followup.RULE,)
+ALL_RULES: tuple[Rule[Any], ...] = (
+    payment_followup.RULE,
+    rejected_payments.RULE,
+    homecare_stages.RULE,
+    collections.RULE,
+)
 
 
 def rule_models() -> Mapping[str, type[RuleSettings]]:
