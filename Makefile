@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/sop-worker plan --local-org fixtures/demo-org --db-path var/demo.db
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check worker tests $(wildcard bench)
+	$(BIN)/ruff format --check worker tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy worker

@@ -1,0 +1,1397 @@
+"""An in-memory Salesforce org behind ``responses``: the gateway's end-to-end test double.
+
+It answers the REST resources the gateway uses with the real API's shapes:
+
+- ``POST <login>/services/oauth2/token`` (JWT bearer, client credentials, refresh token,
+  password), ``GET /services/data/`` (versions), ``/limits``;
+- ``query``/``queryAll`` (SOQL parsed and checked by :mod:`fakesoql`; unknown fields,
+  unfilterable long text and malformed SOQL are refused as Salesforce refuses them),
+  paging through ``nextRecordsUrl`` every ``page_size`` rows;
+- ``composite`` (at most 25 subrequests, 5 of them collections or queries), sObject
+  Collections create/update/upsert with ``allOrNone`` semantics and per-record errors;
+- ``sobjects`` (global describe) and ``sobjects/<Object>/describe``;
+- ``actions/standard/emailSimple``; SOAP ``convertLead``; Bulk API 2.0 query jobs.
+
+Every instance call is counted (``calls``, ``calls_by_kind``) and answered with a
+``Sforce-Limit-Info`` header; when the daily allowance is spent it answers
+``REQUEST_LIMIT_EXCEEDED``. Faults are injected with :meth:`FakeOrg.fail` (an HTTP error,
+a connection error, or a response dropped after the write was applied) and
+:meth:`FakeOrg.lock` (per-record ``UNABLE_TO_LOCK_ROW``).
+
+Use it as a context manager (it starts its own ``responses.RequestsMock``)::
+
+    with FakeOrg() as org:
+        org.add("Opportunity", Name="Acme", StageName="Prospecting")
+        client = SalesforceClient(org.settings(), wait=tenacity.wait_none())
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import io
+import itertools
+import json
+import re
+import secrets
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote_plus, urlsplit
+from xml.sax.saxutils import escape
+
+import jwt
+import requests
+import responses
+
+from worker.salesforce.settings import SalesforceSettings
+
+from .fakesoql import Query, SoqlError, get_path, parse
+
+INSTANCE = "https://fake-org.my.salesforce.com"
+LOGIN = "https://login.salesforce.com"
+ORG_ID = "00DFAKE0000000001"
+USER_ID = "005000000000000001"
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+PARTNER_NS = "urn:partner.soap.sforce.com"
+
+PREFIXES = {
+    "Account": "001",
+    "Contact": "003",
+    "User": "005",
+    "Opportunity": "006",
+    "Lead": "00Q",
+    "Task": "00T",
+    "Event": "00U",
+    "CaseComment": "00a",
+    "Case": "500",
+}
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    name: str
+    type: str = "string"
+    length: int = 255
+    updateable: bool = True
+    createable: bool = True
+    filterable: bool = True
+    external_id: bool = False
+    unique: bool = False
+    picklist: tuple[str, ...] = ()
+    restricted: bool = False
+    relationship: str | None = None
+    reference_to: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.name.replace("__c", "").replace("_", " "),
+            "type": self.type,
+            "length": self.length
+            if self.type in ("string", "textarea", "picklist", "email")
+            else 0,
+            "updateable": self.updateable,
+            "createable": self.createable,
+            "filterable": self.filterable,
+            "externalId": self.external_id,
+            "unique": self.unique,
+            "nillable": self.name != "Id",
+            "custom": self.name.endswith("__c"),
+            "restrictedPicklist": self.restricted,
+            "picklistValues": [
+                {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
+                for v in self.picklist
+            ],
+            "relationshipName": self.relationship,
+            "referenceTo": list(self.reference_to),
+        }
+
+
+def _f(name: str, type_: str = "string", **kw: Any) -> FieldDef:
+    return FieldDef(name, type_, **kw)
+
+
+def _ref(name: str, to: str | tuple[str, ...], rel: str | None = None) -> FieldDef:
+    targets = (to,) if isinstance(to, str) else to
+    return FieldDef(name, "reference", 18, relationship=rel, reference_to=targets)
+
+
+_SYSTEM = (
+    _f("Id", "id", length=18, updateable=False, createable=False),
+    _f("IsDeleted", "boolean", updateable=False, createable=False),
+    _f("SystemModstamp", "datetime", updateable=False, createable=False),
+    _f("CreatedDate", "datetime", updateable=False, createable=False),
+    _f("LastModifiedDate", "datetime", updateable=False, createable=False),
+)
+TASK_STATUSES = ("Not Started", "In Progress", "Completed")
+LEAD_STATUSES = (
+    "Open - Not Contacted",
+    "Working - Contacted",
+    "Closed - Converted",
+    "Closed - Not Converted",
+)
+CONVERTED_STATUS = "Closed - Converted"
+
+
+def default_schema() -> dict[str, dict[str, FieldDef]]:
+    """The standard fields the worker touches, plus the demo mapping's custom fields."""
+    objects: dict[str, tuple[FieldDef, ...]] = {
+        "Account": (_f("Name"), _ref("OwnerId", "User", "Owner")),
+        "Contact": (_f("LastName"), _f("Email", "email"), _ref("AccountId", "Account", "Account")),
+        "User": (_f("Name"), _f("Email", "email")),
+        "Opportunity": (
+            _f("Name"),
+            _f("StageName", "picklist", picklist=("Prospecting", "Closed Won", "Closed Lost")),
+            _f("Type", "picklist", picklist=("New Business", "Payment")),
+            _f("CloseDate", "date"),
+            _f("Amount", "currency"),
+            _f("NextStep"),
+            _f("IsClosed", "boolean", updateable=False, createable=False),
+            _ref("AccountId", "Account", "Account"),
+            _ref("OwnerId", "User", "Owner"),
+            _f("Payment_Status__c", "picklist", picklist=("Open", "Resolved", "Closed")),
+            _f("Closed_Reason__c", "picklist", picklist=("No Response", "Paid")),
+            _f("Customer_Responded__c", "boolean"),
+        ),
+        "Lead": (
+            _f("LastName"),
+            _f("Company"),
+            _f("Email", "email"),
+            _f("Status", "picklist", picklist=LEAD_STATUSES, restricted=True),
+            _f("IsConverted", "boolean", updateable=False, createable=False),
+            _ref("ConvertedAccountId", "Account"),
+            _ref("ConvertedContactId", "Contact"),
+            _ref("ConvertedOpportunityId", "Opportunity"),
+            _ref("OwnerId", "User", "Owner"),
+        ),
+        "Case": (
+            _f("Subject"),
+            _f("Status", "picklist", picklist=("New", "Working", "Closed")),
+            _ref("OwnerId", "User", "Owner"),
+            _ref("AccountId", "Account", "Account"),
+        ),
+        "Task": (
+            _f("Subject", "combobox"),
+            _f("Description", "textarea", length=32000, filterable=False),
+            _f("ActivityDate", "date"),
+            _f("Status", "picklist", picklist=TASK_STATUSES, restricted=True),
+            _f("Priority", "picklist", picklist=("High", "Normal", "Low")),
+            _f("Type", "picklist", picklist=("Call", "Email", "Customer Response")),
+            _f("TaskSubtype", "picklist", picklist=("Task", "Call", "Email"), updateable=False),
+            _f("IsClosed", "boolean", updateable=False, createable=False),
+            _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
+            _ref("WhoId", ("Lead", "Contact"), "Who"),
+            _ref("OwnerId", "User", "Owner"),
+            _f("SOP_Worker_Key__c", length=80, external_id=True, unique=True),
+        ),
+        "CaseComment": (
+            _ref("ParentId", "Case", "Parent"),
+            _f("CommentBody", "textarea", length=4000, filterable=False),
+            _f("IsPublished", "boolean"),
+        ),
+    }
+    return {obj: {f.name: f for f in (*_SYSTEM, *fields)} for obj, fields in objects.items()}
+
+
+@dataclass
+class Credentials:
+    client_id: str = "3MVG9FAKECONSUMERKEY"
+    client_secret: str = "fake-consumer-secret"
+    username: str = "worker@example.com"
+    password: str = "fake-password"
+    security_token: str = "FAKESECTOKEN"
+    refresh_token: str = "5Aep861FAKEREFRESH"
+    jwt_public_key: bytes | None = None
+    my_domain: str = INSTANCE
+
+
+@dataclass
+class Fault:
+    """Fail matching calls: answer ``status``/``error_code``, raise ``exception`` before the
+    call is applied, or (``drop``) apply it and then lose the answer (a read timeout)."""
+
+    kind: str | None = None
+    method: str | None = None
+    skip: int = 0
+    times: int = 1
+    status: int = 503
+    error_code: str | None = "SERVER_UNAVAILABLE"
+    message: str = "Server temporarily unavailable"
+    exception: type[Exception] | None = None
+    drop: bool = False
+    body: Any = None
+    seen: int = 0
+
+    def matches(self, kind: str, method: str) -> bool:
+        return (self.kind is None or self.kind == kind) and (
+            self.method is None or self.method == method
+        )
+
+
+@dataclass
+class Synthetic:
+    """Records made on demand, for large benches: only edited rows are stored."""
+
+    count: int
+    make: Callable[[int, str], dict[str, Any]]  # (index, Id) -> fields
+
+
+@dataclass
+class _Cursor:
+    ids: list[str]
+    fields: tuple[str, ...]
+    sobject: str
+    resource: str
+    offset: int = 0
+
+
+@dataclass
+class _Job:
+    id: str
+    query: Query
+    all_rows: bool
+    polls: int = 0
+    ids: list[str] = field(default_factory=list)
+
+
+class FakeOrg:
+    """One in-memory org."""
+
+    def __init__(
+        self,
+        *,
+        instance_url: str = INSTANCE,
+        login_url: str = LOGIN,
+        api_version: str = "66.0",
+        daily_limit: int = 15_000,
+        used: int = 0,
+        page_size: int = 2000,
+        now: dt.datetime | None = None,
+        credentials: Credentials | None = None,
+        keep_calls: bool = True,
+        job_polls_needed: int = 1,
+    ) -> None:
+        self.instance_url = instance_url
+        self.login_url = login_url
+        self.api_version = api_version
+        self.versions = ("64.0", "65.0", api_version)
+        self.daily_limit = daily_limit
+        self.used = used
+        self.page_size = page_size
+        self.now = now or dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+        self.credentials = credentials or Credentials()
+        self.keep_calls = keep_calls
+        self.job_polls_needed = job_polls_needed
+        self.rotate_refresh_tokens = False
+        self.schema = default_schema()
+        self.records: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in self.schema}
+        self.synthetic: dict[str, Synthetic] = {}
+        self.tokens: set[str] = set()
+        self.calls: list[tuple[str, str, str]] = []  # (method, path, kind) of instance calls
+        self.calls_by_kind: Counter[str] = Counter()
+        self.oauth_requests: list[dict[str, str]] = []
+        self.faults: list[Fault] = []
+        self.locks: dict[str, int] = {}
+        self.validations: list[Callable[[str, Mapping[str, Any]], tuple[str, str] | None]] = []
+        self.emails_sent: list[dict[str, Any]] = []
+        self.composite_sizes: list[int] = []
+        self._cursors: dict[str, _Cursor] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._counter = itertools.count(1)
+        self._mock: responses.RequestsMock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> FakeOrg:
+        self._mock = responses.RequestsMock(assert_all_requests_are_fired=False)
+        self.install(self._mock)
+        self._mock.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock.reset()
+            self._mock = None
+
+    def install(self, mock: responses.RequestsMock) -> None:
+        """Register the org's callbacks on an existing ``responses`` mock."""
+        self._mock = mock
+        # Token endpoints first: the My Domain is also the instance host.
+        for host in dict.fromkeys((self.login_url, self.credentials.my_domain)):
+            mock.add_callback(
+                "POST",
+                re.compile(re.escape(host) + r"/services/oauth2/token.*"),
+                callback=self._oauth,
+            )
+        instance = re.compile(re.escape(self.instance_url) + r"/.*")
+        for method in ("GET", "POST", "PATCH", "DELETE", "PUT"):
+            mock.add_callback(method, instance, callback=self._handle)
+
+    # -- settings helpers ---------------------------------------------------------------------------
+    def settings(self, **overrides: Any) -> SalesforceSettings:
+        """Settings for a bare-token session on this org (no .env, no environment)."""
+        values: dict[str, Any] = {
+            "instance_url": self.instance_url,
+            "access_token": self.issue_token(),
+            "auth": "token",
+            "api_version": self.api_version,
+        }
+        values.update(overrides)
+        return SalesforceSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    def issue_token(self) -> str:
+        token = f"{ORG_ID}!AQ{secrets.token_urlsafe(24)}"
+        self.tokens.add(token)
+        return token
+
+    def expire_sessions(self) -> None:
+        self.tokens.clear()
+
+    # -- data -----------------------------------------------------------------------------------
+    def stamp(self) -> str:
+        """Advance the org clock one second and return it in REST format."""
+        self.now += dt.timedelta(seconds=1)
+        return self.now.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+    def new_id(self, sobject: str) -> str:
+        return PREFIXES.get(sobject, "a00") + f"{900_000_000_000_000 + next(self._counter):015d}"
+
+    def add(self, sobject: str, **fields: Any) -> str:
+        rid = fields.pop("Id", None) or self.new_id(sobject)
+        stamp = fields.pop("SystemModstamp", None) or self.stamp()
+        record = {
+            "Id": rid,
+            "IsDeleted": False,
+            "CreatedDate": fields.pop("CreatedDate", stamp),
+            "SystemModstamp": stamp,
+            "LastModifiedDate": stamp,
+        }
+        if sobject == "Lead":
+            record["IsConverted"] = False
+        record.update(fields)
+        self.records[sobject][rid] = record
+        return rid
+
+    def add_synthetic(
+        self, sobject: str, count: int, make: Callable[[int, str], dict[str, Any]]
+    ) -> None:
+        self.synthetic[sobject] = Synthetic(count, make)
+
+    def synthetic_id(self, sobject: str, index: int) -> str:
+        return PREFIXES.get(sobject, "a00") + f"{index:015d}"
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        for sobject in self.records:
+            found = self._load(sobject, record_id)
+            if found is not None:
+                return found
+        return None
+
+    def edit(self, record_id: str, **fields: Any) -> None:
+        """A person's edit in the UI: fields change and SystemModstamp moves."""
+        sobject = self._sobject_of(record_id)
+        record = self._materialize(sobject, record_id)
+        record.update(fields)
+        record["SystemModstamp"] = record["LastModifiedDate"] = self.stamp()
+
+    def delete(self, record_id: str) -> None:
+        sobject = self._sobject_of(record_id)
+        record = self._materialize(sobject, record_id)
+        record["IsDeleted"] = True
+        record["SystemModstamp"] = self.stamp()
+
+    def of(self, sobject: str, *, deleted: bool = False) -> list[dict[str, Any]]:
+        return [r for r in self._iter(sobject) if deleted or not r.get("IsDeleted")]
+
+    # -- faults -------------------------------------------------------------------------------------
+    def fail(self, **kwargs: Any) -> Fault:
+        fault = Fault(**kwargs)
+        self.faults.append(fault)
+        return fault
+
+    def lock(self, record_id: str, times: int = 1) -> None:
+        """The next ``times`` writes of this record fail with UNABLE_TO_LOCK_ROW."""
+        self.locks[record_id] = times
+
+    def validate(self, rule: Callable[[str, Mapping[str, Any]], tuple[str, str] | None]) -> None:
+        """A validation rule: (sobject, record after the write) -> (errorCode, message)."""
+        self.validations.append(rule)
+
+    # -- accounting --------------------------------------------------------------------------------
+    @property
+    def call_count(self) -> int:
+        return len(self.calls)
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        return [c for c in self.calls if c[0] in ("POST", "PATCH", "DELETE", "PUT")]
+
+    # == HTTP ======================================================================================
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Sforce-Limit-Info": f"api-usage={self.used}/{self.daily_limit}",
+            "Content-Type": "application/json;charset=UTF-8",
+        }
+
+    def _reply(
+        self, status: int, body: Any, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, str], str | bytes]:
+        out = self._headers()
+        out.update(headers or {})
+        if isinstance(body, (str, bytes)):
+            return status, out, body
+        return status, out, "" if body is None else json.dumps(body)
+
+    def _handle(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str | bytes]:
+        if not self.keep_calls and self._mock is not None:
+            self._mock.calls.reset()  # a bench must not hold every response ever sent
+        method = request.method or "GET"
+        parts = urlsplit(request.url or "")
+        path = parts.path
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        kind = _kind(method, path)
+        self.calls.append((method, path, kind))
+        self.calls_by_kind[kind] += 1
+        if self.used >= self.daily_limit:
+            return self._reply(
+                403,
+                [
+                    {
+                        "message": "TotalRequests Limit exceeded.",
+                        "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                    }
+                ],
+            )
+        self.used += 1
+        body_text = _text(request.body)
+        soap = path.startswith("/services/Soap/")
+        if not self._authorized(request, body_text, soap):
+            if soap:
+                return self._reply(
+                    500,
+                    _soap_fault(
+                        "INVALID_SESSION_ID",
+                        "Invalid Session ID found in SessionHeader: Illegal Session",
+                    ),
+                    {"Content-Type": "text/xml"},
+                )
+            return self._reply(
+                401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+            )
+        fault = self._fault(kind, method)
+        if fault is not None and not fault.drop:
+            if fault.exception is not None:
+                raise fault.exception("injected fault")
+            body = (
+                fault.body
+                if fault.body is not None
+                else (
+                    [{"message": fault.message, "errorCode": fault.error_code}]
+                    if fault.error_code
+                    else ""
+                )
+            )
+            return self._reply(fault.status, body)
+        try:
+            if soap:
+                status, body, headers = self._soap(body_text)
+            else:
+                status, body, headers = self._route(method, path, query, body_text)
+        except SoqlError as exc:
+            status, body, headers = 400, [{"message": exc.message, "errorCode": exc.code}], {}
+        if fault is not None and fault.drop:
+            raise requests.ReadTimeout("injected: response lost after the write was applied")
+        return self._reply(status, body, headers)
+
+    def _authorized(self, request: requests.PreparedRequest, body: str, soap: bool) -> bool:
+        if path_is_public(urlsplit(request.url or "").path):
+            return True
+        if soap:
+            match = re.search(r"<(?:\w+:)?sessionId>([^<]*)</", body)
+            return bool(match) and _xml_unescape(match.group(1)) in self.tokens  # type: ignore[union-attr]
+        header = request.headers.get("Authorization", "")
+        return header.startswith("Bearer ") and header[7:] in self.tokens
+
+    def _fault(self, kind: str, method: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.times <= 0 or not fault.matches(kind, method):
+                continue
+            fault.seen += 1
+            if fault.seen <= fault.skip:
+                continue
+            fault.times -= 1
+            return fault
+        return None
+
+    # -- routing ------------------------------------------------------------------------------------
+    def _route(
+        self, method: str, path: str, query: Mapping[str, str], body: str
+    ) -> tuple[int, Any, dict[str, str]]:
+        if path.rstrip("/") == "/services/data":
+            return (
+                200,
+                [
+                    {"label": f"v{v}", "url": f"/services/data/v{v}", "version": v}
+                    for v in self.versions
+                ],
+                {},
+            )
+        prefix = f"/services/data/v{self.api_version}/"
+        if not path.startswith(prefix):
+            return (
+                404,
+                [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
+                {},
+            )
+        rest = path[len(prefix) :].strip("/")
+        payload = json.loads(body) if body else None
+        if method == "POST" and rest == "composite":
+            return self._composite(payload)
+        if rest.startswith("jobs/query"):
+            return self._bulk(method, rest, query, payload)
+        status, out = self._resource(method, rest, query, payload)
+        return status, out, {}
+
+    def _resource(
+        self, method: str, rest: str, query: Mapping[str, str], payload: Any
+    ) -> tuple[int, Any]:
+        """Everything a composite subrequest may also reach."""
+        if method == "GET" and rest in ("query", "queryAll"):
+            return 200, self._run_query(query.get("q", ""), all_rows=rest == "queryAll")
+        if method == "GET" and re.fullmatch(r"(query|queryAll)/[\w-]+", rest):
+            return 200, self._next_page(rest.split("/", 1)[1])
+        if method == "GET" and rest == "limits":
+            return 200, {
+                "DailyApiRequests": {
+                    "Max": self.daily_limit,
+                    "Remaining": self.daily_limit - self.used,
+                }
+            }
+        if method == "GET" and rest == "sobjects":
+            return 200, {
+                "encoding": "UTF-8",
+                "maxBatchSize": 200,
+                "sobjects": [
+                    {"name": o, "keyPrefix": PREFIXES.get(o), "queryable": True, "label": o}
+                    for o in self.schema
+                ],
+            }
+        match = re.fullmatch(r"sobjects/(\w+)/describe", rest)
+        if method == "GET" and match:
+            return self._describe(match.group(1))
+        if rest == "composite/sobjects" and method in ("POST", "PATCH"):
+            return self._collection(method, None, payload)
+        match = re.fullmatch(r"composite/sobjects/(\w+)/(\w+)", rest)
+        if method == "PATCH" and match:
+            return self._collection("UPSERT", (match.group(1), match.group(2)), payload)
+        if method == "POST" and rest == "actions/standard/emailSimple":
+            return self._email(payload)
+        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+
+    # -- oauth ----------------------------------------------------------------------------------------
+    def _oauth(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        form = {k: v[0] for k, v in parse_qs(_text(request.body)).items()}
+        self.oauth_requests.append(form)
+        self.calls_by_kind["oauth"] += 1
+        c = self.credentials
+        grant = form.get("grant_type")
+        host = urlsplit(request.url or "").scheme + "://" + urlsplit(request.url or "").netloc
+        ok = False
+        new_refresh: str | None = None
+        if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            ok = self._jwt_ok(form.get("assertion", ""))
+        elif grant == "client_credentials":
+            ok = (
+                host == c.my_domain
+                and form.get("client_id") == c.client_id
+                and form.get("client_secret") == c.client_secret
+            )
+            if host != c.my_domain:
+                return (
+                    400,
+                    {"Content-Type": "application/json"},
+                    json.dumps(
+                        {
+                            "error": "invalid_grant",
+                            "error_description": "request not supported on this domain",
+                        }
+                    ),
+                )
+        elif grant == "refresh_token":
+            ok = (
+                form.get("client_id") == c.client_id
+                and form.get("refresh_token") == c.refresh_token
+            )
+            if ok and self.rotate_refresh_tokens:
+                new_refresh = c.refresh_token = f"5Aep861{secrets.token_urlsafe(12)}"
+        elif grant == "password":
+            ok = (
+                form.get("client_id") == c.client_id
+                and form.get("client_secret") == c.client_secret
+                and form.get("username") == c.username
+                and form.get("password") == c.password + c.security_token
+            )
+        if not ok:
+            return (
+                400,
+                {"Content-Type": "application/json"},
+                json.dumps(
+                    {"error": "invalid_grant", "error_description": "authentication failure"}
+                ),
+            )
+        body = {
+            "access_token": self.issue_token(),
+            "instance_url": self.instance_url,
+            "id": f"{self.login_url}/id/{ORG_ID}/{USER_ID}",
+            "token_type": "Bearer",
+            "issued_at": str(int(self.now.timestamp() * 1000)),
+            "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        if new_refresh:
+            body["refresh_token"] = new_refresh
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def _jwt_ok(self, assertion: str) -> bool:
+        c = self.credentials
+        if c.jwt_public_key is None:
+            return False
+        try:
+            claims = jwt.decode(
+                assertion,
+                c.jwt_public_key,
+                algorithms=["RS256"],
+                audience=["https://login.salesforce.com", "https://test.salesforce.com"],
+                options={"verify_exp": False},
+            )
+        except jwt.PyJWTError:
+            return False
+        return bool(claims.get("iss") == c.client_id and claims.get("sub") == c.username)
+
+    # -- query ---------------------------------------------------------------------------------------
+    def _check_query(self, q: Query) -> dict[str, FieldDef]:
+        fields = self._schema(q.sobject)
+        for name in (*q.fields, *q.where_fields, *(n for n, _ in q.order_by)):
+            head = name.split(".", 1)[0]
+            if "." in name:
+                if not any((f.relationship or "").lower() == head.lower() for f in fields.values()):
+                    raise SoqlError(
+                        "INVALID_FIELD", f"Didn't understand relationship '{head}' in field path."
+                    )
+                continue
+            if head.lower() not in {k.lower() for k in fields}:
+                raise SoqlError(
+                    "INVALID_FIELD",
+                    f"\n{name}\n^\nERROR at Row:1:Column:1\nNo such column '{name}' on entity "
+                    f"'{q.sobject}'. If you are attempting to use a custom field, be sure to "
+                    "append the '__c' after the custom field name.",
+                )
+        for name in q.where_fields:
+            fd = next((f for k, f in fields.items() if k.lower() == name.lower()), None)
+            if fd is not None and not fd.filterable:
+                raise SoqlError(
+                    "INVALID_FIELD", f"field '{fd.name}' can not be filtered in a query call"
+                )
+        return fields
+
+    def _schema(self, sobject: str) -> dict[str, FieldDef]:
+        match = next((o for o in self.schema if o.lower() == sobject.lower()), None)
+        if match is None:
+            raise SoqlError("INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
+        return self.schema[match]
+
+    def _matching(self, q: Query, all_rows: bool) -> list[str]:
+        ids = []
+        keyed = []
+        for record in self._iter(q.sobject):
+            if record.get("IsDeleted") and not all_rows:
+                continue
+            if q.where is not None and not q.where(record):
+                continue
+            if q.order_by:
+                keyed.append(
+                    (tuple(_sort_key(get_path(record, n)) for n, _ in q.order_by), record["Id"])
+                )
+            else:
+                ids.append(record["Id"])
+        if q.order_by:
+            # one direction per query is all the gateway uses
+            reverse = q.order_by[0][1]
+            keyed.sort(reverse=reverse)
+            ids = [rid for _, rid in keyed]
+        return ids[: q.limit] if q.limit is not None else ids
+
+    def _run_query(self, soql: str, *, all_rows: bool) -> dict[str, Any]:
+        q = parse(soql)
+        self._check_query(q)
+        ids = self._matching(q, all_rows)
+        cursor = _Cursor(
+            ids, q.fields, self._schema_name(q.sobject), "queryAll" if all_rows else "query"
+        )
+        return self._page(cursor, new=True)
+
+    def _page(self, cursor: _Cursor, *, new: bool) -> dict[str, Any]:
+        start = cursor.offset
+        chunk = cursor.ids[start : start + self.page_size]
+        cursor.offset = start + len(chunk)
+        body: dict[str, Any] = {
+            "totalSize": len(cursor.ids),
+            "done": cursor.offset >= len(cursor.ids),
+            "records": [self._project(cursor.sobject, rid, cursor.fields) for rid in chunk],
+        }
+        if not body["done"]:
+            if new:
+                locator = f"01gFAKE{next(self._counter):010d}"
+                self._cursors[locator] = cursor
+            else:
+                locator = next(k for k, v in self._cursors.items() if v is cursor)
+            body["nextRecordsUrl"] = (
+                f"/services/data/v{self.api_version}/{cursor.resource}/{locator}-{cursor.offset}"
+            )
+        return body
+
+    def _next_page(self, token: str) -> dict[str, Any]:
+        locator, _, offset = token.rpartition("-")
+        cursor = self._cursors.get(locator)
+        if cursor is None or str(cursor.offset) != offset:
+            raise SoqlError("INVALID_QUERY_LOCATOR", "invalid query locator")
+        body = self._page(cursor, new=False)
+        if body["done"]:
+            del self._cursors[locator]
+        return body
+
+    def _project(self, sobject: str, rid: str, fields: Sequence[str]) -> dict[str, Any]:
+        record = self._load(sobject, rid) or {}
+        out: dict[str, Any] = {
+            "attributes": {
+                "type": sobject,
+                "url": f"/services/data/v{self.api_version}/sobjects/{sobject}/{rid}",
+            }
+        }
+        for name in fields:
+            if "." in name:
+                head, tail = name.split(".", 1)
+                parent = get_path(record, head)
+                if parent is None:
+                    out[head] = None
+                    continue
+                node = out.setdefault(head, {"attributes": {"type": "User"}})
+                if node is not None:
+                    node[tail] = get_path(parent, tail)
+                continue
+            key = next((k for k in self._schema(sobject) if k.lower() == name.lower()), name)
+            out[key] = record.get(key)
+        return out
+
+    def _schema_name(self, sobject: str) -> str:
+        return next(o for o in self.schema if o.lower() == sobject.lower())
+
+    # -- describe --------------------------------------------------------------------------------------
+    def _describe(self, sobject: str) -> tuple[int, Any]:
+        match = next((o for o in self.schema if o.lower() == sobject.lower()), None)
+        if match is None:
+            return 404, [
+                {"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}
+            ]
+        return 200, {
+            "name": match,
+            "label": match,
+            "keyPrefix": PREFIXES.get(match),
+            "queryable": True,
+            "createable": True,
+            "updateable": True,
+            "fields": [f.describe() for f in self.schema[match].values()],
+        }
+
+    # -- composite ------------------------------------------------------------------------------------
+    def _composite(self, payload: Any) -> tuple[int, Any, dict[str, str]]:
+        subs = payload.get("compositeRequest") if isinstance(payload, Mapping) else None
+        if not isinstance(subs, list) or not subs:
+            return (
+                400,
+                [{"errorCode": "JSON_PARSER_ERROR", "message": "compositeRequest is required"}],
+                {},
+            )
+        if len(subs) > 25:
+            return (
+                400,
+                [
+                    {
+                        "errorCode": "LIMIT_EXCEEDED",
+                        "message": "Composite takes at most 25 subrequests",
+                    }
+                ],
+                {},
+            )
+        heavy = sum(1 for s in subs if _heavy(str(s.get("url", ""))))
+        if heavy > 5:
+            return (
+                400,
+                [
+                    {
+                        "errorCode": "LIMIT_EXCEEDED",
+                        "message": "Composite takes at most 5 sObject Collections or queries",
+                    }
+                ],
+                {},
+            )
+        self.composite_sizes.append(len(subs))
+        out = []
+        for sub in subs:
+            parts = urlsplit(str(sub.get("url", "")))
+            prefix = f"/services/data/v{self.api_version}/"
+            rest = parts.path[len(prefix) :].strip("/") if parts.path.startswith(prefix) else "?"
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            try:
+                status, body = self._resource(str(sub.get("method")), rest, query, sub.get("body"))
+            except SoqlError as exc:
+                status, body = 400, [{"message": exc.message, "errorCode": exc.code}]
+            out.append(
+                {
+                    "body": body,
+                    "httpHeaders": {},
+                    "httpStatusCode": status,
+                    "referenceId": sub.get("referenceId"),
+                }
+            )
+        return 200, {"compositeResponse": out}, {}
+
+    # -- collections -----------------------------------------------------------------------------------
+    def _collection(self, op: str, upsert: tuple[str, str] | None, payload: Any) -> tuple[int, Any]:
+        records = payload.get("records") if isinstance(payload, Mapping) else None
+        if not isinstance(records, list):
+            return 400, [{"errorCode": "JSON_PARSER_ERROR", "message": "records is required"}]
+        if len(records) > 200:
+            return 400, [
+                {
+                    "errorCode": "EXCEEDED_ID_LIMIT",
+                    "message": "record limit reached. cannot submit more than 200 records into this call",
+                }
+            ]
+        all_or_none = bool(payload.get("allOrNone", False))
+        if upsert is not None:
+            sobject, ext = upsert
+            fd = self.schema.get(sobject, {}).get(ext)
+            if fd is None or not fd.external_id:
+                return 400, [
+                    {
+                        "errorCode": "INVALID_FIELD",
+                        "message": f"Field name provided, {ext} is not an External ID or indexed field for {sobject}",
+                    }
+                ]
+        staged: list[tuple[str, dict[str, Any], bool] | list[dict[str, Any]]] = []
+        for raw in records:
+            staged.append(self._stage(op, upsert, raw))
+        failed = any(isinstance(s, list) for s in staged)
+        results = []
+        for s in staged:
+            if isinstance(s, list):
+                results.append({"success": False, "errors": s})
+            elif all_or_none and failed:
+                results.append(
+                    {
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                                "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                                "fields": [],
+                            }
+                        ],
+                    }
+                )
+            else:
+                rid, record, created = s
+                self._commit(rid, record)
+                item: dict[str, Any] = {"id": rid, "success": True, "errors": []}
+                if upsert is not None:
+                    item["created"] = created
+                results.append(item)
+        return 200, results
+
+    def _stage(
+        self, op: str, upsert: tuple[str, str] | None, raw: Any
+    ) -> tuple[str, dict[str, Any], bool] | list[dict[str, Any]]:
+        def error(code: str, message: str, fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+            return [{"statusCode": code, "message": message, "fields": list(fields)}]
+
+        if not isinstance(raw, Mapping):
+            return error("JSON_PARSER_ERROR", "record is not an object")
+        attrs = raw.get("attributes") or {}
+        sobject = attrs.get("type") if isinstance(attrs, Mapping) else None
+        if upsert is not None:
+            sobject = sobject or upsert[0]
+        if not sobject or sobject not in self.schema:
+            return error("INVALID_TYPE", "sObject type is missing or unknown")
+        values = {k: v for k, v in raw.items() if k != "attributes"}
+        fields = self.schema[sobject]
+        existing: dict[str, Any] | None = None
+        created = False
+        if op == "PATCH":
+            rid = values.pop("Id", None)
+            if not rid:
+                return error("MISSING_ARGUMENT", "Id not specified in an update call")
+            existing = self._load(sobject, rid)
+            if existing is None:
+                return error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+            if existing.get("IsDeleted"):
+                return error("ENTITY_IS_DELETED", "entity is deleted")
+        elif op == "POST":
+            if "Id" in values:
+                return error("INVALID_FIELD", "cannot specify Id in an insert call", ["Id"])
+            rid = self.new_id(sobject)
+            created = True
+        else:
+            assert upsert is not None
+            key = values.get(upsert[1])
+            if not key:
+                return error("MISSING_ARGUMENT", f"{upsert[1]} not specified")
+            matches = [
+                r for r in self._iter(sobject) if r.get(upsert[1]) == key and not r.get("IsDeleted")
+            ]
+            if len(matches) > 1:
+                return error(
+                    "DUPLICATE_EXTERNAL_ID",
+                    f"{upsert[1]}: more than one record found for external id field",
+                    [upsert[1]],
+                )
+            if matches:
+                existing = matches[0]
+                rid = existing["Id"]
+            else:
+                rid = self.new_id(sobject)
+                created = True
+        if self.locks.get(rid, 0) > 0:
+            self.locks[rid] -= 1
+            return error(
+                "UNABLE_TO_LOCK_ROW",
+                "unable to obtain exclusive access to this record or 1 records",
+            )
+        if sobject == "Lead" and existing is not None and existing.get("IsConverted"):
+            return error("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
+        for name, value in values.items():
+            fd = fields.get(name)
+            if fd is None:
+                return error(
+                    "INVALID_FIELD", f"No such column '{name}' on sobject of type {sobject}", [name]
+                )
+            if (existing is not None and not fd.updateable) or (
+                existing is None and not fd.createable
+            ):
+                return error(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {name}. Please check the security settings of this field and verify that it is read/write for your profile or permission set.",
+                    [name],
+                )
+            if (
+                isinstance(value, str)
+                and fd.type in ("string", "textarea", "combobox")
+                and len(value) > fd.length
+            ):
+                return error(
+                    "STRING_TOO_LONG",
+                    f"{name}: data value too large: {value[:20]}... (max length={fd.length})",
+                    [name],
+                )
+            if (
+                fd.type == "picklist"
+                and fd.restricted
+                and value is not None
+                and value not in fd.picklist
+            ):
+                return error(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"{name}: bad value for restricted picklist field: {value}",
+                    [name],
+                )
+            if (
+                fd.type == "date"
+                and value is not None
+                and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(value))
+            ):
+                return error(
+                    "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                    f"{name}: value not of required type: {value}",
+                    [name],
+                )
+        merged = dict(existing or {})
+        merged.update(values)
+        if sobject == "Task":
+            who = merged.get("WhoId")
+            if isinstance(who, str) and who.startswith("00Q") and merged.get("WhatId"):
+                return error(
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "Related To ID: id value of incorrect type",
+                    ["WhatId"],
+                )
+        if sobject == "CaseComment":
+            if not merged.get("ParentId"):
+                return error(
+                    "REQUIRED_FIELD_MISSING",
+                    "Required fields are missing: [ParentId]",
+                    ["ParentId"],
+                )
+            if len(str(merged.get("CommentBody") or "").encode()) > 4000:
+                return error(
+                    "STRING_TOO_LONG",
+                    "Body: data value too large (max length=4000)",
+                    ["CommentBody"],
+                )
+        for rule in self.validations:
+            problem = rule(sobject, merged)
+            if problem:
+                return error(problem[0], problem[1])
+        merged["attributes"] = {"type": sobject}
+        return rid, merged, created
+
+    def _commit(self, rid: str, record: dict[str, Any]) -> None:
+        sobject = record.pop("attributes")["type"]
+        stamp = self.stamp()
+        base = self._load(sobject, rid)
+        if base is None:
+            record.setdefault("CreatedDate", stamp)
+            record["IsDeleted"] = False
+            if sobject == "Lead":
+                record.setdefault("IsConverted", False)
+        record["Id"] = rid
+        record["SystemModstamp"] = record["LastModifiedDate"] = stamp
+        if sobject == "Task":
+            record["IsClosed"] = record.get("Status") == "Completed"
+        self.records[sobject][rid] = record
+
+    # -- email ------------------------------------------------------------------------------------------
+    def _email(self, payload: Any) -> tuple[int, Any]:
+        inputs = payload.get("inputs") if isinstance(payload, Mapping) else None
+        if not isinstance(inputs, list):
+            return 400, [{"errorCode": "JSON_PARSER_ERROR", "message": "inputs is required"}]
+        results = []
+        any_failed = False
+        for item in inputs:
+            address = str(item.get("emailAddresses") or "")
+            if "@" not in address or not item.get("emailSubject") or not item.get("emailBody"):
+                any_failed = True
+                results.append(
+                    {
+                        "actionName": "emailSimple",
+                        "errors": [
+                            {
+                                "statusCode": "INVALID_EMAIL_ADDRESS",
+                                "message": f"Email address is invalid: {address}",
+                                "fields": [],
+                            }
+                        ],
+                        "isSuccess": False,
+                        "outputValues": None,
+                        "version": 1,
+                    }
+                )
+                continue
+            self.emails_sent.append(dict(item))
+            results.append(
+                {
+                    "actionName": "emailSimple",
+                    "errors": None,
+                    "isSuccess": True,
+                    "outputValues": None,
+                    "version": 1,
+                }
+            )
+        return (400 if any_failed else 200), results
+
+    # -- SOAP convertLead -------------------------------------------------------------------------------
+    def _soap(self, body: str) -> tuple[int, Any, dict[str, str]]:
+        root = ET.fromstring(body)  # noqa: S314 - our own test traffic
+        ns = {"s": SOAP_NS, "p": PARTNER_NS}
+        converts = root.findall(".//p:convertLead/p:leadConverts", ns)
+        if root.find(".//p:convertLead", ns) is None:
+            return (
+                500,
+                _soap_fault("INVALID_OPERATION", "only convertLead is faked"),
+                {"Content-Type": "text/xml"},
+            )
+        results = []
+        for lc in converts:
+
+            def text(name: str, lc: ET.Element = lc) -> str | None:
+                node = lc.find(f"p:{name}", ns)
+                return node.text if node is not None else None
+
+            lead_id = text("leadId") or ""
+            lead = self.records["Lead"].get(lead_id)
+            status = text("convertedStatus")
+            if lead is None:
+                results.append(
+                    _convert_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+                )
+                continue
+            if lead.get("IsConverted"):
+                results.append(
+                    _convert_error(
+                        "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead"
+                    )
+                )
+                continue
+            if status != CONVERTED_STATUS:
+                results.append(
+                    _convert_error("INVALID_STATUS", f"invalid convertedStatus: {status}")
+                )
+                continue
+            account = self.add("Account", Name=lead.get("Company") or lead.get("LastName"))
+            contact = self.add("Contact", LastName=lead.get("LastName"), AccountId=account)
+            opp = None
+            if text("doNotCreateOpportunity") != "true":
+                opp = self.add(
+                    "Opportunity",
+                    Name=text("opportunityName") or lead.get("Company"),
+                    AccountId=account,
+                    StageName="Prospecting",
+                )
+            lead.update(
+                IsConverted=True,
+                Status=status,
+                ConvertedAccountId=account,
+                ConvertedContactId=contact,
+                ConvertedOpportunityId=opp,
+            )
+            lead["SystemModstamp"] = self.stamp()
+            results.append(
+                "<result>"
+                f"<accountId>{account}</accountId><contactId>{contact}</contactId>"
+                f"<leadId>{lead_id}</leadId>"
+                + (
+                    f"<opportunityId>{opp}</opportunityId>"
+                    if opp
+                    else '<opportunityId xsi:nil="true"/>'
+                )
+                + "<success>true</success></result>"
+            )
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns="{PARTNER_NS}" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            "<soapenv:Header><LimitInfoHeader><limitInfo>"
+            f"<current>{self.used}</current><limit>{self.daily_limit}</limit><type>API REQUESTS</type>"
+            "</limitInfo></LimitInfoHeader></soapenv:Header>"
+            "<soapenv:Body><convertLeadResponse>"
+            + "".join(results)
+            + "</convertLeadResponse></soapenv:Body></soapenv:Envelope>"
+        )
+        return 200, xml, {"Content-Type": "text/xml; charset=utf-8"}
+
+    # -- Bulk API 2.0 ------------------------------------------------------------------------------------
+    def _bulk(
+        self, method: str, rest: str, query: Mapping[str, str], payload: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        if method == "POST" and rest == "jobs/query":
+            operation = payload.get("operation")
+            if operation not in ("query", "queryAll"):
+                return (
+                    400,
+                    [{"errorCode": "INVALIDJOB", "message": "operation must be query or queryAll"}],
+                    {},
+                )
+            q = parse(str(payload.get("query")))
+            if q.order_by:
+                # Salesforce allows it but warns it disables PK chunking; the gateway must not.
+                return (
+                    400,
+                    [
+                        {
+                            "errorCode": "INVALIDJOB",
+                            "message": "fake org: no ORDER BY in bulk queries",
+                        }
+                    ],
+                    {},
+                )
+            self._check_query(q)
+            job = _Job(f"750FAKE{next(self._counter):011d}", q, operation == "queryAll")
+            self._jobs[job.id] = job
+            return 200, self._job_info(job, "UploadComplete"), {}
+        match = re.fullmatch(r"jobs/query/(\w+)(/results)?", rest)
+        job = self._jobs.get(match.group(1)) if match else None
+        if job is None or match is None:
+            return (
+                404,
+                [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
+                {},
+            )
+        if not match.group(2):
+            job.polls += 1
+            state = "JobComplete" if job.polls >= self.job_polls_needed else "InProgress"
+            if state == "JobComplete" and not job.ids:
+                job.ids = self._matching(job.query, job.all_rows)
+            return 200, self._job_info(job, state), {}
+        max_records = int(query.get("maxRecords", "50000"))
+        offset = int(base64.b64decode(query["locator"]).decode()) if query.get("locator") else 0
+        chunk = job.ids[offset : offset + max_records]
+        nxt = offset + len(chunk)
+        locator = base64.b64encode(str(nxt).encode()).decode() if nxt < len(job.ids) else "null"
+        sobject = self._schema_name(job.query.sobject)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(job.query.fields)
+        for rid in chunk:
+            record = self._load(sobject, rid) or {}
+            writer.writerow([_csv_value(get_path(record, f)) for f in job.query.fields])
+        headers = {
+            "Content-Type": "text/csv",
+            "Sforce-Locator": locator,
+            "Sforce-NumberOfRecords": str(len(chunk)),
+        }
+        return 200, out.getvalue(), headers
+
+    def _job_info(self, job: _Job, state: str) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "operation": "queryAll" if job.all_rows else "query",
+            "object": job.query.sobject,
+            "createdById": USER_ID,
+            "state": state,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(self.api_version),
+            "lineEnding": "LF",
+            "columnDelimiter": "COMMA",
+        }
+
+    # -- storage --------------------------------------------------------------------------------------
+    def _iter(self, sobject: str) -> Iterator[dict[str, Any]]:
+        name = self._schema_name(sobject)
+        stored = self.records[name]
+        synth = self.synthetic.get(name)
+        if synth is not None:
+            for i in range(synth.count):
+                rid = self.synthetic_id(name, i)
+                yield stored.get(rid) or self._make(name, synth, i, rid)
+        for rid, record in stored.items():
+            if synth is None or not _is_synthetic_id(rid, synth.count):
+                yield record
+
+    def _make(self, sobject: str, synth: Synthetic, index: int, rid: str) -> dict[str, Any]:
+        record = {"Id": rid, "IsDeleted": False}
+        record.update(synth.make(index, rid))
+        return record
+
+    def _load(self, sobject: str, rid: str) -> dict[str, Any] | None:
+        stored = self.records.get(sobject, {}).get(rid)
+        if stored is not None:
+            return stored
+        synth = self.synthetic.get(sobject)
+        if (
+            synth is not None
+            and rid.startswith(PREFIXES.get(sobject, "a00"))
+            and _is_synthetic_id(rid, synth.count)
+        ):
+            return self._make(sobject, synth, int(rid[3:]), rid)
+        return None
+
+    def _materialize(self, sobject: str, rid: str) -> dict[str, Any]:
+        record = self._load(sobject, rid)
+        if record is None:
+            raise KeyError(rid)
+        self.records[sobject][rid] = record
+        return record
+
+    def _sobject_of(self, rid: str) -> str:
+        for sobject, prefix in PREFIXES.items():
+            if rid.startswith(prefix) and self._load(sobject, rid) is not None:
+                return sobject
+        raise KeyError(rid)
+
+
+def path_is_public(path: str) -> bool:
+    # /services/data/ (the versions list) answers without a session.
+    return path.rstrip("/") == "/services/data"
+
+
+def _is_synthetic_id(rid: str, count: int) -> bool:
+    tail = rid[3:]
+    return tail.isdigit() and int(tail) < count
+
+
+def _kind(method: str, path: str) -> str:
+    if path.startswith("/services/Soap/"):
+        return "soap"
+    rest = re.sub(r"^/services/data/v[\d.]+/?", "", path).strip("/")
+    if path.rstrip("/") == "/services/data":
+        return "versions"
+    if rest in ("query", "queryAll"):
+        return "query"
+    if rest.startswith(("query/", "queryAll/")):
+        return "query_more"
+    if rest == "composite":
+        return "composite"
+    if rest.startswith("composite/sobjects"):
+        return "collections"
+    if rest.startswith("jobs/"):
+        return "bulk"
+    if rest.startswith("actions/"):
+        return "email"
+    if rest.startswith("sobjects"):
+        return "describe"
+    if rest == "limits":
+        return "limits"
+    return f"{method.lower()}:{rest}"
+
+
+def _heavy(url: str) -> bool:
+    path = urlsplit(url).path
+    return bool(re.search(r"/(query|queryAll)/?$|/composite/sobjects", path))
+
+
+def _sort_key(value: Any) -> tuple[int, str]:
+    return (0, "") if value is None else (1, str(value))
+
+
+def _text(body: Any) -> str:
+    if body is None:
+        return ""
+    if isinstance(body, bytes):
+        return body.decode("utf-8")
+    return str(body)
+
+
+def _xml_unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and re.fullmatch(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000", value
+    ):
+        return value[:-5] + "Z"  # Bulk API writes datetimes as ...000Z
+    return str(value)
+
+
+def _soap_fault(code: str, message: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:sf="urn:fault.partner.soap.sforce.com" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault>'
+        f"<faultcode>sf:{code}</faultcode><faultstring>{code}: {escape(message)}</faultstring>"
+        '<detail><sf:UnexpectedErrorFault xsi:type="sf:UnexpectedErrorFault">'
+        f"<sf:exceptionCode>{code}</sf:exceptionCode><sf:exceptionMessage>{escape(message)}</sf:exceptionMessage>"
+        "</sf:UnexpectedErrorFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def _convert_error(code: str, message: str) -> str:
+    return (
+        '<result><accountId xsi:nil="true"/><contactId xsi:nil="true"/>'
+        f"<errors><message>{escape(message)}</message><statusCode>{code}</statusCode></errors>"
+        '<leadId xsi:nil="true"/><opportunityId xsi:nil="true"/><success>false</success></result>'
+    )
+
+
+def unquote_soql(url: str) -> str:
+    """The SOQL inside a query URL (for assertions)."""
+    return unquote_plus(urlsplit(url).query.partition("q=")[2])
+
+
+__all__ = ["INSTANCE", "LOGIN", "Credentials", "FakeOrg", "Fault", "FieldDef", "unquote_soql"]

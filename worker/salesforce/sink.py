@@ -1,0 +1,862 @@
+"""SalesforceSink: every action written once, in as few API calls as possible.
+
+Writes (:meth:`SalesforceSink.write`):
+
+- Record writes are grouped by (sObject, operation) into sObject Collections of at most
+  200 records with ``allOrNone: false``, and up to five collections travel in one
+  Composite call (``allOrNone: false`` there too): one API call for up to 1,000 records.
+  Each per-record result is matched back to its action by position.
+- ``UpdateRecord``/``CloseRecord``: ``PATCH composite/sobjects``.
+- ``CreateTask`` with the mapping's Task key field: ``PATCH
+  composite/sobjects/Task/<KeyField>`` (upsert on the action key): replaying it can never
+  make a duplicate. Without the field, and for ``AddCaseComment`` (CaseComment takes no
+  custom fields), the action key sits in the text as ``[sop-worker <key>]`` and the sink
+  first looks for an existing record carrying it (a queryAll on the parents: long text
+  cannot be filtered in SOQL) before a plain ``POST composite/sobjects`` create.
+- ``SendEmail``: ``POST actions/standard/emailSimple``, many inputs per call.
+- ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
+
+Idempotent composites (updates, upserts) are sent apart from creating ones, so a lost
+answer to the former is simply retried, and a lost answer to the latter marks its actions
+``SENT`` (error ``UNKNOWN_OUTCOME``) for :meth:`SalesforceSink.reconcile`, never resent.
+
+Per-record ``UNABLE_TO_LOCK_ROW``/``SERVER_UNAVAILABLE`` errors are sent again under the
+client's one retry policy; any other record error fails that action only, with its
+``errorCode`` and message.
+
+Guards applied before sending (requirement C.27): a Task whose WhoId is a Lead gets no
+WhatId; ``ActivityDate`` is written ``YYYY-MM-DD``; ``Subject``/``NextStep`` are cut to 255
+characters, ``CommentBody`` to 4,000 bytes (the key marker kept), each noted in the
+result's message; a Lead known to be converted is never updated.
+
+API budget: before each batch the client's reserve is checked. If it is reached before
+anything was sent, ``write`` raises :class:`~worker.errors.ApiLimitError`; if some batches
+already went out, the rest come back ``PLANNED`` with error ``API_LIMIT`` (not sent, plan
+them again next run) and the next call raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from functools import partial
+from typing import Any, TypeVar
+
+import structlog
+
+from worker import schema
+from worker.actions import (
+    Action,
+    ActionResult,
+    AddCaseComment,
+    ConvertLead,
+    CreateTask,
+    Outcome,
+    SendEmail,
+    UpdateRecord,
+)
+from worker.errors import ApiLimitError, AuthError, RetriableError, SalesforceError
+from worker.mapping import OrgMapping
+from worker.ports import ApiUsage
+from worker.records import format_sf_datetime
+from worker.rules.kit import key_marker, keys_in_text
+from worker.salesforce.client import SalesforceClient, SubRequest, SubResponse
+from worker.salesforce.errors import (
+    UNKNOWN_OUTCOME,
+    Disposition,
+    RecordError,
+    UnknownOutcomeError,
+    record_errors,
+)
+from worker.salesforce.reads import composites_for, every_row
+from worker.salesforce.soap import (
+    LeadConvertRequest,
+    convert_lead_envelope,
+    parse_convert_response,
+    soap_error,
+    soap_path,
+)
+from worker.salesforce.soql import AnyOf, Condition, Select, select
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+COLLECTION_MAX = 200
+COLLECTIONS_PER_COMPOSITE = 5
+IDS_PER_QUERY = 200  # keeps an IN (...) list well under SOQL's statement length limit
+# Neither limit is documented per action; both are kept well inside what the APIs take.
+EMAILS_PER_CALL = 100
+CONVERTS_PER_CALL = 100
+TEXT_255_FIELDS = frozenset({schema.SUBJECT, "NextStep"})
+MAX_255 = schema.SUBJECT_MAX_CHARS
+
+# Key prefixes of the standard objects the worker touches; other objects are looked up
+# once in the global describe.
+KEY_PREFIXES: Mapping[str, str] = {
+    "001": "Account",
+    "003": "Contact",
+    "005": "User",
+    "006": "Opportunity",
+    "00Q": schema.LEAD,
+    "00T": schema.TASK,
+    "00U": "Event",
+    "00a": schema.CASE_COMMENT,
+    "500": schema.CASE,
+}
+
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
+API_LIMIT = "API_LIMIT"
+
+
+class Operation(StrEnum):
+    UPDATE = "update"  # PATCH composite/sobjects
+    UPSERT = "upsert"  # PATCH composite/sobjects/<Object>/<ExternalIdField>
+    CREATE = "create"  # POST composite/sobjects (after a key-marker lookup)
+
+    @property
+    def idempotent(self) -> bool:
+        return self is not Operation.CREATE
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """One action as the record Salesforce will receive, with notes on what guards did."""
+
+    index: int
+    action: Action
+    sobject: str
+    operation: Operation
+    record: Mapping[str, Any]
+    notes: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()  # where to look for the key marker (CREATE only)
+
+
+@dataclass
+class _WriteState:
+    results: list[ActionResult | None]
+    sent_any: bool = False
+    last_error: dict[int, RecordError] = field(default_factory=dict)
+
+
+class SalesforceSink:
+    """A :class:`~worker.ports.Sink` over a live org."""
+
+    name = "salesforce"
+
+    def __init__(self, client: SalesforceClient, *, task_key_field: str | OrgMapping = "") -> None:
+        self._client = client
+        if isinstance(task_key_field, OrgMapping):
+            task_key_field = task_key_field.org.task_key_field
+        self.task_key_field = task_key_field.strip()
+        self._calls = 0
+        self._converted: set[str] = set()
+        self._prefixes: dict[str, str] = dict(KEY_PREFIXES)
+        self._global_describe_done = False
+
+    @property
+    def can_write(self) -> bool:
+        return not self._client.read_only
+
+    def api_calls(self) -> int:
+        return self._calls
+
+    def usage(self) -> ApiUsage | None:
+        return self._client.usage()
+
+    # -- conflict detection -------------------------------------------------------------------
+    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        """SystemModstamp of each id now; None when the record is gone. Converted Leads
+        seen here are remembered so no update is sent to them."""
+        before = self._client.api_calls()
+        try:
+            by_object: dict[str, list[str]] = {}
+            for rid in dict.fromkeys(target_ids):
+                by_object.setdefault(self._sobject_of(rid), []).append(rid)
+            soqls = []
+            for sobject, ids in by_object.items():
+                fields = [schema.ID, schema.SYSTEM_MODSTAMP]
+                if sobject == schema.LEAD:
+                    fields.append(schema.IS_CONVERTED)
+                for chunk in _chunks(ids, IDS_PER_QUERY):
+                    soqls.append(
+                        select(
+                            Select(
+                                sobject, tuple(fields), (Condition(schema.ID, "IN", tuple(chunk)),)
+                            )
+                        )
+                    )
+            found: dict[str, str | None] = {}
+            for row in every_row(self._client, soqls, all_rows=False, kind="stamps"):
+                rid = str(row.get(schema.ID))
+                found[rid] = row.get(schema.SYSTEM_MODSTAMP)
+                if row.get(schema.IS_CONVERTED) is True:
+                    self._converted.add(rid)
+            # Salesforce answers with 18-character ids; callers may hold 15-character ones.
+            by_prefix15 = {k[:15]: v for k, v in found.items()}
+            return {rid: found.get(rid, by_prefix15.get(rid[:15])) for rid in target_ids}
+        finally:
+            self._calls += self._client.api_calls() - before
+
+    # -- writes ---------------------------------------------------------------------------------
+    def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        before = self._client.api_calls()
+        state = _WriteState(results=[None] * len(actions))
+        try:
+            self._write(actions, state)
+        except ApiLimitError as exc:
+            if not state.sent_any:
+                raise
+            log.warning("salesforce.write_stopped", reason=exc.error_code, message=exc.message)
+            for i, result in enumerate(state.results):
+                if result is None:
+                    state.results[i] = ActionResult(
+                        actions[i].key, Outcome.PLANNED, error_code=API_LIMIT, message=exc.message
+                    )
+        finally:
+            self._calls += self._client.api_calls() - before
+        out = []
+        for action, result in zip(actions, state.results, strict=True):
+            out.append(
+                result
+                or ActionResult(
+                    action.key, Outcome.FAILED, error_code="NOT_SENT", message="not sent"
+                )
+            )
+        return out
+
+    def _write(self, actions: Sequence[Action], state: _WriteState) -> None:
+        records: list[PreparedRecord] = []
+        emails: list[tuple[int, SendEmail]] = []
+        converts: list[tuple[int, ConvertLead]] = []
+        for i, action in enumerate(actions):
+            prepared = self.prepare(i, action)
+            if isinstance(prepared, ActionResult):
+                state.results[i] = prepared
+            elif isinstance(prepared, PreparedRecord):
+                records.append(prepared)
+            elif isinstance(action, SendEmail):
+                emails.append((i, action))
+            elif isinstance(action, ConvertLead):
+                converts.append((i, action))
+        creates = [p for p in records if p.operation is Operation.CREATE]
+        if creates:
+            existing = self._find_keyed(
+                [(p.index, p.action, p.sobject, p.parents) for p in creates]
+            )
+            for p in creates:
+                if p.index in existing:
+                    state.results[p.index] = ActionResult(
+                        p.action.key,
+                        Outcome.APPLIED,
+                        sf_id=existing[p.index],
+                        message="already in Salesforce (found by its key marker); not created again",
+                    )
+            records = [p for p in records if state.results[p.index] is None]
+        self._send_records(records, state)
+        self._send_emails(emails, state)
+        self._convert_leads(converts, state)
+
+    def prepare(self, index: int, action: Action) -> PreparedRecord | ActionResult | None:
+        """The record an action becomes after the guards; an ActionResult when a guard
+        refuses it without a call; None for emails and conversions (not records)."""
+        try:
+            return self._prepare(index, action)
+        except ValueError as exc:  # a value Salesforce cannot take (a naive datetime, ...)
+            return ActionResult(
+                action.key, Outcome.FAILED, error_code="INVALID_VALUE", message=str(exc)
+            )
+
+    def _prepare(self, index: int, action: Action) -> PreparedRecord | ActionResult | None:
+        if isinstance(action, UpdateRecord):  # CloseRecord included
+            return self._prepare_update(index, action)
+        if isinstance(action, CreateTask):
+            return self._prepare_task(index, action)
+        if isinstance(action, AddCaseComment):
+            return self._prepare_comment(index, action)
+        if isinstance(action, ConvertLead) and action.target.id in self._converted:
+            return _converted_lead(action)
+        if isinstance(action, (SendEmail, ConvertLead)):
+            return None
+        return ActionResult(
+            action.key,
+            Outcome.FAILED,
+            error_code="UNSUPPORTED_ACTION",
+            message=type(action).__name__,
+        )
+
+    def _prepare_update(self, index: int, action: UpdateRecord) -> PreparedRecord | ActionResult:
+        target = action.target
+        if target.sobject == schema.LEAD and target.id in self._converted:
+            return _converted_lead(action)
+        notes: list[str] = []
+        record: dict[str, Any] = {"attributes": {"type": target.sobject}, schema.ID: target.id}
+        for name, value in action.values().items():
+            if name in (schema.ID, schema.ATTRIBUTES):
+                continue
+            record[name] = _guard_text(name, _json_value(value), notes)
+        return PreparedRecord(index, action, target.sobject, Operation.UPDATE, record, tuple(notes))
+
+    def _prepare_task(self, index: int, action: CreateTask) -> PreparedRecord | ActionResult:
+        notes: list[str] = []
+        record: dict[str, Any] = {"attributes": {"type": schema.TASK}}
+        for name, value in action.fields.items():
+            if name not in (schema.ID, schema.ATTRIBUTES):
+                record[name] = _json_value(value)
+        record[schema.SUBJECT] = _guard_text(schema.SUBJECT, action.subject, notes)
+        due = _activity_date(record.get(schema.ACTIVITY_DATE, action.due))
+        if due is None:
+            return ActionResult(
+                action.key,
+                Outcome.FAILED,
+                error_code="INVALID_ACTIVITY_DATE",
+                message=f"ActivityDate is not a date: {record.get(schema.ACTIVITY_DATE)!r}",
+            )
+        record[schema.ACTIVITY_DATE] = due
+        if action.owner_id:
+            record[schema.OWNER_ID] = action.owner_id
+        who = action.who_id or record.get(schema.WHO_ID)
+        what = action.what_id or record.get(schema.WHAT_ID)
+        if who:
+            record[schema.WHO_ID] = who
+        if what and isinstance(who, str) and who.startswith(schema.LEAD_ID_PREFIX):
+            # Salesforce rejects a WhatId beside a Lead WhoId (FIELD_INTEGRITY_EXCEPTION).
+            record.pop(schema.WHAT_ID, None)
+            notes.append("WhatId dropped: the Task's WhoId is a Lead")
+            what = None
+        elif what:
+            record[schema.WHAT_ID] = what
+        description = action.description
+        if self.task_key_field:
+            record[self.task_key_field] = action.key
+            operation = Operation.UPSERT
+        else:
+            marker = key_marker(action.key)
+            if marker not in description:
+                description = f"{description}\n\n{marker}" if description else marker
+            operation = Operation.CREATE
+        record[schema.DESCRIPTION] = _cut_keeping_marker(
+            description,
+            key_marker(action.key),
+            schema.TASK_DESCRIPTION_MAX_CHARS,
+            unit="chars",
+            notes=notes,
+            field_name=schema.DESCRIPTION,
+        )
+        parents = tuple(p for p in (what, who) if isinstance(p, str) and p)
+        return PreparedRecord(index, action, schema.TASK, operation, record, tuple(notes), parents)
+
+    def _prepare_comment(self, index: int, action: AddCaseComment) -> PreparedRecord:
+        notes: list[str] = []
+        marker = key_marker(action.key)
+        body = action.body if marker in action.body else f"{action.body}\n\n{marker}"
+        body = _cut_keeping_marker(
+            body,
+            marker,
+            schema.COMMENT_BODY_MAX_BYTES,
+            unit="bytes",
+            notes=notes,
+            field_name=schema.COMMENT_BODY,
+        )
+        record = {
+            "attributes": {"type": schema.CASE_COMMENT},
+            schema.PARENT_ID: action.target.id,
+            schema.COMMENT_BODY: body,
+            schema.IS_PUBLISHED: action.published,
+        }
+        return PreparedRecord(
+            index,
+            action,
+            schema.CASE_COMMENT,
+            Operation.CREATE,
+            record,
+            tuple(notes),
+            (action.target.id,),
+        )
+
+    # -- collections in composites ------------------------------------------------------------------
+    def _send_records(self, records: Sequence[PreparedRecord], state: _WriteState) -> None:
+        pending = list(records)
+        if not pending:
+            return
+        try:
+            for attempt in self._client.retrying(kind="records", what="record errors"):
+                with attempt:
+                    pending = self._send_round(pending, state)
+                    if pending:
+                        first = state.last_error.get(pending[0].index)
+                        raise RetriableError(
+                            f"{len(pending)} record(s) hit a transient error",
+                            error_code=first.code if first else None,
+                        )
+        except RetriableError:
+            for p in pending:
+                err = state.last_error.get(
+                    p.index, RecordError("UNKNOWN_ERROR", "retries exhausted")
+                )
+                state.results[p.index] = _failed(p, err.code, err.describe())
+
+    def _send_round(
+        self, records: Sequence[PreparedRecord], state: _WriteState
+    ) -> list[PreparedRecord]:
+        retry: list[PreparedRecord] = []
+        for batch in _composites(records):
+            self._client.check_budget(1)
+            subs = [self._subrequest(j, chunk) for j, chunk in enumerate(batch)]
+            idempotent = all(chunk[0].operation.idempotent for chunk in batch)
+            try:
+                responses = self._client.composite(subs, kind="write", idempotent=idempotent)
+            except UnknownOutcomeError as exc:
+                state.sent_any = True
+                log.warning("salesforce.unknown_outcome", records=sum(map(len, batch)))
+                for chunk in batch:
+                    for p in chunk:
+                        state.results[p.index] = ActionResult(
+                            p.action.key,
+                            Outcome.SENT,
+                            error_code=UNKNOWN_OUTCOME,
+                            message=exc.message,
+                        )
+                continue
+            except (ApiLimitError, AuthError):
+                raise  # the run stops; state says what was already sent
+            except SalesforceError as exc:
+                # The whole composite was refused (after the transport's own retries).
+                state.sent_any = True
+                for chunk in batch:
+                    for p in chunk:
+                        state.results[p.index] = _failed(
+                            p, exc.error_code or f"HTTP_{exc.status or 0}", exc.message
+                        )
+                continue
+            state.sent_any = True
+            for chunk, response in zip(batch, responses, strict=True):
+                retry.extend(self._apply_results(chunk, response, state))
+        return retry
+
+    def _subrequest(self, j: int, chunk: Sequence[PreparedRecord]) -> SubRequest:
+        first = chunk[0]
+        body = {"allOrNone": False, "records": [p.record for p in chunk]}
+        if first.operation is Operation.UPSERT:
+            url = self._client.data_path(
+                f"composite/sobjects/{first.sobject}/{self.task_key_field}"
+            )
+            return SubRequest("PATCH", url, f"c{j}", body)
+        method = "POST" if first.operation is Operation.CREATE else "PATCH"
+        return SubRequest(method, self._client.data_path("composite/sobjects"), f"c{j}", body)
+
+    def _apply_results(
+        self, chunk: Sequence[PreparedRecord], response: SubResponse, state: _WriteState
+    ) -> list[PreparedRecord]:
+        retry: list[PreparedRecord] = []
+        if not response.ok or not isinstance(response.body, list):
+            err = response.error()
+            if isinstance(err, ApiLimitError):
+                raise err
+            code = err.error_code or f"HTTP_{response.status}"
+            if isinstance(err, RetriableError):
+                for p in chunk:
+                    state.last_error[p.index] = RecordError(code, err.message)
+                return list(chunk)
+            for p in chunk:
+                state.results[p.index] = _failed(p, code, err.message)
+            return []
+        if len(response.body) != len(chunk):
+            for p in chunk:
+                state.results[p.index] = _failed(
+                    p, "RESULT_MISMATCH", f"{len(response.body)} results for {len(chunk)} records"
+                )
+            return []
+        for p, item in zip(chunk, response.body, strict=True):
+            item = item if isinstance(item, Mapping) else {}
+            if item.get("success") is True:
+                state.results[p.index] = ActionResult(
+                    p.action.key,
+                    Outcome.APPLIED,
+                    sf_id=str(item.get("id") or "") or None,
+                    message="; ".join(p.notes) or None,
+                )
+                continue
+            errors = record_errors(item.get("errors")) or (RecordError("UNKNOWN_ERROR", ""),)
+            first = errors[0]
+            if first.disposition is Disposition.RETRY:
+                state.last_error[p.index] = first
+                retry.append(p)
+            else:
+                state.results[p.index] = _failed(p, first.code, first.describe())
+                if first.code == CONVERTED_LEAD:
+                    self._converted.add(p.action.target.id)
+        return retry
+
+    # -- emails ---------------------------------------------------------------------------------
+    def _send_emails(self, emails: Sequence[tuple[int, SendEmail]], state: _WriteState) -> None:
+        for batch in _chunks(emails, EMAILS_PER_CALL):
+            self._client.check_budget(1)
+            inputs = [_email_input(a) for _, a in batch]
+            try:
+                response = self._client.request(
+                    "POST",
+                    self._client.data_path("actions/standard/emailSimple"),
+                    kind="email",
+                    json={"inputs": inputs},
+                    idempotent=False,
+                    ok_statuses=frozenset({400}),  # per-input results come back with a 400
+                )
+            except UnknownOutcomeError as exc:
+                state.sent_any = True
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.SENT, error_code=UNKNOWN_OUTCOME, message=exc.message
+                    )
+                continue
+            except (ApiLimitError, AuthError):
+                raise
+            except SalesforceError as exc:
+                state.sent_any = True
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.FAILED, error_code=exc.error_code, message=exc.message
+                    )
+                continue
+            state.sent_any = True
+            body = _json_or_none(response)
+            items = body if isinstance(body, list) and len(body) == len(batch) else None
+            for pos, (i, a) in enumerate(batch):
+                item = items[pos] if items is not None else None
+                if isinstance(item, Mapping) and item.get("isSuccess") is True:
+                    state.results[i] = ActionResult(a.key, Outcome.APPLIED)
+                    continue
+                errors = record_errors(item.get("errors") if isinstance(item, Mapping) else body)
+                err = errors[0] if errors else RecordError(f"HTTP_{response.status_code}", "")
+                state.results[i] = ActionResult(
+                    a.key, Outcome.FAILED, error_code=err.code, message=err.describe()
+                )
+
+    # -- lead conversion -----------------------------------------------------------------------
+    def _convert_leads(
+        self, converts: Sequence[tuple[int, ConvertLead]], state: _WriteState
+    ) -> None:
+        path = soap_path(self._client.api_version)
+        for batch in _chunks(converts, CONVERTS_PER_CALL):
+            self._client.check_budget(1)
+            requests_ = [
+                LeadConvertRequest(
+                    lead_id=a.target.id,
+                    converted_status=a.converted_status,
+                    create_opportunity=a.create_opportunity,
+                    opportunity_name=a.opportunity_name,
+                    owner_id=a.owner_id,
+                )
+                for _, a in batch
+            ]
+            try:
+                response = self._client.request(
+                    "POST",
+                    path,
+                    kind="soap",
+                    body_factory=partial(convert_lead_envelope, converts=requests_),
+                    headers={
+                        "Content-Type": "text/xml; charset=UTF-8",
+                        "SOAPAction": "convertLead",
+                        "Accept": "text/xml",
+                    },
+                    idempotent=False,
+                    error_parser=soap_error,
+                )
+            except UnknownOutcomeError as exc:
+                state.sent_any = True
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.SENT, error_code=UNKNOWN_OUTCOME, message=exc.message
+                    )
+                continue
+            except (ApiLimitError, AuthError):
+                raise
+            except SalesforceError as exc:
+                state.sent_any = True
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.FAILED, error_code=exc.error_code, message=exc.message
+                    )
+                continue
+            state.sent_any = True
+            results, usage = parse_convert_response(response.content)
+            if usage is not None:
+                self._client.note_usage(usage)
+            for pos, (i, a) in enumerate(batch):
+                res = results[pos] if pos < len(results) else None
+                if res is not None and res.success:
+                    self._converted.add(a.target.id)
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.APPLIED, sf_id=res.opportunity_id or res.account_id
+                    )
+                else:
+                    err = res.errors[0] if res and res.errors else RecordError("UNKNOWN_ERROR", "")
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.FAILED, error_code=err.code, message=err.describe()
+                    )
+
+    # -- reconcile ------------------------------------------------------------------------------
+    def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
+        """For actions left ``SENT``: what the org shows. Upserts and updates are safe to
+        send again (None); marker-keyed creates are APPLIED when a record carrying the key
+        exists; a conversion is APPLIED when the Lead is converted; an email cannot be
+        checked and is not sent again (SKIPPED), since a duplicate email reaches a person."""
+        before = self._client.api_calls()
+        try:
+            out: list[ActionResult | None] = [None] * len(actions)
+            keyed: list[tuple[int, Action, str, tuple[str, ...]]] = []
+            leads: dict[str, list[int]] = {}
+            for i, action in enumerate(actions):
+                if isinstance(action, CreateTask) and not self.task_key_field:
+                    parents = tuple(p for p in (action.what_id, action.who_id) if p)
+                    keyed.append((i, action, schema.TASK, parents))
+                elif isinstance(action, AddCaseComment):
+                    keyed.append((i, action, schema.CASE_COMMENT, (action.target.id,)))
+                elif isinstance(action, SendEmail):
+                    out[i] = ActionResult(
+                        action.key,
+                        Outcome.SKIPPED,
+                        error_code=UNKNOWN_OUTCOME,
+                        message="the email may have been sent; not sent again to avoid a duplicate",
+                    )
+                elif isinstance(action, ConvertLead):
+                    leads.setdefault(action.target.id, []).append(i)
+            found = self._find_keyed(keyed)
+            for i, sf_id in found.items():
+                out[i] = ActionResult(
+                    actions[i].key, Outcome.APPLIED, sf_id=sf_id, message="found by its key marker"
+                )
+            if leads:
+                for rid, sf_id in self._converted_leads(list(leads)).items():
+                    for i in leads.get(rid, []):
+                        out[i] = ActionResult(
+                            actions[i].key,
+                            Outcome.APPLIED,
+                            sf_id=sf_id,
+                            message="lead is converted",
+                        )
+            return out
+        finally:
+            self._calls += self._client.api_calls() - before
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        """API calls :meth:`write` will make (no retries; lookups paged once)."""
+        chunks: dict[bool, int] = {True: 0, False: 0}
+        counts: dict[tuple[str, Operation], int] = {}
+        lookup_parents: dict[str, set[str]] = {}
+        emails = converts = 0
+        for i, action in enumerate(actions):
+            prepared = self.prepare(i, action)
+            if isinstance(prepared, PreparedRecord):
+                key = (prepared.sobject, prepared.operation)
+                counts[key] = counts.get(key, 0) + 1
+                if prepared.operation is Operation.CREATE and prepared.parents:
+                    lookup_parents.setdefault(prepared.sobject, set()).update(prepared.parents)
+            elif prepared is None and isinstance(action, SendEmail):
+                emails += 1
+            elif prepared is None and isinstance(action, ConvertLead):
+                converts += 1
+        for (_, operation), n in counts.items():
+            chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
+        lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
+        return (
+            math.ceil(chunks[True] / COLLECTIONS_PER_COMPOSITE)
+            + math.ceil(chunks[False] / COLLECTIONS_PER_COMPOSITE)
+            + composites_for(lookups)
+            + math.ceil(emails / EMAILS_PER_CALL)
+            + math.ceil(converts / CONVERTS_PER_CALL)
+        )
+
+    # -- lookups ------------------------------------------------------------------------------
+    def _find_keyed(
+        self, items: Sequence[tuple[int, Action, str, tuple[str, ...]]]
+    ) -> dict[int, str]:
+        """Index -> id of an existing record (deleted ones included) carrying the action's
+        key marker. Long text cannot be filtered in SOQL, so the parents' Tasks/Comments
+        are read and the markers matched here."""
+        parents: dict[str, set[str]] = {}
+        for _, _, sobject, ps in items:
+            parents.setdefault(sobject, set()).update(ps)
+        soqls = []
+        for sobject, ids in parents.items():
+            for chunk in _chunks(sorted(ids), IDS_PER_QUERY):
+                soqls.append(_marker_query(sobject, tuple(chunk)))
+        if not soqls:
+            return {}
+        by_key: dict[str, str] = {}
+        for row in every_row(self._client, soqls, all_rows=True, kind="lookup"):
+            text = row.get(schema.DESCRIPTION) or row.get(schema.COMMENT_BODY)
+            for key in keys_in_text(text if isinstance(text, str) else None):
+                by_key.setdefault(key, str(row.get(schema.ID)))
+        return {i: by_key[a.key] for i, a, _, _ in items if a.key in by_key}
+
+    def _converted_leads(self, lead_ids: Sequence[str]) -> dict[str, str]:
+        fields = (schema.ID, schema.IS_CONVERTED, "ConvertedOpportunityId", "ConvertedAccountId")
+        soqls = [
+            select(Select(schema.LEAD, fields, (Condition(schema.ID, "IN", tuple(chunk)),)))
+            for chunk in _chunks(list(lead_ids), IDS_PER_QUERY)
+        ]
+        out: dict[str, str] = {}
+        requested = {rid[:15]: rid for rid in lead_ids}
+        for row in every_row(self._client, soqls, all_rows=False, kind="lookup"):
+            if row.get(schema.IS_CONVERTED) is True:
+                rid = str(row.get(schema.ID))
+                self._converted.add(rid)
+                sf_id = row.get("ConvertedOpportunityId") or row.get("ConvertedAccountId") or rid
+                out[requested.get(rid[:15], rid)] = str(sf_id)
+        return out
+
+    def _sobject_of(self, record_id: str) -> str:
+        prefix = record_id[:3]
+        if prefix not in self._prefixes and not self._global_describe_done:
+            self._global_describe_done = True
+            body = self._client.get_json(self._client.data_path("sobjects/"), kind="describe")
+            for item in body.get("sobjects", []) if isinstance(body, Mapping) else []:
+                kp, name = item.get("keyPrefix"), item.get("name")
+                if isinstance(kp, str) and isinstance(name, str):
+                    self._prefixes.setdefault(kp, name)
+        if prefix not in self._prefixes:
+            raise ValueError(f"no sObject has the key prefix of {record_id!r}")
+        return self._prefixes[prefix]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _marker_query(sobject: str, parent_ids: tuple[str, ...]) -> str:
+    if sobject == schema.TASK:
+        return select(
+            Select(
+                schema.TASK,
+                (schema.ID, schema.DESCRIPTION),
+                (
+                    AnyOf(
+                        (
+                            Condition(schema.WHAT_ID, "IN", parent_ids),
+                            Condition(schema.WHO_ID, "IN", parent_ids),
+                        )
+                    ),
+                ),
+            )
+        )
+    return select(
+        Select(
+            schema.CASE_COMMENT,
+            (schema.ID, schema.COMMENT_BODY),
+            (Condition(schema.PARENT_ID, "IN", parent_ids),),
+        )
+    )
+
+
+def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRecord]]]:
+    """Records -> composites (<=5 collections) of chunks (<=200 records, one sObject and
+    operation). Idempotent chunks and creating chunks never share a composite."""
+    groups: dict[tuple[str, Operation], list[PreparedRecord]] = {}
+    for p in records:
+        groups.setdefault((p.sobject, p.operation), []).append(p)
+    out: list[list[list[PreparedRecord]]] = []
+    for idempotent in (True, False):
+        chunks = [
+            chunk
+            for (_, op), group in groups.items()
+            if op.idempotent is idempotent
+            for chunk in _chunks(group, COLLECTION_MAX)
+        ]
+        out.extend(_chunks(chunks, COLLECTIONS_PER_COMPOSITE))
+    return out
+
+
+def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _failed(p: PreparedRecord, code: str, message: str) -> ActionResult:
+    notes = "; ".join(p.notes)
+    text = f"{message} [{notes}]" if notes else message
+    return ActionResult(p.action.key, Outcome.FAILED, error_code=code, message=text)
+
+
+def _converted_lead(action: Action) -> ActionResult:
+    return ActionResult(
+        action.key,
+        Outcome.FAILED,
+        error_code=CONVERTED_LEAD,
+        message="the Lead is converted; converted Leads cannot be updated (not sent)",
+    )
+
+
+def _guard_text(name: str, value: Any, notes: list[str]) -> Any:
+    if name in TEXT_255_FIELDS and isinstance(value, str) and len(value) > MAX_255:
+        notes.append(f"{name} truncated from {len(value)} to {MAX_255} characters")
+        return value[: MAX_255 - 1] + "…"
+    return value
+
+
+def _cut_keeping_marker(
+    text: str, marker: str, limit: int, *, unit: str, notes: list[str], field_name: str
+) -> str:
+    """Cut ``text`` to ``limit`` (chars or UTF-8 bytes) keeping the key marker at its end."""
+
+    def size(s: str) -> int:
+        return len(s.encode()) if unit == "bytes" else len(s)
+
+    if size(text) <= limit:
+        return text
+    head = text.replace(marker, "").rstrip()
+    room = limit - size(marker) - size("…\n\n")
+    if unit == "bytes":
+        cut = head.encode()[: max(room, 0)].decode(errors="ignore")
+    else:
+        cut = head[: max(room, 0)]
+    notes.append(f"{field_name} truncated to {limit} {unit}")
+    return f"{cut}…\n\n{marker}"
+
+
+def _activity_date(value: Any) -> str | None:
+    """``ActivityDate`` as ``YYYY-MM-DD`` (a date field: a time would be rejected)."""
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value[:10]).isoformat()
+        except ValueError:
+            return None
+    return None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetimes written to Salesforce must be timezone-aware")
+        return format_sf_datetime(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (tuple, set, frozenset)):
+        return ";".join(str(v) for v in value)  # multi-select picklist
+    return value
+
+
+def _email_input(action: SendEmail) -> dict[str, str]:
+    data = {
+        "emailAddresses": action.to_address,
+        "emailSubject": action.subject,
+        "emailBody": action.body,
+    }
+    if action.sender_type:
+        data["senderType"] = action.sender_type
+    if action.sender_address:
+        data["senderAddress"] = action.sender_address
+    return data
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,318 @@
+"""SalesforceSource: incremental pulls with ``queryAll``, in as few API calls as possible.
+
+For each :class:`~worker.ports.ObjectQuery`:
+
+- SOQL from the mapping (:func:`~worker.salesforce.soql.incremental_select`): always
+  ``Id, SystemModstamp, IsDeleted``; the scope filters; ``SystemModstamp >= since -
+  SF_OVERLAP_SECONDS AND SystemModstamp <= until``; ``ORDER BY SystemModstamp, Id``.
+- ``queryAll``, so rows deleted since the last run come back with ``IsDeleted = true``:
+  they go to :attr:`Page.deleted_ids`, never to :attr:`Page.records` (the ``deleted``
+  resource only reaches back 15 days; ``queryAll`` reaches the whole recycle bin).
+- The first pages of up to five objects share one Composite call, so an idle cycle
+  costs exactly one API call; further pages follow ``nextRecordsUrl``, one GET each,
+  yielded as they arrive (one page in memory per object, one open cursor per object).
+- When a first page says ``totalSize > SF_BULK_THRESHOLD``, that object is read through
+  Bulk API 2.0 instead (a ``queryAll`` job, polled, its CSV streamed by
+  ``Sforce-Locator``). CSV has no types, so values are typed like the same fields in the
+  REST first page (checkboxes to bool, numbers to int/float, ``""`` to None), datetimes are
+  rewritten to the REST form (``...000+0000``) so Id+stamp de-duplication still matches,
+  and ``Owner.Name`` columns are nested like REST nests them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import requests
+import structlog
+
+from worker import schema
+from worker.errors import FatalApiError
+from worker.ports import ApiUsage, ObjectQuery, Page
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.reads import QUERIES_PER_COMPOSITE, QueryPage, first_pages, next_page
+from worker.salesforce.soql import incremental_select
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+PAGE_ROWS = 2000  # REST's own page size; Bulk rows are re-cut to it for the pipeline
+BULK_MAX_RECORDS = 10_000  # rows per Bulk results request: bounded memory, few calls
+BULK_POLL_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then every 10 s
+BULK_POLL_EVERY = 10.0
+BULK_MAX_WAIT = 1800.0  # seconds of polling before the job is given up
+_SF_UTC = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,3})?Z$")
+
+
+class SalesforceSource:
+    """A :class:`~worker.ports.Source` over a live org."""
+
+    name = "salesforce"
+
+    def __init__(self, client: SalesforceClient) -> None:
+        self._client = client
+        self._calls = 0
+
+    def api_calls(self) -> int:
+        return self._calls
+
+    def usage(self) -> ApiUsage | None:
+        return self._client.usage()
+
+    def soql(self, query: ObjectQuery, *, ordered: bool = True) -> str:
+        """The SOQL text pulled for one query (overlap applied to ``since``)."""
+        since = query.since
+        if since is not None:
+            since = since - dt.timedelta(seconds=self._client.settings.overlap_seconds)
+        return incremental_select(
+            query.sobject, query.fields, query.filters, since, query.until, ordered=ordered
+        )
+
+    def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
+        for start in range(0, len(queries), QUERIES_PER_COMPOSITE):
+            group = queries[start : start + QUERIES_PER_COMPOSITE]
+            soqls = [self.soql(q) for q in group]
+            pages: list[QueryPage | None] = list(
+                self._metered(first_pages, self._client, soqls, all_rows=True, kind="query")
+            )
+            for i, query in enumerate(group):
+                first = pages[i]
+                pages[i] = None  # let it go once streamed
+                assert first is not None
+                threshold = self._client.settings.bulk_threshold
+                if first.total_size > threshold:
+                    log.info(
+                        "salesforce.bulk_switch",
+                        sobject=query.sobject,
+                        total_size=first.total_size,
+                        threshold=threshold,
+                    )
+                    yield from self._bulk(query, first.records)
+                    continue
+                yield self._page(query.sobject, first.records)
+                url = first.next_url
+                while url:
+                    page = self._metered(next_page, self._client, url, kind="query_more")
+                    yield self._page(query.sobject, page.records)
+                    url = page.next_url
+
+    # -- Bulk API 2.0 -----------------------------------------------------------------------
+    def _bulk(self, query: ObjectQuery, sample: Sequence[Mapping[str, Any]]) -> Iterator[Page]:
+        client = self._client
+        body = {
+            "operation": "queryAll",
+            "query": self.soql(query, ordered=False),
+            "contentType": "CSV",
+            "columnDelimiter": "COMMA",
+            "lineEnding": "LF",
+        }
+
+        def create() -> Any:
+            client.check_budget(1)
+            # A duplicate query job (answer lost, job created twice) reads the same rows
+            # and costs nothing else, so creating one is safe to retry.
+            return client.request(
+                "POST", client.data_path("jobs/query"), kind="bulk", json=body, idempotent=True
+            ).json()
+
+        job = self._metered(create)
+        job_id = str(job.get("id") or "")
+        if not job_id:
+            raise FatalApiError("Bulk API 2.0 did not return a job id")
+        self._wait_for_job(job_id)
+        convert = _csv_converters(sample)
+        locator: str | None = None
+        while True:
+            params = {"maxRecords": str(BULK_MAX_RECORDS)}
+            if locator:
+                params["locator"] = locator
+
+            def results(params: dict[str, str] = params) -> requests.Response:
+                client.check_budget(1)
+                return client.request(
+                    "GET",
+                    client.data_path(f"jobs/query/{job_id}/results"),
+                    kind="bulk",
+                    params=params,
+                    headers={"Accept": "text/csv"},
+                )
+
+            response = self._metered(results)
+            next_locator = response.headers.get("Sforce-Locator")
+            rows = _parse_csv(response.content, query.sobject, convert, client.data_path())
+            del response
+            for start in range(0, len(rows), PAGE_ROWS):
+                yield self._page(query.sobject, rows[start : start + PAGE_ROWS])
+            # The last set says "null" (a string) rather than leaving the header out.
+            if not next_locator or next_locator == "null":
+                return
+            locator = next_locator
+
+    def _wait_for_job(self, job_id: str) -> None:
+        client = self._client
+        waited = 0.0
+        delays = iter(BULK_POLL_DELAYS)
+        while True:
+            delay = next(delays, BULK_POLL_EVERY)
+            if waited + delay > BULK_MAX_WAIT:
+                raise FatalApiError(
+                    f"Bulk API 2.0 job {job_id} not complete after {BULK_MAX_WAIT:.0f} s"
+                )
+            client.pause(delay)
+            waited += delay
+
+            def poll() -> Any:
+                client.check_budget(1)
+                return client.get_json(client.data_path(f"jobs/query/{job_id}"), kind="bulk")
+
+            state = self._metered(poll)
+            status = str(state.get("state") or "") if isinstance(state, Mapping) else ""
+            if status == "JobComplete":
+                return
+            if status in ("Failed", "Aborted"):
+                raise FatalApiError(
+                    f"Bulk API 2.0 job {job_id} {status}: {state.get('errorMessage') or ''}",
+                    error_code="BULK_JOB_" + status.upper(),
+                )
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _metered(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` and add the API calls it made to this source's count."""
+        before = self._client.api_calls()
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            self._calls += self._client.api_calls() - before
+        return result
+
+    @staticmethod
+    def _page(sobject: str, rows: Sequence[Mapping[str, Any]]) -> Page:
+        records = []
+        deleted = []
+        for row in rows:
+            if row.get(schema.IS_DELETED) is True:
+                rid = row.get(schema.ID)
+                if isinstance(rid, str):
+                    deleted.append(rid)
+            else:
+                records.append(row)
+        return Page(sobject=sobject, records=records, deleted_ids=tuple(deleted))
+
+
+# -- CSV typing ----------------------------------------------------------------------------
+Converter = Callable[[str], Any]
+
+
+def rest_datetime(text: str) -> str:
+    """Bulk's ``2026-11-20T10:00:00.000Z`` as REST writes it: ``...000+0000``."""
+    match = _SF_UTC.match(text)
+    if not match:
+        return text
+    millis = (match.group(2) or ".000").ljust(4, "0")
+    return f"{match.group(1)}{millis}+0000"
+
+
+def _to_bool(text: str) -> bool:
+    return text.strip().lower() == "true"
+
+
+def _to_number(sample: int | float) -> Converter:
+    def convert(text: str) -> Any:
+        try:
+            return int(text) if isinstance(sample, int) and "." not in text else float(text)
+        except ValueError:
+            return text
+
+    return convert
+
+
+def _lookup(row: Mapping[str, Any], path: str) -> Any:
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _csv_converters(sample: Sequence[Mapping[str, Any]]) -> Callable[[str], Converter]:
+    """Per-column converters, typed after the REST JSON of the same fields."""
+    cache: dict[str, Converter] = {}
+
+    def for_column(column: str) -> Converter:
+        if column in cache:
+            return cache[column]
+        found: Any = None
+        for row in sample:
+            found = _lookup(row, column)
+            if found is not None:
+                break
+        conv: Converter
+        if column == schema.IS_DELETED or isinstance(found, bool):
+            conv = _to_bool
+        elif isinstance(found, (int, float)):
+            conv = _to_number(found)
+        else:
+            conv = rest_datetime
+        cache[column] = conv
+        return conv
+
+    return for_column
+
+
+def _parse_csv(
+    content: bytes, sobject: str, converters: Callable[[str], Converter], data_path: str
+) -> list[dict[str, Any]]:
+    reader = csv.reader(io.StringIO(content.decode("utf-8-sig")))
+    header = next(reader, None)
+    if not header:
+        return []
+    convs = [converters(c) for c in header]
+    rows = []
+    for values in reader:
+        if not values:
+            continue
+        flat: dict[str, Any] = {
+            col: (None if raw == "" else conv(raw))
+            for col, conv, raw in zip(header, convs, values, strict=False)
+        }
+        row = _nest(flat)
+        rid = row.get(schema.ID)
+        row[schema.ATTRIBUTES] = {
+            "type": sobject,
+            "url": f"{data_path}sobjects/{sobject}/{rid}",
+        }
+        rows.append(row)
+    return rows
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"Owner.Name": "Ann"}`` -> ``{"Owner": {"Name": "Ann"}}``; an all-empty parent is
+    None, as REST returns a null relationship."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if "." not in key:
+            out[key] = value
+            continue
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return {k: _null_if_empty(v) for k, v in out.items()}
+
+
+def _null_if_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        inner = {k: _null_if_empty(v) for k, v in value.items()}
+        return None if all(v is None for v in inner.values()) else inner
+    return value
