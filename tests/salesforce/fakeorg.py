@@ -39,6 +39,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 from xml.sax.saxutils import escape
@@ -130,49 +131,86 @@ _SYSTEM = (
 TASK_STATUSES = ("Not Started", "In Progress", "Completed")
 LEAD_STATUSES = (
     "Open - Not Contacted",
+    "New Lead",
+    "Contact Attempted",
+    "Contact Successful - Pending Qualification",
     "Working - Contacted",
+    "Qualified",
     "Closed - Converted",
     "Closed - Not Converted",
 )
-CONVERTED_STATUS = "Closed - Converted"
+CONVERTED_STATUSES = ("Closed - Converted", "Qualified")
+METADATA = (
+    Path(__file__).resolve().parents[2]
+    / "salesforce"
+    / "force-app"
+    / "main"
+    / "default"
+    / "objects"
+)
+_MD = "{http://soap.sforce.com/2006/04/metadata}"
 
 
-def default_schema() -> dict[str, dict[str, FieldDef]]:
-    """The standard fields the worker touches, plus the demo mapping's custom fields."""
-    objects: dict[str, tuple[FieldDef, ...]] = {
-        "Account": (_f("Name"), _ref("OwnerId", "User", "Owner")),
-        "Contact": (_f("LastName"), _f("Email", "email"), _ref("AccountId", "Account", "Account")),
-        "User": (_f("Name"), _f("Email", "email")),
+def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
+    """The standard fields the worker reads and writes, per object."""
+    owner = _ref("OwnerId", "User", "Owner")
+    return {
+        "Account": (_f("Name"), owner),
+        "Contact": (
+            _f("FirstName"),
+            _f("LastName"),
+            _f("Name", updateable=False, createable=False),
+            _f("Email", "email"),
+            _ref("AccountId", "Account", "Account"),
+        ),
+        "User": (_f("Name"), _f("Email", "email"), _ref("UserRoleId", "UserRole", "UserRole")),
         "Opportunity": (
             _f("Name"),
-            _f("StageName", "picklist", picklist=("Prospecting", "Closed Won", "Closed Lost")),
-            _f("Type", "picklist", picklist=("New Business", "Payment")),
+            _f(
+                "StageName",
+                "picklist",
+                picklist=(
+                    "Prospecting",
+                    "Assessment Pending",
+                    "Assessment Scheduled",
+                    "Closed Won",
+                    "Closed Lost",
+                ),
+            ),
+            _f("Type", "picklist", picklist=("New Business", "Payment", "Home Care")),
             _f("CloseDate", "date"),
             _f("Amount", "currency"),
             _f("NextStep"),
             _f("IsClosed", "boolean", updateable=False, createable=False),
             _ref("AccountId", "Account", "Account"),
-            _ref("OwnerId", "User", "Owner"),
-            _f("Payment_Status__c", "picklist", picklist=("Open", "Resolved", "Closed")),
-            _f("Closed_Reason__c", "picklist", picklist=("No Response", "Paid")),
-            _f("Customer_Responded__c", "boolean"),
+            owner,
         ),
         "Lead": (
+            _f("FirstName"),
             _f("LastName"),
+            _f("Name", updateable=False, createable=False),
             _f("Company"),
             _f("Email", "email"),
+            _f("City"),
+            _f("PostalCode"),
+            _f("DoNotCall", "boolean"),
+            _f("HasOptedOutOfEmail", "boolean"),
             _f("Status", "picklist", picklist=LEAD_STATUSES, restricted=True),
             _f("IsConverted", "boolean", updateable=False, createable=False),
             _ref("ConvertedAccountId", "Account"),
             _ref("ConvertedContactId", "Contact"),
             _ref("ConvertedOpportunityId", "Opportunity"),
-            _ref("OwnerId", "User", "Owner"),
+            _ref("RecordTypeId", "RecordType", "RecordType"),
+            owner,
         ),
         "Case": (
             _f("Subject"),
-            _f("Status", "picklist", picklist=("New", "Working", "Closed")),
-            _ref("OwnerId", "User", "Owner"),
+            _f("CaseNumber", updateable=False, createable=False),
+            _f("Status", "picklist", picklist=("New", "Working", "Homeowner Responded", "Closed")),
+            _f("ContactEmail", "email", updateable=False, createable=False),
+            _ref("ContactId", "Contact", "Contact"),
             _ref("AccountId", "Account", "Account"),
+            owner,
         ),
         "Task": (
             _f("Subject", "combobox"),
@@ -180,13 +218,16 @@ def default_schema() -> dict[str, dict[str, FieldDef]]:
             _f("ActivityDate", "date"),
             _f("Status", "picklist", picklist=TASK_STATUSES, restricted=True),
             _f("Priority", "picklist", picklist=("High", "Normal", "Low")),
-            _f("Type", "picklist", picklist=("Call", "Email", "Customer Response")),
+            _f(
+                "Type", "picklist", picklist=("Call", "Email", "Customer Response", "Inbound Email")
+            ),
             _f("TaskSubtype", "picklist", picklist=("Task", "Call", "Email"), updateable=False),
+            _f("CallDisposition"),
+            _f("CompletedDateTime", "datetime", updateable=False, createable=False),
             _f("IsClosed", "boolean", updateable=False, createable=False),
             _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
             _ref("WhoId", ("Lead", "Contact"), "Who"),
-            _ref("OwnerId", "User", "Owner"),
-            _f("SOP_Worker_Key__c", length=80, external_id=True, unique=True),
+            owner,
         ),
         "CaseComment": (
             _ref("ParentId", "Case", "Parent"),
@@ -194,7 +235,62 @@ def default_schema() -> dict[str, dict[str, FieldDef]]:
             _f("IsPublished", "boolean"),
         ),
     }
-    return {obj: {f.name: f for f in (*_SYSTEM, *fields)} for obj, fields in objects.items()}
+
+
+def metadata_fields(folder: Path = METADATA) -> dict[str, tuple[FieldDef, ...]]:
+    """The custom fields shipped under salesforce/, as the org has them once deployed.
+    (Activity fields appear on Task.)"""
+    out: dict[str, list[FieldDef]] = {}
+    for path in sorted(folder.glob("*/fields/*.field-meta.xml")):
+        root = ET.parse(path).getroot()  # noqa: S314 - our own repository files
+
+        def text(tag: str, root: ET.Element = root) -> str | None:
+            node = root.find(_MD + tag)
+            return node.text if node is not None else None
+
+        kind = text("type") or "Text"
+        name = text("fullName") or path.name.split(".")[0]
+        values = tuple(v.text or "" for v in root.iter(_MD + "fullName") if v.text != name)
+        sf_type, extra = {
+            "Text": ("string", {"length": int(text("length") or 255)}),
+            "LongTextArea": (
+                "textarea",
+                {"length": int(text("length") or 32000), "filterable": False},
+            ),
+            "Checkbox": ("boolean", {}),
+            "Picklist": ("picklist", {"picklist": values, "restricted": True}),
+            "Date": ("date", {}),
+            "DateTime": ("datetime", {}),
+            "Number": ("double", {}),
+            "Currency": ("currency", {}),
+            "Lookup": (
+                "reference",
+                {
+                    "relationship": (text("relationshipName") or "") + "__r",
+                    "reference_to": (text("referenceTo") or "",),
+                },
+            ),
+        }[kind]
+        obj = path.parent.parent.name
+        out.setdefault("Task" if obj == "Activity" else obj, []).append(
+            FieldDef(
+                name,
+                sf_type,
+                external_id=text("externalId") == "true",
+                unique=text("unique") == "true",
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def default_schema() -> dict[str, dict[str, FieldDef]]:
+    """Standard fields plus the custom fields deployed from salesforce/."""
+    custom = metadata_fields()
+    return {
+        obj: {f.name: f for f in (*_SYSTEM, *fields, *custom.get(obj, ()))}
+        for obj, fields in standard_fields().items()
+    }
 
 
 @dataclass
@@ -341,7 +437,7 @@ class FakeOrg:
             "api_version": self.api_version,
         }
         values.update(overrides)
-        return SalesforceSettings(_env_file=None, **values)  # type: ignore[call-arg]
+        return SalesforceSettings(_env_file=None, **values)
 
     def issue_token(self) -> str:
         token = f"{ORG_ID}!AQ{secrets.token_urlsafe(24)}"
@@ -358,7 +454,8 @@ class FakeOrg:
         return self.now.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
     def new_id(self, sobject: str) -> str:
-        return PREFIXES.get(sobject, "a00") + f"{900_000_000_000_000 + next(self._counter):015d}"
+        # 3-char key prefix + 12 unique chars + a 3-char suffix, like an 18-character id
+        return PREFIXES.get(sobject, "a00") + f"{900_000_000_000 + next(self._counter):012d}AAA"
 
     def add(self, sobject: str, **fields: Any) -> str:
         rid = fields.pop("Id", None) or self.new_id(sobject)
@@ -382,7 +479,7 @@ class FakeOrg:
         self.synthetic[sobject] = Synthetic(count, make)
 
     def synthetic_id(self, sobject: str, index: int) -> str:
-        return PREFIXES.get(sobject, "a00") + f"{index:015d}"
+        return PREFIXES.get(sobject, "a00") + f"{index:012d}AAA"
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         for sobject in self.records:
@@ -1133,7 +1230,7 @@ class FakeOrg:
                     )
                 )
                 continue
-            if status != CONVERTED_STATUS:
+            if status not in CONVERTED_STATUSES:
                 results.append(
                     _convert_error("INVALID_STATUS", f"invalid convertedStatus: {status}")
                 )
@@ -1210,13 +1307,14 @@ class FakeOrg:
             self._jobs[job.id] = job
             return 200, self._job_info(job, "UploadComplete"), {}
         match = re.fullmatch(r"jobs/query/(\w+)(/results)?", rest)
-        job = self._jobs.get(match.group(1)) if match else None
-        if job is None or match is None:
+        found = self._jobs.get(match.group(1)) if match else None
+        if found is None or match is None:
             return (
                 404,
                 [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
                 {},
             )
+        job = found
         if not match.group(2):
             job.polls += 1
             state = "JobComplete" if job.polls >= self.job_polls_needed else "InProgress"
@@ -1284,7 +1382,7 @@ class FakeOrg:
             and rid.startswith(PREFIXES.get(sobject, "a00"))
             and _is_synthetic_id(rid, synth.count)
         ):
-            return self._make(sobject, synth, int(rid[3:]), rid)
+            return self._make(sobject, synth, int(rid[3:15]), rid)
         return None
 
     def _materialize(self, sobject: str, rid: str) -> dict[str, Any]:
@@ -1307,7 +1405,7 @@ def path_is_public(path: str) -> bool:
 
 
 def _is_synthetic_id(rid: str, count: int) -> bool:
-    tail = rid[3:]
+    tail = rid[3:15]
     return tail.isdigit() and int(tail) < count
 
 

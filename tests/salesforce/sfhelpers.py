@@ -44,4 +44,4 @@ def make_client(org: FakeOrg, sleeps: Sleeps | None = None, **overrides: Any) ->
 
 def settings(**values: Any) -> SalesforceSettings:
     """Settings from keyword values only (no .env, no environment)."""
-    return SalesforceSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return SalesforceSettings(_env_file=None, **values)

@@ -7,6 +7,7 @@
     errors.py     the errorCode -> retry/fail/auth/limit table, UnknownOutcomeError
     client.py     requests.Session + timeouts + the one retry policy + API budget
     soql.py       SOQL from checked identifiers and escaped values
+    reads.py      queries in composites of five, then nextRecordsUrl pages
     source.py     SalesforceSource: incremental queryAll reads, composite first pages, Bulk 2.0
     sink.py       SalesforceSink: collections in composites, upserts, emails, lead conversion
     soap.py       the partner-API convertLead envelope

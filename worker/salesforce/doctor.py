@@ -148,7 +148,12 @@ def run_doctor(
     if task_key_field:
         wanted.setdefault("Task", set()).add(task_key_field)
 
-    described = _describe(api, sorted(wanted), findings)
+    try:
+        described = _describe(api, sorted(wanted), findings)
+    except AuthError as exc:
+        # /services/data/ answers without a session: this is the first authenticated call.
+        findings.append(Finding(FindingKind.AUTH, f"authentication failed: {exc}", _auth_fix(mode)))
+        return findings
     for obj in sorted(wanted):
         fields = described.get(obj)
         if fields is None:

@@ -162,7 +162,7 @@ def error_for(
 
 
 @dataclass(frozen=True)
-class RecordError:
+class RecordFailure:
     """One entry of a per-record ``errors[]`` array."""
 
     code: str
@@ -178,7 +178,7 @@ class RecordError:
         return f"{self.message}{suffix}"
 
 
-def record_errors(raw: Any) -> tuple[RecordError, ...]:
+def record_errors(raw: Any) -> tuple[RecordFailure, ...]:
     """Parse a per-record ``errors`` value (Collections, Composite, invocable actions)."""
     if not isinstance(raw, list):
         return ()
@@ -189,7 +189,7 @@ def record_errors(raw: Any) -> tuple[RecordError, ...]:
         code = item.get("statusCode") or item.get("errorCode") or "UNKNOWN_ERROR"
         fields = item.get("fields") or ()
         out.append(
-            RecordError(
+            RecordFailure(
                 code=str(code),
                 message=str(item.get("message") or ""),
                 fields=tuple(str(f) for f in fields if isinstance(f, str)),

@@ -68,7 +68,7 @@ from worker.salesforce.client import SalesforceClient, SubRequest, SubResponse
 from worker.salesforce.errors import (
     UNKNOWN_OUTCOME,
     Disposition,
-    RecordError,
+    RecordFailure,
     UnknownOutcomeError,
     record_errors,
 )
@@ -110,6 +110,7 @@ KEY_PREFIXES: Mapping[str, str] = {
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 API_LIMIT = "API_LIMIT"
+AUTH_STOPPED = "AUTH_STOPPED"
 
 
 class Operation(StrEnum):
@@ -139,7 +140,7 @@ class PreparedRecord:
 class _WriteState:
     results: list[ActionResult | None]
     sent_any: bool = False
-    last_error: dict[int, RecordError] = field(default_factory=dict)
+    last_error: dict[int, RecordFailure] = field(default_factory=dict)
 
 
 class SalesforceSink:
@@ -156,6 +157,7 @@ class SalesforceSink:
         self._converted: set[str] = set()
         self._prefixes: dict[str, str] = dict(KEY_PREFIXES)
         self._global_describe_done = False
+        self._stopped: ApiLimitError | AuthError | None = None
 
     @property
     def can_write(self) -> bool:
@@ -203,18 +205,24 @@ class SalesforceSink:
 
     # -- writes ---------------------------------------------------------------------------------
     def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        if self._stopped is not None:
+            raise self._stopped
         before = self._client.api_calls()
         state = _WriteState(results=[None] * len(actions))
         try:
             self._write(actions, state)
-        except ApiLimitError as exc:
+        except (ApiLimitError, AuthError) as exc:
+            # The run must stop. If nothing went out, say so by raising; otherwise hand back
+            # what was done (the rest still PLANNED) and raise on the next call instead.
             if not state.sent_any:
                 raise
+            self._stopped = exc
+            code = API_LIMIT if isinstance(exc, ApiLimitError) else AUTH_STOPPED
             log.warning("salesforce.write_stopped", reason=exc.error_code, message=exc.message)
             for i, result in enumerate(state.results):
                 if result is None:
                     state.results[i] = ActionResult(
-                        actions[i].key, Outcome.PLANNED, error_code=API_LIMIT, message=exc.message
+                        actions[i].key, Outcome.PLANNED, error_code=code, message=exc.message
                     )
         finally:
             self._calls += self._client.api_calls() - before
@@ -395,7 +403,7 @@ class SalesforceSink:
         except RetriableError:
             for p in pending:
                 err = state.last_error.get(
-                    p.index, RecordError("UNKNOWN_ERROR", "retries exhausted")
+                    p.index, RecordFailure("UNKNOWN_ERROR", "retries exhausted")
                 )
                 state.results[p.index] = _failed(p, err.code, err.describe())
 
@@ -459,7 +467,7 @@ class SalesforceSink:
             code = err.error_code or f"HTTP_{response.status}"
             if isinstance(err, RetriableError):
                 for p in chunk:
-                    state.last_error[p.index] = RecordError(code, err.message)
+                    state.last_error[p.index] = RecordFailure(code, err.message)
                 return list(chunk)
             for p in chunk:
                 state.results[p.index] = _failed(p, code, err.message)
@@ -480,7 +488,7 @@ class SalesforceSink:
                     message="; ".join(p.notes) or None,
                 )
                 continue
-            errors = record_errors(item.get("errors")) or (RecordError("UNKNOWN_ERROR", ""),)
+            errors = record_errors(item.get("errors")) or (RecordFailure("UNKNOWN_ERROR", ""),)
             first = errors[0]
             if first.disposition is Disposition.RETRY:
                 state.last_error[p.index] = first
@@ -524,13 +532,23 @@ class SalesforceSink:
             state.sent_any = True
             body = _json_or_none(response)
             items = body if isinstance(body, list) and len(body) == len(batch) else None
+            if items is None and response.status_code < 300:
+                # Accepted, but without readable per-input results: sent, outcome unknown.
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key,
+                        Outcome.SENT,
+                        error_code=UNKNOWN_OUTCOME,
+                        message="emailSimple answered without per-input results",
+                    )
+                continue
             for pos, (i, a) in enumerate(batch):
                 item = items[pos] if items is not None else None
                 if isinstance(item, Mapping) and item.get("isSuccess") is True:
                     state.results[i] = ActionResult(a.key, Outcome.APPLIED)
                     continue
                 errors = record_errors(item.get("errors") if isinstance(item, Mapping) else body)
-                err = errors[0] if errors else RecordError(f"HTTP_{response.status_code}", "")
+                err = errors[0] if errors else RecordFailure(f"HTTP_{response.status_code}", "")
                 state.results[i] = ActionResult(
                     a.key, Outcome.FAILED, error_code=err.code, message=err.describe()
                 )
@@ -583,7 +601,15 @@ class SalesforceSink:
                     )
                 continue
             state.sent_any = True
-            results, usage = parse_convert_response(response.content)
+            try:
+                results, usage = parse_convert_response(response.content)
+            except SalesforceError as exc:
+                # Answered, but unreadably: the conversions may have happened.
+                for i, a in batch:
+                    state.results[i] = ActionResult(
+                        a.key, Outcome.SENT, error_code=UNKNOWN_OUTCOME, message=exc.message
+                    )
+                continue
             if usage is not None:
                 self._client.note_usage(usage)
             for pos, (i, a) in enumerate(batch):
@@ -594,7 +620,9 @@ class SalesforceSink:
                         a.key, Outcome.APPLIED, sf_id=res.opportunity_id or res.account_id
                     )
                 else:
-                    err = res.errors[0] if res and res.errors else RecordError("UNKNOWN_ERROR", "")
+                    err = (
+                        res.errors[0] if res and res.errors else RecordFailure("UNKNOWN_ERROR", "")
+                    )
                     state.results[i] = ActionResult(
                         a.key, Outcome.FAILED, error_code=err.code, message=err.describe()
                     )

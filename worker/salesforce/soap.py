@@ -22,7 +22,7 @@ import requests
 
 from worker.errors import SalesforceError
 from worker.ports import ApiUsage
-from worker.salesforce.errors import RecordError, error_for
+from worker.salesforce.errors import RecordFailure, error_for
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
@@ -47,7 +47,7 @@ class LeadConvertResult:
     account_id: str | None = None
     contact_id: str | None = None
     opportunity_id: str | None = None
-    errors: tuple[RecordError, ...] = ()
+    errors: tuple[RecordFailure, ...] = ()
 
 
 def soap_path(api_version: str) -> str:
@@ -107,7 +107,7 @@ def parse_convert_response(content: bytes) -> tuple[list[LeadConvertResult], Api
     results = []
     for node in root.iterfind(".//p:convertLeadResponse/p:result", _NS):
         errors = tuple(
-            RecordError(
+            RecordFailure(
                 code=_text(err, "statusCode") or "UNKNOWN_ERROR",
                 message=_text(err, "message") or "",
                 fields=tuple(f.text or "" for f in err.findall("p:fields", _NS)),

@@ -1,0 +1,99 @@
+"""The fake org keeps Salesforce's rules, so tests against it mean something."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from .fakeorg import INSTANCE, FakeOrg
+
+V = "/services/data/v66.0"
+
+
+def call(org: FakeOrg, method: str, path: str, **kw: Any) -> requests.Response:
+    token = org.issue_token()
+    return requests.request(
+        method, INSTANCE + path, headers={"Authorization": f"Bearer {token}"}, timeout=5, **kw
+    )
+
+
+def test_composite_limits(org: FakeOrg) -> None:
+    q = {"method": "GET", "url": f"{V}/query/?q=SELECT+Id+FROM+Lead", "referenceId": "q"}
+    six = call(
+        org,
+        "POST",
+        f"{V}/composite",
+        json={"compositeRequest": [dict(q, referenceId=f"q{i}") for i in range(6)]},
+    )
+    assert six.status_code == 400
+    assert six.json()[0]["errorCode"] == "LIMIT_EXCEEDED"
+    many = [{"method": "GET", "url": f"{V}/limits", "referenceId": f"l{i}"} for i in range(26)]
+    assert call(org, "POST", f"{V}/composite", json={"compositeRequest": many}).status_code == 400
+
+
+def test_long_text_cannot_be_filtered(org: FakeOrg) -> None:
+    r = call(
+        org, "GET", f"{V}/query/", params={"q": "SELECT Id FROM Task WHERE Description LIKE '%x%'"}
+    )
+    assert r.status_code == 400
+    assert r.json()[0]["errorCode"] == "INVALID_FIELD"
+
+
+def test_malformed_soql(org: FakeOrg) -> None:
+    r = call(org, "GET", f"{V}/query/", params={"q": "SELECT Id FROM Lead WHERE Name = 'x"})
+    assert r.json()[0]["errorCode"] == "MALFORMED_QUERY"
+
+
+def test_all_or_none_true_rolls_everything_back(org: FakeOrg) -> None:
+    a = org.add("Opportunity", Name="a")
+    body = {
+        "allOrNone": True,
+        "records": [
+            {"attributes": {"type": "Opportunity"}, "Id": a, "NextStep": "x"},
+            {"attributes": {"type": "Opportunity"}, "Id": a, "Bogus__c": 1},
+        ],
+    }
+    results = call(org, "PATCH", f"{V}/composite/sobjects", json=body).json()
+    assert [r["success"] for r in results] == [False, False]
+    assert results[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert org.get(a).get("NextStep") is None  # type: ignore[union-attr]
+
+
+def test_limit_header_and_daily_limit(org: FakeOrg) -> None:
+    org.daily_limit, org.used = 3, 1
+    r = call(org, "GET", f"{V}/limits")
+    assert r.headers["Sforce-Limit-Info"] == "api-usage=2/3"
+    call(org, "GET", f"{V}/limits")
+    r = call(org, "GET", f"{V}/limits")
+    assert r.status_code == 403
+    assert r.json()[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_faults_skip_then_fire(org: FakeOrg) -> None:
+    org.fail(kind="limits", skip=1, times=1, status=500, error_code="UNKNOWN_EXCEPTION")
+    assert [call(org, "GET", f"{V}/limits").status_code for _ in range(3)] == [200, 500, 200]
+    org.fail(kind="limits", exception=requests.ConnectionError)
+    with pytest.raises(requests.ConnectionError):
+        call(org, "GET", f"{V}/limits")
+
+
+def test_unauthorised_calls_get_invalid_session(org: FakeOrg) -> None:
+    r = requests.get(INSTANCE + f"{V}/limits", headers={"Authorization": "Bearer nope"}, timeout=5)
+    assert r.status_code == 401
+    assert r.json() == [
+        {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+    ]
+
+
+def test_synthetic_records_are_made_on_demand(org: FakeOrg) -> None:
+    org.add_synthetic(
+        "Lead",
+        5,
+        lambda i, rid: {"LastName": f"S{i}", "SystemModstamp": "2026-11-01T00:00:00.000+0000"},
+    )
+    rid = org.synthetic_id("Lead", 3)
+    assert org.get(rid)["LastName"] == "S3"  # type: ignore[index]
+    org.edit(rid, LastName="edited")
+    assert [r["LastName"] for r in org.of("Lead")] == ["S0", "S1", "S2", "edited", "S4"]

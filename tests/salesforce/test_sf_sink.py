@@ -1,0 +1,588 @@
+"""SalesforceSink against the fake org: collections in composites, per-record results,
+idempotent creates, lost answers and reconcile, guards, retries, budget, emails, leads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+import responses
+import tenacity
+
+from worker.actions import (
+    Action,
+    AddCaseComment,
+    CloseRecord,
+    ConvertLead,
+    CreateTask,
+    FieldChange,
+    Outcome,
+    SendEmail,
+    UpdateRecord,
+)
+from worker.errors import ApiLimitError, AuthError, DryRunWriteError
+from worker.records import RecordRef
+from worker.rules.kit import key_marker
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.sink import SalesforceSink
+
+from .fakeorg import FakeOrg
+from .sfhelpers import Sleeps, load_fixture, make_client, settings
+
+KEY_FIELD = "SOP_Worker_Key__c"
+META: dict[str, Any] = {
+    "rule": "payment_followup",
+    "sop": "000.txt",
+    "step": "Step 2",
+    "reason": "test",
+}
+
+
+def update(obj: str, rid: str, key: str, **values: Any) -> UpdateRecord:
+    return UpdateRecord(
+        **META,
+        target=RecordRef(obj, rid),
+        key=key,
+        changes=tuple(FieldChange(k, None, v) for k, v in values.items()),
+    )
+
+
+def task(
+    parent: str, key: str, *, who: str | None = None, subject: str = "Follow up", **fields: Any
+) -> CreateTask:
+    return CreateTask(
+        **META,
+        target=RecordRef("Opportunity", parent),
+        key=key,
+        subject=subject,
+        description="Call the customer.",
+        due=dt.date(2026, 11, 25),
+        owner_id=None,
+        what_id=parent,
+        who_id=who,
+        fields={"Status": "Not Started", "Priority": "Normal", **fields},
+    )
+
+
+def comment(case_id: str, key: str, body: str = "Customer was called.") -> AddCaseComment:
+    return AddCaseComment(
+        **META, target=RecordRef("Case", case_id), key=key, body=f"{body}\n\n{key_marker(key)}"
+    )
+
+
+def sink_for(
+    org: FakeOrg, key_field: str = KEY_FIELD, sleeps: Sleeps | None = None, **overrides: Any
+) -> SalesforceSink:
+    return SalesforceSink(make_client(org, sleeps, **overrides), task_key_field=key_field)
+
+
+def outcomes(results: list[Any]) -> list[tuple[str, str | None]]:
+    return [(r.outcome.value, r.error_code) for r in results]
+
+
+# -- batching -----------------------------------------------------------------------------------
+def test_updates_upserts_and_comments_in_few_calls(org: FakeOrg) -> None:
+    opps = [org.add("Opportunity", Name=f"O{i}", StageName="Prospecting") for i in range(3)]
+    case = org.add("Case", Subject="Broken")
+    actions: list[Action] = [
+        update("Opportunity", opps[0], "k-u0", NextStep="Called"),
+        task(opps[1], "k-t1"),
+        CloseRecord(
+            **META,
+            target=RecordRef("Opportunity", opps[2]),
+            key="k-c2",
+            changes=(FieldChange("Payment_Status__c", "Open", "Closed"),),
+        ),
+        comment(case, "k-cc"),
+    ]
+    sink = sink_for(org)
+    results = sink.write(actions)
+    assert outcomes(results) == [("applied", None)] * 4
+    assert [r.key for r in results] == ["k-u0", "k-t1", "k-c2", "k-cc"]
+    assert org.get(opps[0])["NextStep"] == "Called"  # type: ignore[index]
+    assert org.get(opps[2])["Payment_Status__c"] == "Closed"  # type: ignore[index]
+    (new_task,) = org.of("Task")
+    assert new_task[KEY_FIELD] == "k-t1"
+    assert results[1].sf_id == new_task["Id"]
+    assert new_task["ActivityDate"] == "2026-11-25"
+    assert new_task["WhatId"] == opps[1]
+    (new_comment,) = org.of("CaseComment")
+    assert key_marker("k-cc") in new_comment["CommentBody"]
+    # 1 composite for update+upsert collections, 1 for the marker lookup, 1 for the create
+    assert org.calls_by_kind == {"composite": 3}
+    assert sink.api_calls() == 3 == sink.estimate_calls(actions)
+
+
+@pytest.mark.parametrize(
+    ("n", "composites"), [(1, 1), (200, 1), (201, 1), (1000, 1), (1001, 2), (2400, 3)]
+)
+def test_collections_of_200_five_per_composite(org: FakeOrg, n: int, composites: int) -> None:
+    ids = [org.add("Opportunity", Name=f"O{i}") for i in range(n)]
+    actions = [update("Opportunity", rid, f"k{i}", NextStep="x") for i, rid in enumerate(ids)]
+    sink = sink_for(org)
+    assert sink.estimate_calls(actions) == composites
+    results = sink.write(actions)
+    assert all(r.outcome is Outcome.APPLIED for r in results)
+    assert org.calls_by_kind == {"composite": composites}
+
+
+def test_mixed_per_record_results_map_back_by_index() -> None:
+    acme = "https://acme.my.salesforce.com"
+    composite = f"{acme}/services/data/v66.0/composite"
+    retry_ok = {
+        "compositeResponse": [
+            {
+                "body": [{"id": "006000000000003AAA", "success": True, "errors": []}],
+                "httpHeaders": {},
+                "httpStatusCode": 200,
+                "referenceId": "c0",
+            }
+        ]
+    }
+    with responses.RequestsMock() as mock:
+        mock.post(composite, json=load_fixture("composite_collections_mixed.json"))
+        mock.post(composite, json=retry_ok)
+        client = SalesforceClient(
+            settings(instance_url=acme, access_token="00D!x"), wait=tenacity.wait_none()
+        )
+        sink = SalesforceSink(client, task_key_field=KEY_FIELD)
+        actions = [
+            update("Opportunity", "006000000000001AAA", "a", NextStep="x"),
+            update("Opportunity", "006000000000002AAA", "b", Payment_Status__c="Closed"),
+            update("Opportunity", "006000000000003AAA", "c", NextStep="y"),
+            task("006000000000001AAA", "d"),
+            task("006000000000002AAA", "e", Status="Waiting"),
+        ]
+        results = sink.write(actions)
+        first = json.loads(mock.calls[0].request.body or "")
+        second = json.loads(mock.calls[1].request.body or "")
+    assert [s["method"] for s in first["compositeRequest"]] == ["PATCH", "PATCH"]
+    assert (
+        first["compositeRequest"][1]["url"]
+        == "/services/data/v66.0/composite/sobjects/Task/SOP_Worker_Key__c"
+    )
+    assert first["allOrNone"] is False
+    assert all(s["body"]["allOrNone"] is False for s in first["compositeRequest"])
+    # only the locked record went again
+    assert [r["Id"] for r in second["compositeRequest"][0]["body"]["records"]] == [
+        "006000000000003AAA"
+    ]
+    assert outcomes(results) == [
+        ("applied", None),
+        ("failed", "FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        ("applied", None),
+        ("applied", None),
+        ("failed", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"),
+    ]
+    assert results[1].message == (
+        "Closed Reason is required when Payment Status is Closed (fields: Closed_Reason__c)"
+    )
+    assert results[3].sf_id == "00T000000000009AAA"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        "REQUIRED_FIELD_MISSING",
+        "INVALID_FIELD",
+        "STRING_TOO_LONG",
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "SOME_CODE_FROM_THE_FUTURE",
+    ],
+)
+def test_a_permanent_record_error_fails_only_that_action(org: FakeOrg, code: str) -> None:
+    a, b = org.add("Opportunity", Name="a"), org.add("Opportunity", Name="b")
+    org.validate(lambda obj, rec: (code, "nope") if rec.get("Name") == "b" else None)
+    results = sink_for(org).write(
+        [update("Opportunity", a, "ka", NextStep="x"), update("Opportunity", b, "kb", NextStep="x")]
+    )
+    assert outcomes(results) == [("applied", None), ("failed", code)]
+    assert org.calls_by_kind == {"composite": 1}  # never retried
+
+
+def test_locked_rows_are_retried_under_the_retry_policy(org: FakeOrg) -> None:
+    a, b = org.add("Opportunity", Name="a"), org.add("Opportunity", Name="b")
+    org.lock(b, times=2)
+    sink = sink_for(org)
+    results = sink.write(
+        [update("Opportunity", a, "ka", NextStep="1"), update("Opportunity", b, "kb", NextStep="2")]
+    )
+    assert outcomes(results) == [("applied", None), ("applied", None)]
+    assert org.calls_by_kind == {"composite": 3}
+    assert org.get(a)["NextStep"] == "1"  # type: ignore[index]
+
+
+def test_locked_rows_fail_after_max_attempts(org: FakeOrg) -> None:
+    a = org.add("Opportunity", Name="a")
+    org.lock(a, times=99)
+    results = sink_for(org, max_attempts=3).write([update("Opportunity", a, "ka", NextStep="1")])
+    assert outcomes(results) == [("failed", "UNABLE_TO_LOCK_ROW")]
+    assert org.calls_by_kind == {"composite": 3}
+
+
+def test_a_whole_collection_refused_fails_its_actions(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    results = sink_for(org, key_field="Subject").write(
+        [task(opp, "k1"), update("Opportunity", opp, "k2", NextStep="x")]
+    )
+    assert results[0].outcome is Outcome.FAILED
+    assert results[0].error_code == "INVALID_FIELD"
+    assert "not an External ID" in (results[0].message or "")
+    assert results[1].outcome is Outcome.APPLIED
+
+
+# -- idempotent creates and lost answers ------------------------------------------------------------
+def test_task_upsert_twice_makes_one_task(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    sink = sink_for(org)
+    first = sink.write([task(opp, "k1")])
+    second = sink.write([task(opp, "k1")])
+    assert len(org.of("Task")) == 1
+    assert first[0].sf_id == second[0].sf_id
+
+
+def test_lost_answer_to_an_upsert_is_replayed_without_duplicate(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    org.fail(kind="composite", drop=True)  # applied, then the answer is lost
+    results = sink_for(org).write([task(opp, "k1")])
+    assert outcomes(results) == [("applied", None)]
+    assert len(org.of("Task")) == 1
+    assert org.calls_by_kind == {"composite": 2}
+
+
+@pytest.mark.parametrize("kind", ["comment", "task"])
+def test_lost_answer_to_a_plain_create_is_reconciled_not_duplicated(
+    org: FakeOrg, kind: str
+) -> None:
+    parent = org.add("Case" if kind == "comment" else "Opportunity", Name="p")
+    action: Action = comment(parent, "k-lost") if kind == "comment" else task(parent, "k-lost")
+    sink = sink_for(org, key_field="")
+    org.fail(kind="composite", skip=1, drop=True)  # the lookup passes, the create is lost
+    (sent,) = sink.write([action])
+    assert (sent.outcome, sent.error_code) == (Outcome.SENT, "UNKNOWN_OUTCOME")
+    stored = org.of("CaseComment" if kind == "comment" else "Task")
+    assert len(stored) == 1  # it did happen
+    assert org.calls_by_kind == {"composite": 2}  # and was not resent
+
+    (found,) = sink.reconcile([action])
+    assert found is not None
+    assert found.outcome is Outcome.APPLIED
+    assert found.sf_id == stored[0]["Id"]
+
+    (again,) = sink.write([action])  # a rerun that lost its ledger
+    assert again.outcome is Outcome.APPLIED
+    assert again.sf_id == stored[0]["Id"]
+    assert len(org.of("CaseComment" if kind == "comment" else "Task")) == 1
+
+
+def test_reconcile_answers(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    case = org.add("Case", Subject="c")
+    lead = org.add("Lead", LastName="L", Company="Acme")
+    actions: list[Action] = [
+        task(opp, "t-upsert"),
+        update("Opportunity", opp, "u", NextStep="x"),
+        comment(case, "c-missing"),
+        SendEmail(
+            **META,
+            target=RecordRef("Opportunity", opp),
+            key="e",
+            to_address="a@b.c",
+            subject="s",
+            body="b",
+        ),
+        ConvertLead(
+            **META, target=RecordRef("Lead", lead), key="cl", converted_status="Closed - Converted"
+        ),
+    ]
+    results = sink_for(org).reconcile(actions)
+    assert results[0] is None
+    assert results[1] is None
+    assert results[2] is None
+    assert results[4] is None
+    assert results[3] is not None
+    assert results[3].outcome is Outcome.SKIPPED
+
+
+def test_a_deleted_worker_comment_is_not_recreated(org: FakeOrg) -> None:
+    case = org.add("Case", Subject="c")
+    cid = org.add(
+        "CaseComment", ParentId=case, CommentBody=f"old\n\n{key_marker('k1')}", IsPublished=False
+    )
+    org.delete(cid)
+    (result,) = sink_for(org).write([comment(case, "k1")])
+    assert result.outcome is Outcome.APPLIED
+    assert result.sf_id == cid
+    assert org.of("CaseComment") == []
+
+
+# -- guards --------------------------------------------------------------------------------------------
+def test_task_on_a_lead_drops_what_id(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    lead = org.add("Lead", LastName="L")
+    (result,) = sink_for(org).write([task(opp, "k", who=lead)])
+    assert result.outcome is Outcome.APPLIED
+    assert "WhatId dropped" in (result.message or "")
+    (stored,) = org.of("Task")
+    assert stored["WhoId"] == lead
+    assert not stored.get("WhatId")
+
+
+def test_long_subject_and_next_step_are_truncated_and_noted(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    results = sink_for(org).write(
+        [
+            task(opp, "k1", subject="S" * 300),
+            update("Opportunity", opp, "k2", NextStep="N" * 256),
+        ]
+    )
+    assert outcomes(results) == [("applied", None), ("applied", None)]
+    assert "Subject truncated from 300 to 255" in (results[0].message or "")
+    assert "NextStep truncated" in (results[1].message or "")
+    assert len(org.of("Task")[0]["Subject"]) == 255
+    assert len(org.get(opp)["NextStep"]) == 255  # type: ignore[index]
+
+
+def test_comment_body_is_cut_to_4000_bytes_keeping_the_marker(org: FakeOrg) -> None:
+    case = org.add("Case", Subject="c")
+    (result,) = sink_for(org).write([comment(case, "k1", body="é" * 3000)])  # 6,000 bytes
+    assert result.outcome is Outcome.APPLIED
+    assert "truncated" in (result.message or "")
+    body = org.of("CaseComment")[0]["CommentBody"]
+    assert len(body.encode()) <= 4000
+    assert body.endswith(key_marker("k1"))
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.UTC), "2026-11-25"),
+        ("2026-11-26T00:00:00.000+0000", "2026-11-26"),
+        (dt.date(2026, 12, 1), "2026-12-01"),
+    ],
+)
+def test_activity_date_is_written_as_a_date(org: FakeOrg, value: Any, stored: str) -> None:
+    opp = org.add("Opportunity", Name="a")
+    (result,) = sink_for(org).write([task(opp, "k", ActivityDate=value)])
+    assert result.outcome is Outcome.APPLIED
+    assert org.of("Task")[0]["ActivityDate"] == stored
+
+
+def test_a_bad_activity_date_fails_without_a_call(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    (result,) = sink_for(org).write([task(opp, "k", ActivityDate="next tuesday")])
+    assert (result.outcome, result.error_code) == (Outcome.FAILED, "INVALID_ACTIVITY_DATE")
+    assert org.call_count == 0
+
+
+def test_a_converted_lead_is_never_updated(org: FakeOrg) -> None:
+    lead = org.add("Lead", LastName="L", Company="Acme")
+    org.edit(lead, IsConverted=True)
+    sink = sink_for(org)
+    stamps = sink.current_stamps([lead])
+    assert stamps[lead] == org.get(lead)["SystemModstamp"]  # type: ignore[index]
+    calls = org.call_count
+    (result,) = sink.write([update("Lead", lead, "k", Status="Working - Contacted")])
+    assert (result.outcome, result.error_code) == (Outcome.FAILED, "CANNOT_UPDATE_CONVERTED_LEAD")
+    assert org.call_count == calls
+
+
+def test_a_converted_lead_unknown_to_the_sink_fails_from_salesforce(org: FakeOrg) -> None:
+    lead = org.add("Lead", LastName="L")
+    org.edit(lead, IsConverted=True)
+    sink = sink_for(org)
+    (result,) = sink.write([update("Lead", lead, "k1", Status="Working - Contacted")])
+    assert result.error_code == "CANNOT_UPDATE_CONVERTED_LEAD"
+    calls = org.call_count
+    sink.write([update("Lead", lead, "k2", Status="Working - Contacted")])
+    assert org.call_count == calls  # remembered
+
+
+# -- conflicts ---------------------------------------------------------------------------------------------
+def test_current_stamps_in_one_call(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    lead = org.add("Lead", LastName="L")
+    case = org.add("Case", Subject="c")
+    gone = org.add("Case", Subject="d")
+    org.delete(gone)
+    sink = sink_for(org)
+    before = sink.current_stamps([opp, lead, case, gone, "500000000000404AAA"])
+    assert before[opp] == org.get(opp)["SystemModstamp"]  # type: ignore[index]
+    assert before[gone] is None
+    assert before["500000000000404AAA"] is None
+    assert org.calls_by_kind == {"composite": 1}
+    org.edit(opp, NextStep="a person typed this")
+    assert sink.current_stamps([opp])[opp] != before[opp]
+
+
+def test_current_stamps_looks_up_unknown_prefixes_once(org: FakeOrg) -> None:
+    sink = sink_for(org)
+    with pytest.raises(ValueError, match="key prefix"):
+        sink.current_stamps(["a0Z000000000001AAA"])
+    assert org.calls_by_kind == {"describe": 1}
+
+
+# -- budget --------------------------------------------------------------------------------------------
+def test_budget_reached_before_anything_was_sent_raises(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    org.daily_limit, org.used = 100, 90
+    sink = sink_for(org)
+    sink.current_stamps([opp])  # learns usage: 91/100
+    with pytest.raises(ApiLimitError):
+        sink.write([update("Opportunity", opp, "k", NextStep="x")])
+    assert org.calls_by_kind == {"composite": 1}
+
+
+def test_budget_reached_mid_write_leaves_the_rest_planned(org: FakeOrg) -> None:
+    ids = [org.add("Opportunity", Name=f"O{i}") for i in range(1200)]  # 2 composites
+    org.daily_limit, org.used = 100, 79  # after the first composite: 20 left = the reserve
+    sink = sink_for(org)
+    results = sink.write(
+        [update("Opportunity", rid, f"k{i}", NextStep="x") for i, rid in enumerate(ids)]
+    )
+    assert {r.outcome for r in results[:1000]} == {Outcome.APPLIED}
+    assert {(r.outcome, r.error_code) for r in results[1000:]} == {(Outcome.PLANNED, "API_LIMIT")}
+    with pytest.raises(ApiLimitError):
+        sink.write([update("Opportunity", ids[-1], "again", NextStep="x")])
+    assert org.calls_by_kind == {"composite": 1}
+
+
+def test_daily_limit_exceeded_stops_the_write(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    org.fail(
+        kind="composite",
+        status=403,
+        error_code="REQUEST_LIMIT_EXCEEDED",
+        message="TotalRequests Limit exceeded.",
+    )
+    with pytest.raises(ApiLimitError):
+        sink_for(org).write([update("Opportunity", opp, "k", NextStep="x")])
+    assert org.call_count == 1
+
+
+# -- email and lead conversion -------------------------------------------------------------------------
+def email(key: str, to: str) -> SendEmail:
+    return SendEmail(
+        **META,
+        target=RecordRef("Opportunity", "006x"),
+        key=key,
+        to_address=to,
+        subject="Your invoice",
+        body="Hello",
+        sender_type="CurrentUser",
+    )
+
+
+def test_emails_are_sent_in_one_call_with_per_input_results(org: FakeOrg) -> None:
+    results = sink_for(org).write([email("e1", "ann@example.com"), email("e2", "not-an-address")])
+    assert outcomes(results) == [("applied", None), ("failed", "INVALID_EMAIL_ADDRESS")]
+    assert org.calls_by_kind == {"email": 1}
+    assert org.emails_sent == [
+        {
+            "emailAddresses": "ann@example.com",
+            "emailSubject": "Your invoice",
+            "emailBody": "Hello",
+            "senderType": "CurrentUser",
+        }
+    ]
+
+
+def test_a_lost_email_answer_is_never_resent(org: FakeOrg) -> None:
+    org.fail(kind="email", drop=True)
+    sink = sink_for(org)
+    (result,) = sink.write([email("e1", "ann@example.com")])
+    assert (result.outcome, result.error_code) == (Outcome.SENT, "UNKNOWN_OUTCOME")
+    assert len(org.emails_sent) == 1
+    assert org.calls_by_kind == {"email": 1}
+    (rec,) = sink.reconcile([email("e1", "ann@example.com")])
+    assert rec is not None
+    assert rec.outcome is Outcome.SKIPPED
+
+
+def convert(
+    lead: str, key: str, status: str = "Closed - Converted", name: str | None = "Acme <&> Co"
+) -> ConvertLead:
+    return ConvertLead(
+        **META,
+        target=RecordRef("Lead", lead),
+        key=key,
+        converted_status=status,
+        opportunity_name=name,
+    )
+
+
+def test_leads_are_converted_over_soap(org: FakeOrg) -> None:
+    good = org.add("Lead", LastName="Good", Company="Acme")
+    bad = org.add("Lead", LastName="Bad", Company="Globex")
+    sink = sink_for(org)
+    results = sink.write([convert(good, "c1"), convert(bad, "c2", status="Working - Contacted")])
+    assert outcomes(results) == [("applied", None), ("failed", "INVALID_STATUS")]
+    lead = org.get(good)
+    assert lead is not None
+    assert lead["IsConverted"] is True
+    assert results[0].sf_id == lead["ConvertedOpportunityId"]
+    assert org.get(lead["ConvertedOpportunityId"])["Name"] == "Acme <&> Co"  # type: ignore[index]
+    assert org.calls_by_kind == {"soap": 1}
+    assert sink.usage() is not None
+    (after,) = sink.write([update("Lead", good, "u", Status="Working - Contacted")])
+    assert after.error_code == "CANNOT_UPDATE_CONVERTED_LEAD"
+    assert org.calls_by_kind == {"soap": 1}
+
+
+def test_a_lost_conversion_is_reconciled_from_the_lead(org: FakeOrg) -> None:
+    lead = org.add("Lead", LastName="L", Company="Acme")
+    org.fail(kind="soap", drop=True)
+    sink = sink_for(org)
+    (sent,) = sink.write([convert(lead, "c1")])
+    assert sent.outcome is Outcome.SENT
+    (found,) = sink.reconcile([convert(lead, "c1")])
+    assert found is not None
+    assert found.outcome is Outcome.APPLIED
+    assert found.sf_id == org.get(lead)["ConvertedOpportunityId"]  # type: ignore[index]
+
+
+# -- dry run ---------------------------------------------------------------------------------------------
+def test_a_read_only_sink_cannot_write(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    sink = sink_for(org, read_only=True)
+    assert sink.can_write is False
+    assert sink.current_stamps([opp])[opp] is not None  # reads still work, as GETs
+    with pytest.raises(DryRunWriteError):
+        sink.write([update("Opportunity", opp, "k", NextStep="x")])
+    assert org.writes() == []
+
+
+def test_estimate_counts_lookups_emails_and_conversions(org: FakeOrg) -> None:
+    sink = sink_for(org, key_field="")
+    actions: list[Action] = [comment(f"500{i:012d}AAA", f"c{i}") for i in range(250)]
+    actions += [email(f"e{i}", "a@b.c") for i in range(101)]
+    actions += [convert(f"00Q{i:012d}AAA", f"l{i}") for i in range(3)]
+    # 2 comment chunks -> 1 create composite; 250 parents -> 2 lookup queries -> 1 composite;
+    # 101 emails -> 2 calls; 3 conversions -> 1 call
+    assert sink.estimate_calls(actions) == 5
+
+
+def test_session_lost_mid_write_keeps_what_was_done(org: FakeOrg) -> None:
+    ids = [org.add("Opportunity", Name=f"O{i}") for i in range(1200)]  # 2 composites
+    org.fail(
+        kind="composite",
+        skip=1,
+        status=401,
+        error_code="INVALID_SESSION_ID",
+        message="Session expired or invalid",
+    )
+    sink = sink_for(org)
+    results = sink.write(
+        [update("Opportunity", rid, f"k{i}", NextStep="x") for i, rid in enumerate(ids)]
+    )
+    assert {r.outcome for r in results[:1000]} == {Outcome.APPLIED}
+    assert {(r.outcome, r.error_code) for r in results[1000:]} == {
+        (Outcome.PLANNED, "AUTH_STOPPED")
+    }
+    calls = org.call_count
+    with pytest.raises(AuthError):
+        sink.write([update("Opportunity", ids[0], "again", NextStep="y")])
+    assert org.call_count == calls
