@@ -82,14 +82,7 @@ def iter_raw_records(folder: str | Path) -> Iterator[dict[str, Any]]:
 
 # -- writing ---------------------------------------------------------------------------------
 
-_PREFIXES = {
-    "Task": "00T",
-    "CaseComment": "00a",
-    "Account": "001",
-    "Contact": "003",
-    "Opportunity": "006",
-    "EmailMessage": "02s",
-}
+_PREFIXES = {sobject: prefix for prefix, sobject in schema.KEY_PREFIXES.items()}
 
 
 def local_id(sobject: str, key: str) -> str:

@@ -47,6 +47,20 @@ TASK_DESCRIPTION_MAX_CHARS = 32000
 LEAD_ID_PREFIX = "00Q"
 CONTACT_ID_PREFIX = "003"
 
+# Key prefixes of the standard objects the worker touches (fixed by the platform).
+KEY_PREFIXES = {
+    "001": "Account",
+    CONTACT_ID_PREFIX: "Contact",
+    "005": "User",
+    "006": "Opportunity",
+    LEAD_ID_PREFIX: LEAD,
+    "00T": TASK,
+    "00U": "Event",
+    "00a": CASE_COMMENT,
+    "02s": "EmailMessage",
+    "500": CASE,
+}
+
 # Fields every cached record carries, whatever the mapping asks for.
 ALWAYS_FIELDS = (ID, SYSTEM_MODSTAMP, IS_DELETED)
 TASK_FIELDS = (

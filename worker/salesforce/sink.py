@@ -94,19 +94,8 @@ CONVERTS_PER_CALL = 100
 TEXT_255_FIELDS = frozenset({schema.SUBJECT, "NextStep"})
 MAX_255 = schema.SUBJECT_MAX_CHARS
 
-# Key prefixes of the standard objects the worker touches; other objects are looked up
-# once in the global describe.
-KEY_PREFIXES: Mapping[str, str] = {
-    "001": "Account",
-    "003": "Contact",
-    "005": "User",
-    "006": "Opportunity",
-    "00Q": schema.LEAD,
-    "00T": schema.TASK,
-    "00U": "Event",
-    "00a": schema.CASE_COMMENT,
-    "500": schema.CASE,
-}
+# Standard objects' key prefixes; other objects are looked up once in the global describe.
+KEY_PREFIXES: Mapping[str, str] = schema.KEY_PREFIXES
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 API_LIMIT = "API_LIMIT"
