@@ -40,6 +40,12 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
 
 
+# Error codes of a result handed back ``PLANNED`` because the sink stopped before sending
+# it: the run stops starting new work and the next run plans the action again.
+STOPPED_API_LIMIT = "API_LIMIT"  # the org's daily allowance reached the reserve
+STOPPED_AUTH = "AUTH_STOPPED"  # the session ended and could not be renewed
+
+
 def make_key(rule: str, step: str, record_id: str) -> str:
     """The deterministic key of a rule's step on one record."""
     return f"{rule}:{step}:{record_id}"

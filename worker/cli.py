@@ -1,7 +1,7 @@
 """The ``sop-worker`` command line: a thin click layer over :mod:`worker.app`.
 
-Exit codes: 0 ok; 1 some actions failed (or the run stopped on the API budget);
-2 usage or configuration error; 3 another run holds the lock.
+Exit codes: 0 ok; 1 some actions failed; 2 usage, configuration or authentication error;
+3 another run holds the lock; 4 stopped early on the API budget reserve (the next run resumes).
 One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr.
 """
 
@@ -20,16 +20,16 @@ import structlog
 from rich.console import Console
 
 from worker import __version__, report
-from worker.actions import Outcome
+from worker.actions import STOPPED_AUTH, Outcome
 from worker.app import load_rules_and_mapping, new_run_id, open_app, resolve_as_of, run_lock
-from worker.errors import ConfigError, DryRunWriteError, LockHeldError, SopWorkerError
+from worker.errors import AuthError, ConfigError, DryRunWriteError, LockHeldError, SopWorkerError
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
 from worker.settings import WorkerSettings, load_settings
 from worker.store import Store
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED = 0, 1, 2, 3, 4
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger()
 
@@ -45,9 +45,22 @@ class _Group(click.Group):
             ctx.exit(EXIT_LOCKED)
         except DryRunWriteError:
             raise  # a bug: keep the traceback
-        except (ConfigError, SopWorkerError) as exc:
+        except (ConfigError, AuthError) as exc:
             click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_FAILED)
+            ctx.exit(EXIT_CONFIG)
+        except SopWorkerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
+
+
+def exit_code(result: RunReport) -> int:
+    """Authentication lost mid-run needs a person (2); failed actions need a look (1); a
+    stop on the API reserve resumes by itself next run (4)."""
+    if result.stop_reason == STOPPED_AUTH:
+        return EXIT_CONFIG
+    if result.failed:
+        return EXIT_FAILED
+    return EXIT_STOPPED if result.stop_reason else EXIT_OK
 
 
 def _settings_options(func: F) -> F:
@@ -106,8 +119,9 @@ def cli() -> None:
 
     Each cycle reads Salesforce (or a local org folder) into a SQLite cache, runs the SOP
     rules as of a date, and writes the resulting plan back exactly once, recording every
-    change in an audit log. Exit codes: 0 ok, 1 some actions failed, 2 usage or
-    configuration error, 3 another run holds the lock.
+    change in an audit log. Exit codes: 0 ok, 1 some actions failed, 2 usage,
+    configuration or authentication error, 3 another run holds the lock, 4 stopped early
+    on the API budget reserve (the next run resumes).
     """
 
 
@@ -127,7 +141,7 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
     settings = _settings({**kwargs, "interval_seconds": interval})
     if not loop:
         result = _one_cycle(settings, write=not dry_run)
-        sys.exit(EXIT_FAILED if result.failed or result.stopped else EXIT_OK)
+        sys.exit(exit_code(result))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -135,6 +149,8 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
     while not stop.is_set():
         try:
             result = _one_cycle(settings, write=not dry_run)
+            if result.stop_reason == STOPPED_AUTH:
+                sys.exit(EXIT_CONFIG)  # no later cycle can do better without new credentials
             worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
         except LockHeldError as exc:
             log.warning("run.locked", message=str(exc))
@@ -217,7 +233,7 @@ def apply(plan_file: Path, **kwargs: Any) -> None:
             )
         result = app.pipeline.apply_plan_file(run_id, saved)
     report.print_summary(result.summary(), _console())
-    sys.exit(EXIT_FAILED if result.failed or result.stopped else EXIT_OK)
+    sys.exit(exit_code(result))
 
 
 @cli.command()

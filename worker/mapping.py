@@ -107,6 +107,16 @@ class RuleSettings(StrictModel):
         """Fields this rule reads, per sObject, beyond the standard ones."""
         return {}
 
+    def writes(self) -> dict[str, set[str]]:
+        """Fields this rule updates on existing records, per sObject (doctor checks that
+        each is updateable)."""
+        return {}
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        """(sObject, field) -> the picklist values this rule writes or compares against
+        (doctor checks that the org has each, active)."""
+        return {}
+
     def step_label(self, step_id: str) -> str:
         return self.steps.get(step_id, step_id)
 

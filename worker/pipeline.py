@@ -19,11 +19,13 @@ Exactly-once, step by step:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,8 @@ import structlog
 
 from worker import schema
 from worker.actions import (
+    STOPPED_API_LIMIT,
+    STOPPED_AUTH,
     Action,
     ActionResult,
     ConvertLead,
@@ -60,9 +64,20 @@ class RunReport:
     record_errors: int = 0
     api_calls: int = 0
     api_remaining: int | None = None
-    stopped: str | None = None
+    stopped: str | None = None  # why the run stopped starting new work, if it did
+    stop_reason: str | None = None  # STOPPED_API_LIMIT or STOPPED_AUTH
     seconds: float = 0.0
     plan: Plan | None = None
+
+    def stop(self, reason: str, message: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.stopped = reason, message
+
+    @property
+    def status(self) -> str:
+        if self.stop_reason:
+            return "stopped"
+        return "failed" if self.failed else "ok"
 
     @property
     def failed(self) -> int:
@@ -81,6 +96,7 @@ class RunReport:
             "api_calls": self.api_calls,
             "api_remaining": self.api_remaining,
             "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
             "seconds": round(self.seconds, 3),
         }
 
@@ -228,12 +244,10 @@ class Pipeline:
             sops={r.id: self.mapping.rules[r.id].sop_file for r in self.rules},
         )
         usage = self.sink.usage() or self.source.usage()
-        return Plan(
-            **{
-                **plan.__dict__,
-                "api_calls": self.sink.estimate_calls(plan.actions),
-                "remaining_daily": usage.remaining if usage else None,
-            }
+        return dataclasses.replace(
+            plan,
+            api_calls=self.sink.estimate_calls(plan.actions),
+            remaining_daily=usage.remaining if usage else None,
         )
 
     def explain(self, record_id: str, as_of: dt.date) -> Explanation:
@@ -267,10 +281,12 @@ class Pipeline:
     # -- 4. apply ---------------------------------------------------------------------------
     def apply(self, plan: Plan, report: RunReport) -> None:
         now = self.clock()
+        # Missed catch-up steps and actions lost to a stronger rule are final: "skipped".
+        passed_over = plan.skipped + plan.superseded
         self.store.record_skipped_steps(
-            [(s.action, s.why) for s in plan.skipped], report.run_id, now
+            [(s.action, s.why) for s in passed_over], report.run_id, now
         )
-        for skip in plan.skipped:
+        for skip in passed_over:
             report.outcomes[(skip.action.rule, Outcome.SKIPPED.value)] += 1
         status = self.store.ledger_status(a.key for a in plan.actions)
         todo = [
@@ -285,20 +301,47 @@ class Pipeline:
             try:
                 results = self.sink.write(batch)
             except (ApiLimitError, AuthError) as exc:
-                # The batch stays "sent": the next run reconciles it before writing again.
-                report.stopped = f"{type(exc).__name__}: {exc}"
-                log.error("apply.stopped", reason=report.stopped, pending=len(todo) - start)
-                return
+                # Raised before anything of this batch went out: plan it again next run.
+                code = STOPPED_API_LIMIT if isinstance(exc, ApiLimitError) else STOPPED_AUTH
+                results = [
+                    ActionResult(a.key, Outcome.PLANNED, error_code=code, message=exc.message)
+                    for a in batch
+                ]
             self.store.record_results(by_key, results, report.run_id, self.clock())
-            for result in results:
-                report.outcomes[(by_key[result.key].rule, result.outcome.value)] += 1
-                if result.outcome is Outcome.FAILED:
-                    log.warning(
-                        "action.failed",
-                        key=result.key,
-                        error_code=result.error_code,
-                        message=result.message,
-                    )
+            self._count(results, by_key, report)
+            not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
+            if not_sent:
+                # The sink stopped (API reserve reached, session lost): start nothing new.
+                first = not_sent[0]
+                report.stop(first.error_code or STOPPED_API_LIMIT, first.message or "")
+                log.error(
+                    "apply.stopped",
+                    reason=first.error_code,
+                    message=first.message,
+                    not_sent=len(todo) - start - len(results) + len(not_sent),
+                )
+                return
+
+    @staticmethod
+    def _count(
+        results: Sequence[ActionResult], by_key: Mapping[str, Action], report: RunReport
+    ) -> None:
+        for result in results:
+            outcome = result.outcome.value
+            if result.outcome is Outcome.SENT:
+                outcome = "unknown"  # reconciled against the org at the start of the next run
+            elif result.outcome is Outcome.PLANNED:
+                outcome = "not_sent"
+            report.outcomes[(by_key[result.key].rule, outcome)] += 1
+            if result.outcome is Outcome.FAILED:
+                log.warning(
+                    "action.failed",
+                    key=result.key,
+                    error_code=result.error_code,
+                    message=result.message,
+                )
+            elif result.outcome is Outcome.SENT:
+                log.warning("action.outcome_unknown", key=result.key, message=result.message)
 
     def _drop_conflicts(self, actions: list[Action], report: RunReport) -> list[Action]:
         """Updates whose target changed since it was read are conflicts, not overwrites."""
@@ -331,69 +374,69 @@ class Pipeline:
         if conflicts:
             by_key = {a.key: a for a in actions}
             self.store.record_results(by_key, conflicts, report.run_id, self.clock())
-            for result in conflicts:
-                report.outcomes[(by_key[result.key].rule, Outcome.CONFLICT.value)] += 1
+            self._count(conflicts, by_key, report)
         skip = {r.key for r in conflicts}
         return [a for a in actions if a.key not in skip]
 
     # -- the cycle --------------------------------------------------------------------------
     def run(self, run_id: str, as_of: dt.date, *, write: bool, pull: bool = True) -> RunReport:
-        started = time.monotonic()
         report = RunReport(run_id=run_id, as_of=as_of, dry_run=not write)
         run_start = self.clock()
-        bound = structlog.contextvars.bound_contextvars(run_id=run_id)
-        with bound:
-            self.store.begin_run(run_id, "run" if write else "dry-run", as_of, run_start)
-            status = "ok"
-            try:
-                if write:
-                    self.reconcile(report)
-                if pull:
-                    self.pull(report, run_start)
-                plan = self.plan(as_of)
-                report.plan = plan
-                report.record_errors = len(plan.errors)
-                for problem in plan.errors:
-                    log.warning(
-                        "rule.record_error",
-                        rule=problem.rule,
-                        record_id=problem.target.id,
-                        problem=problem.why,
-                    )
-                if write:
-                    self.apply(plan, report)
-                else:
-                    for action in plan.actions:
-                        report.outcomes[(action.rule, "would_apply")] += 1
-            except ApiLimitError as exc:
-                report.stopped = f"ApiLimitError: {exc}"
-                status = "stopped"
-            finally:
-                report.api_calls = self.source.api_calls() + self.sink.api_calls()
-                usage = self.sink.usage() or self.source.usage()
-                report.api_remaining = usage.remaining if usage else None
-                report.seconds = time.monotonic() - started
-                if report.stopped:
-                    status = "stopped"
-                elif report.failed:
-                    status = "failed"
-                self.store.finish_run(run_id, status, report.summary(), self.clock())
-                log.info("run.summary", **report.summary())
+        with self._recorded(report, "run" if write else "dry-run", run_start):
+            if write:
+                self.reconcile(report)
+            if pull:
+                self.pull(report, run_start)
+            plan = self.plan(as_of)
+            report.plan = plan
+            report.record_errors = len(plan.errors)
+            for problem in plan.errors:
+                log.warning(
+                    "rule.record_error",
+                    rule=problem.rule,
+                    record_id=problem.target.id,
+                    problem=problem.why,
+                )
+            if write:
+                self.apply(plan, report)
+            else:
+                for action in plan.actions:
+                    report.outcomes[(action.rule, "would_apply")] += 1
         return report
 
     def apply_plan_file(self, run_id: str, plan: Plan) -> RunReport:
         """Apply exactly a saved plan (after the same conflict checks), without planning."""
         report = RunReport(run_id=run_id, as_of=plan.as_of, dry_run=False, plan=plan)
-        started = time.monotonic()
-        with structlog.contextvars.bound_contextvars(run_id=run_id):
-            self.store.begin_run(run_id, "apply", plan.as_of, self.clock())
+        with self._recorded(report, "apply", self.clock()):
             self.reconcile(report)
+            self.apply(plan, report)
+        return report
+
+    @contextmanager
+    def _recorded(self, report: RunReport, kind: str, started_at: dt.datetime) -> Iterator[None]:
+        """Around one run: its row in ``runs``, the stop signals, one ``run.summary``.
+
+        Running out of API reserve or of a renewable session stops the run cleanly (the
+        next run resumes); any other error is recorded as the run's status and re-raised.
+        """
+        started = time.monotonic()
+        status: str | None = None
+        with structlog.contextvars.bound_contextvars(run_id=report.run_id):
+            self.store.begin_run(report.run_id, kind, report.as_of, started_at)
             try:
-                self.apply(plan, report)
+                yield
+            except ApiLimitError as exc:
+                report.stop(STOPPED_API_LIMIT, str(exc))
+            except AuthError as exc:
+                report.stop(STOPPED_AUTH, str(exc))
+            except BaseException as exc:
+                status = f"error: {type(exc).__name__}"
+                raise
             finally:
                 report.api_calls = self.source.api_calls() + self.sink.api_calls()
+                usage = self.sink.usage() or self.source.usage()
+                report.api_remaining = usage.remaining if usage else None
                 report.seconds = time.monotonic() - started
-                status = "stopped" if report.stopped else ("failed" if report.failed else "ok")
-                self.store.finish_run(run_id, status, report.summary(), self.clock())
-                log.info("run.summary", **report.summary())
-        return report
+                summary = report.summary()
+                self.store.finish_run(report.run_id, status or report.status, summary, self.clock())
+                log.info("run.summary", **summary)

@@ -122,9 +122,8 @@ class Plan:
                 as_of=dt.date.fromisoformat(data["as_of"]),
                 generated_at=dt.datetime.fromisoformat(data["generated_at"]),
                 actions=tuple(action_from_dict(a) for a in data["actions"]),
-                skipped=tuple(
-                    Skip(action_from_dict(s["action"]), s["why"]) for s in data.get("skipped", ())
-                ),
+                skipped=_skips(data.get("skipped", ())),
+                superseded=_skips(data.get("superseded", ())),
                 done=tuple(data.get("done", ())),
                 errors=tuple(
                     RecordProblem(
@@ -247,7 +246,8 @@ def build_plan(
         as_of=as_of,
         generated_at=generated_at,
         actions=tuple(todo),
-        skipped=tuple(skipped + dropped),
+        skipped=tuple(skipped),
+        superseded=tuple(d for d in dropped if ledger.get(d.action.key) not in final_states),
         done=done,
         errors=errors,
         evaluations=tuple(evaluations),

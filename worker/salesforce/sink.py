@@ -50,6 +50,8 @@ import structlog
 
 from worker import schema
 from worker.actions import (
+    STOPPED_API_LIMIT,
+    STOPPED_AUTH,
     Action,
     ActionResult,
     AddCaseComment,
@@ -98,8 +100,6 @@ MAX_255 = schema.SUBJECT_MAX_CHARS
 KEY_PREFIXES: Mapping[str, str] = schema.KEY_PREFIXES
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
-API_LIMIT = "API_LIMIT"
-AUTH_STOPPED = "AUTH_STOPPED"
 
 
 class Operation(StrEnum):
@@ -206,7 +206,7 @@ class SalesforceSink:
             if not state.sent_any:
                 raise
             self._stopped = exc
-            code = API_LIMIT if isinstance(exc, ApiLimitError) else AUTH_STOPPED
+            code = STOPPED_API_LIMIT if isinstance(exc, ApiLimitError) else STOPPED_AUTH
             log.warning("salesforce.write_stopped", reason=exc.error_code, message=exc.message)
             for i, result in enumerate(state.results):
                 if result is None:

@@ -1,0 +1,265 @@
+"""The cycle's promises over the demo org, with a sink that misbehaves as Salesforce can.
+
+A stop on the API reserve leaves nothing half done and the next run finishes the work; a
+write whose answer was lost is reconciled, not repeated; an unexpected error is recorded as
+the run's status; and when two rules want the same record, the plan says which rule won.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.actions import (
+    STOPPED_API_LIMIT,
+    Action,
+    ActionResult,
+    CloseRecord,
+    CreateTask,
+    FieldChange,
+    Outcome,
+    UpdateRecord,
+)
+from worker.app import App, open_app
+from worker.errors import ApiLimitError
+from worker.localorg import LocalOrg
+from worker.plan import Plan, build_plan
+from worker.ports import ApiUsage
+from worker.records import RecordRef
+from worker.rules.base import Evaluation, Verdict
+from worker.settings import load_settings
+
+AS_OF = dt.date(2026, 11, 23)
+
+
+class FlakySink:
+    """The local org as a sink, with Salesforce's bad days scripted per write call.
+
+    ``script`` holds one entry per ``write`` call: ``None`` writes normally; ``("stop", n)``
+    writes the first n actions then hands the rest back not sent (the reserve was reached);
+    ``("raise",)`` raises ApiLimitError before sending anything; ``("lose",)`` writes
+    everything but answers ``sent`` (the response was lost).
+    """
+
+    def __init__(self, org: LocalOrg, script: Sequence[tuple[Any, ...] | None] = ()) -> None:
+        self.org = org
+        self.script = list(script)
+        self.written: Counter[str] = Counter()
+        self.name = org.name
+        self.can_write = True
+
+    def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+        step = self.script.pop(0) if self.script else None
+        if step == ("raise",):
+            raise ApiLimitError("API reserve reached: 190 of 1000 daily calls left")
+        cut = len(actions) if step is None or step[0] == "lose" else int(step[1])
+        results = self.org.write(actions[:cut])
+        self.written.update(a.key for a in actions[:cut])
+        if step == ("lose",):
+            return [
+                ActionResult(r.key, Outcome.SENT, error_code="UNKNOWN_OUTCOME") for r in results
+            ]
+        return results + [
+            ActionResult(a.key, Outcome.PLANNED, error_code=STOPPED_API_LIMIT, message="reserve")
+            for a in actions[cut:]
+        ]
+
+    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        return self.org.current_stamps(target_ids)
+
+    def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
+        return self.org.reconcile(actions)
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        return 0
+
+    def api_calls(self) -> int:
+        return 0
+
+    def usage(self) -> ApiUsage | None:
+        return None
+
+
+@pytest.fixture
+def app(demo_copy: Path, tmp_path: Path) -> Iterator[App]:
+    settings = load_settings(local_org=demo_copy, db_path=tmp_path / "w.db")
+    with open_app(settings, write=True) as opened:
+        yield opened
+
+
+def with_sink(app: App, script: Sequence[tuple[Any, ...] | None]) -> FlakySink:
+    assert isinstance(app.pipeline.sink, LocalOrg)
+    sink = FlakySink(app.pipeline.sink, script)
+    app.pipeline.sink = sink
+    return sink
+
+
+def ledger(app: App) -> Counter[Outcome]:
+    return Counter(e.status for e in app.store.ledger_entries())
+
+
+def run_status(app: App, run_id: str) -> str:
+    return next(str(r["status"]) for r in app.store.runs() if r["run_id"] == run_id)
+
+
+def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> None:
+    sink = with_sink(app, [("stop", 30)])
+    first = app.pipeline.run("r1", AS_OF, write=True)
+    assert first.plan is not None
+    planned = {a.key for a in first.plan.actions}
+    assert len(planned) > 30
+    assert first.stop_reason == STOPPED_API_LIMIT
+    assert run_status(app, "r1") == "stopped"
+    assert first.summary()["actions"]  # counted, by rule and outcome
+    assert sum(n for (_, o), n in first.outcomes.items() if o == "not_sent") == len(planned) - 30
+    assert ledger(app)[Outcome.APPLIED] == 30
+    assert ledger(app)[Outcome.SENT] == 0  # nothing left in doubt
+
+    second = app.pipeline.run("r2", AS_OF, write=True)
+    assert second.stop_reason is None
+    assert second.failed == 0
+    assert run_status(app, "r2") == "ok"
+    assert set(sink.written) == planned
+    assert max(sink.written.values()) == 1  # each key written once across both runs
+
+
+def test_reserve_reached_before_sending_leaves_actions_planned(app: App) -> None:
+    sink = with_sink(app, [("raise",)])
+    first = app.pipeline.run("r1", AS_OF, write=True)
+    assert first.stop_reason == STOPPED_API_LIMIT
+    assert "190 of 1000" in (first.stopped or "")
+    statuses = ledger(app)
+    # Planned again, not "sent": an email in the batch must not be written off as maybe-sent.
+    assert statuses[Outcome.PLANNED] > 0
+    assert statuses[Outcome.SENT] == statuses[Outcome.APPLIED] == 0
+    app.pipeline.run("r2", AS_OF, write=True)
+    assert first.plan is not None
+    assert set(sink.written) == {a.key for a in first.plan.actions}
+
+
+def test_a_lost_answer_is_reconciled_not_written_again(app: App) -> None:
+    sink = with_sink(app, [("lose",)])
+    first = app.pipeline.run("r1", AS_OF, write=True)
+    assert first.plan is not None
+    assert sum(n for (_, o), n in first.outcomes.items() if o == "unknown") == len(
+        first.plan.actions
+    )
+    assert ledger(app)[Outcome.SENT] == len(first.plan.actions)
+
+    second = app.pipeline.run("r2", AS_OF, write=True)
+    assert max(sink.written.values()) == 1
+    assert ledger(app)[Outcome.SENT] == 0
+    # Creates were found in the org by their key; updates are safe to send again.
+    found = [r for r in app.store.audit_rows(run_id="r2") if r.event == "reconciled"]
+    assert any(r.outcome == Outcome.APPLIED.value for r in found)
+    assert second.failed == 0
+
+
+def test_an_unexpected_error_is_the_runs_status(app: App) -> None:
+    class Broken(FlakySink):
+        def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+            raise RuntimeError("disk on fire")
+
+    assert isinstance(app.pipeline.sink, LocalOrg)
+    app.pipeline.sink = Broken(app.pipeline.sink)
+    with pytest.raises(RuntimeError):
+        app.pipeline.run("r1", AS_OF, write=True)
+    assert run_status(app, "r1") == "error: RuntimeError"
+
+
+def _evaluation(rule: str, target: RecordRef, *actions: Action) -> Evaluation:
+    return Evaluation(rule=rule, target=target, verdict=Verdict.ACT, why="due", actions=actions)
+
+
+def _plan(evaluations: Sequence[Evaluation], ledger: Mapping[str, Outcome]) -> Plan:
+    return build_plan(
+        evaluations,
+        org="demo",
+        mapping="m.toml",
+        as_of=AS_OF,
+        generated_at=dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
+        precedence=["strong", "weak"],
+        rule_order=["weak", "strong"],
+        ledger=ledger,
+        sops={},
+    )
+
+
+def test_precedence_names_the_winning_rule() -> None:
+    target = RecordRef("Opportunity", "006000000000001AAA", "Acme - Payment", "stamp")
+
+    def meta(rule: str, step: str) -> dict[str, Any]:
+        key = f"{rule}:{step}:{target.id}"
+        return {
+            "rule": rule,
+            "sop": f"{rule}.txt",
+            "step": step,
+            "target": target,
+            "reason": "due",
+            "key": key,
+        }
+
+    close = CloseRecord(
+        **meta("strong", "close"), changes=(FieldChange("StageName", "Open", "Closed Lost"),)
+    )
+    task = CreateTask(
+        **meta("weak", "call"),
+        subject="Call",
+        description="",
+        due=AS_OF,
+        owner_id=None,
+        what_id=target.id,
+        who_id=None,
+        fields={},
+    )
+    note = UpdateRecord(**meta("weak", "note"), changes=(FieldChange("NextStep", "", "x"),))
+    evaluations = [
+        Evaluation("weak", target, Verdict.ACT, "due", (task, note)),
+        Evaluation("strong", target, Verdict.ACT, "due", (close,)),
+    ]
+    plan = _plan(evaluations, {})
+    assert [a.key for a in plan.actions] == [close.key]
+    assert {s.action.key: s.why for s in plan.superseded} == {
+        task.key: "superseded: rule strong closes this record",
+        note.key: "superseded: rule strong closes this record",
+    }
+    assert Plan.from_dict(plan.to_dict()).superseded == plan.superseded
+    # Recorded as skipped once, a superseded action is not offered again.
+    again = _plan(evaluations, {task.key: Outcome.SKIPPED, note.key: Outcome.SKIPPED})
+    assert again.superseded == ()
+
+
+def test_a_weaker_rule_cannot_set_a_field_a_stronger_rule_sets() -> None:
+    target = RecordRef("Case", "500000000000001AAA", "00001001", "stamp")
+    strong = UpdateRecord(
+        rule="strong",
+        sop="s.txt",
+        step="a",
+        target=target,
+        reason="due",
+        key="strong:a",
+        changes=(FieldChange("Status", "New", "Working"),),
+    )
+    weak = UpdateRecord(
+        rule="weak",
+        sop="w.txt",
+        step="b",
+        target=target,
+        reason="due",
+        key="weak:b",
+        changes=(FieldChange("Status", "New", "Closed"),),
+    )
+    plan = _plan(
+        [
+            Evaluation("weak", target, Verdict.ACT, "due", (weak,)),
+            Evaluation("strong", target, Verdict.ACT, "due", (strong,)),
+        ],
+        {},
+    )
+    assert [a.key for a in plan.actions] == ["strong:a"]
+    assert [s.why for s in plan.superseded] == ["superseded: rule strong sets Status"]
