@@ -69,7 +69,7 @@ def _endpoints(
         return org, (org if write else DryRunSink())
     from worker.salesforce.wiring import open_salesforce  # only needed for a live org
 
-    return open_salesforce(mapping, write=write)
+    return open_salesforce(mapping, write=write, state_dir=settings.db_path.parent)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from worker.errors import AuthError, ConfigError, DryRunWriteError, LockHeldErro
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
+from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings
 from worker.store import Store
 
@@ -327,6 +328,39 @@ def explain(record_id: str, no_pull: bool, **kwargs: Any) -> None:
     if found.record is None:
         raise ConfigError(f"record {record_id} is not in the cache (is it in a mapped object?)")
     report.print_explanation(found, as_of, _console())
+
+
+@cli.command()
+@_settings_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def doctor(fmt: str, **kwargs: Any) -> None:
+    """Check the live org has everything the mapping needs, and say how to fix what it lacks.
+
+    Checks the SF_* settings, signs in, then describes every mapped object: each field the
+    rules read must exist and be visible to the integration user, each field they update
+    must be updateable, the Task key field must be an External ID, and each picklist value
+    the mapping uses must exist and be active. Exit 2 when anything is wrong. Reads only.
+    """
+    settings = _settings(kwargs)
+    if settings.local_org:
+        raise ConfigError("doctor checks a live org: unset WORKER_LOCAL_ORG / --local-org")
+    mapping, all_rules = load_rules_and_mapping(settings)
+    from worker.salesforce.wiring import check_org  # only needed for a live org
+
+    findings, checked = check_org(mapping, all_rules, state_dir=settings.db_path.parent)
+    if fmt == "json":
+        click.echo(report.findings_json(findings), nl=False)
+    else:
+        report.print_findings(findings, checked, _console())
+    if any(f.severity is Severity.ERROR for f in findings):
+        sys.exit(EXIT_CONFIG)
 
 
 @cli.command()

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from worker import schema
 from worker.errors import MappingError
 
 
@@ -67,9 +68,26 @@ class TaskSection(StrictModel):
     email_subtype: str = "Email"
     task_subtype: str = "Task"
 
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        """The Task picklist values the worker writes (doctor checks the org has them)."""
+        return {
+            (schema.TASK, schema.STATUS): {self.open_status, *self.completed_statuses},
+            (schema.TASK, schema.PRIORITY): {self.priority, self.high_priority},
+            (schema.TASK, self.type_field): {self.call_type, self.email_type},
+            (schema.TASK, schema.TASK_SUBTYPE): {
+                self.call_subtype,
+                self.email_subtype,
+                self.task_subtype,
+            },
+        }
+
 
 class ObjectSection(StrictModel):
-    name_field: str = Field(default="Name", description="Field shown as the record's name.")
+    name_field: str = Field(
+        default="",
+        description="Field shown as the record's name; empty: Name, or the standard object's "
+        "own name field (Subject on Task, CaseNumber on Case).",
+    )
     fields: tuple[str, ...] = Field(default=(), description="Extra fields to cache.")
     filters: dict[str, tuple[str | bool | int, ...]] = Field(
         default_factory=dict,
@@ -146,7 +164,9 @@ class OrgMapping:
 
     def name_field(self, sobject: str) -> str:
         section = self.objects.get(sobject)
-        return section.name_field if section else "Name"
+        if section and section.name_field:
+            return section.name_field
+        return schema.NAME_FIELDS.get(sobject, "Name")
 
 
 @dataclass(frozen=True)

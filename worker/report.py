@@ -20,6 +20,7 @@ from rich.table import Table
 from worker.actions import Outcome
 from worker.pipeline import Explanation
 from worker.plan import Plan
+from worker.salesforce.doctor import Finding, Severity
 from worker.store import AuditRow
 
 PLAN_CSV_COLUMNS = (
@@ -223,3 +224,28 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
         console.print(timeline)
     else:
         console.print("No SOP action recorded for this record yet.")
+
+
+def print_findings(findings: Sequence[Finding], checked: int, console: Console) -> None:
+    """Doctor's answer: each problem with its fix, then one line saying how it went."""
+    if findings:
+        table = Table(title="What the org lacks for this mapping", show_lines=True, expand=True)
+        for name in ("Severity", "Where", "Problem", "Fix"):
+            table.add_column(name, overflow="fold")
+        for f in findings:
+            where = ".".join(p for p in (f.sobject, f.field) if p) or f.kind.value
+            table.add_row(f.severity.value, where, f.message, f.fix)
+        console.print(table)
+    errors = sum(1 for f in findings if f.severity is Severity.ERROR)
+    warnings = len(findings) - errors
+    if errors:
+        console.print(f"{errors} problem(s) and {warnings} warning(s): fix the problems first.")
+    else:
+        console.print(
+            f"The org has all {checked} field(s) and picklist value(s) the mapping uses"
+            + (f" ({warnings} warning(s))." if warnings else ".")
+        )
+
+
+def findings_json(findings: Sequence[Finding]) -> str:
+    return json.dumps([dataclasses.asdict(f) for f in findings], indent=2) + "\n"

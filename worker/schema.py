@@ -61,6 +61,9 @@ KEY_PREFIXES = {
     "500": CASE,
 }
 
+# The field that names a record, for standard objects whose name field is not ``Name``.
+NAME_FIELDS = {TASK: SUBJECT, CASE: "CaseNumber", CASE_COMMENT: ID, "EmailMessage": SUBJECT}
+
 # Fields every cached record carries, whatever the mapping asks for.
 ALWAYS_FIELDS = (ID, SYSTEM_MODSTAMP, IS_DELETED)
 TASK_FIELDS = (

@@ -279,6 +279,48 @@ class CollectionsSettings(RuleSettings):
             schema.TASK: {self.reply_task_field},
         }
 
+    def _steps_in_use(self) -> set[str]:
+        return {name for segment in self.segments.values() for name in segment.steps}
+
+    def writes(self) -> dict[str, set[str]]:
+        """The account's case notes (every step and exit), the fields of field steps a
+        segment runs (with their date fields), fields cleared on exit, and the cadence's own
+        Tasks, completed with a note on exit (Status, Description)."""
+        in_use = self._steps_in_use()
+        account = {self.case_notes_field}
+        for name, step in self.cadence.items():
+            if step.action != "field" or not step.field:
+                continue
+            if name in in_use:
+                account.update(n for n in (step.field, step.date_field) if n)
+            elif step.clear_on_exit:
+                account.add(step.field)
+        out = {self.sobject: account}
+        if any(self.cadence[name].action != "field" for name in in_use):
+            out[schema.TASK] = {schema.STATUS, schema.DESCRIPTION}
+        return out
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        """Reply Task types, the segment values when the segment is an Account field, and the
+        value of each field step a segment runs or that is cleared on exit. A field step may
+        name a text field (the sequence name, Past_Due_Sequence__c): doctor checks values
+        only on fields the org describes as picklists. The completed Task status the exit
+        writes comes from the mapping's ``[tasks]`` section, which this section does not
+        hold: not listed here."""
+        out: dict[tuple[str, str], set[str]] = {
+            (schema.TASK, self.reply_task_field): set(self.reply_task_values)
+        }
+        if self.segment_source == "account_field" and self.segment_field:
+            out.setdefault((self.sobject, self.segment_field), set()).update(
+                v for segment in self.segments.values() for v in segment.values
+            )
+        in_use = self._steps_in_use()
+        for name, step in self.cadence.items():
+            if step.action == "field" and step.field and step.value is not None:
+                if name in in_use or step.clear_on_exit:
+                    out.setdefault((self.sobject, step.field), set()).add(step.value)
+        return out
+
 
 @dataclass(frozen=True)
 class _Overdue:

@@ -357,6 +357,55 @@ class HomecareStagesSettings(RuleSettings):
             schema.TASK: {schema.COMPLETED_DATE},
         }
 
+    def writes(self) -> dict[str, set[str]]:
+        # Lead close-out; opportunity close-out (close_nurture, assessment_closeout) and the
+        # move to the scheduled stage. Conversion is a convertLead call, not an update.
+        return {
+            schema.LEAD: {schema.STATUS, self.lead_reason_field, self.lead_closed_date_field},
+            self.opportunity_sobject: {
+                self.stage_field,
+                self.loss_reason_field,
+                self.close_date_field,
+            },
+        }
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        """Statuses, stages and reasons, the converted status (written by convertLead) and
+        the scope values of plain fields (a dotted path such as RecordType.DeveloperName is
+        no picklist). Task Type values (``attempt_task_types``) are compared against the
+        ``[tasks] type_field`` of the mapping, which this section does not name: not listed."""
+        out: dict[tuple[str, str], set[str]] = {
+            (schema.LEAD, schema.STATUS): {
+                *self.new_statuses,
+                *self.attempted_statuses,
+                *self.pending_statuses,
+                *self.qualified_statuses,
+                self.lead_closed_status,
+                self.converted_status,
+            },
+            (schema.LEAD, self.lead_reason_field): {
+                self.lead_closeout_reason,
+                *self.reengage_reasons,
+                self.financially_unqualified_reason,
+            },
+            (self.opportunity_sobject, self.stage_field): {
+                *self.pending_stages,
+                self.scheduled_stage,
+                self.closed_stage,
+            },
+            (self.opportunity_sobject, self.loss_reason_field): set(self.nurture_reasons),
+        }
+        if self.attempt_task_subtypes:
+            out[(schema.TASK, schema.TASK_SUBTYPE)] = set(self.attempt_task_subtypes)
+        for sobject, scope in (
+            (schema.LEAD, self.lead_scope),
+            (self.opportunity_sobject, self.opportunity_scope),
+        ):
+            for name, values in scope.items():
+                if "." not in name:
+                    out.setdefault((sobject, name), set()).update(values)
+        return out
+
 
 def candidates(
     snapshot: Snapshot, settings: HomecareStagesSettings, org: OrgMapping

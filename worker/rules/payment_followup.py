@@ -94,6 +94,23 @@ class PaymentFollowupSettings(RuleSettings):
             fields.add(self.response_flag_field)
         return {self.sobject: fields, schema.TASK: {self.response_task_field}}
 
+    def writes(self) -> dict[str, set[str]]:
+        # The attempt log (UpdateRecord) and the close-out (CloseRecord).
+        return {self.sobject: {self.status_field, self.closed_reason_field, self.log_field}}
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        out: dict[tuple[str, str], set[str]] = {}
+        for key, values in (
+            ((self.sobject, self.payment_field), self.payment_values),
+            ((self.sobject, self.stage_field), self.won_stages),
+            ((self.sobject, self.resolved_field), self.resolved_values),
+            ((self.sobject, self.status_field), (self.closed_status,)),
+            ((self.sobject, self.closed_reason_field), (self.closed_reason,)),
+            ((schema.TASK, self.response_task_field), self.response_task_values),
+        ):
+            out.setdefault(key, set()).update(values)
+        return out
+
 
 def candidates(
     snapshot: Snapshot, settings: PaymentFollowupSettings, org: OrgMapping

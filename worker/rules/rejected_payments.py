@@ -222,6 +222,29 @@ class RejectedPaymentsSettings(RuleSettings):
             schema.CASE_COMMENT: set(),
         }
 
+    def writes(self) -> dict[str, set[str]]:
+        # Only the close-out changes the case; attempts are new Tasks and CaseComments.
+        return {self.sobject: {self.status_field, *self.close_values}}
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        """The call result (``outcome_field``, Call Result) is a text field: not listed. The
+        ``close_values`` are listed for whatever field they name; doctor checks values only
+        on fields the org describes as picklists."""
+        out: dict[tuple[str, str], set[str]] = {
+            (self.sobject, self.request_type_field): set(self.request_type_values),
+            (self.sobject, self.status_field): {
+                *self.closed_statuses,
+                self.closed_status,
+                *self.response_statuses,
+            },
+        }
+        for name, value in self.close_values.items():
+            out.setdefault((self.sobject, name), set()).add(value)
+        out.setdefault((schema.TASK, self.response_task_field), set()).update(
+            self.response_task_values
+        )
+        return out
+
 
 def candidates(
     snapshot: Snapshot, settings: RejectedPaymentsSettings, org: OrgMapping

@@ -1,36 +1,91 @@
-"""Builds the live org's source and sink from ``SF_*`` settings (called by :mod:`worker.app`).
+"""Builds the live org's source, sink and doctor from ``SF_*`` settings (called by the edge).
 
 A dry run gets a read-only client (the transport refuses writes) behind the dry-run sink,
-which still prices the plan with the real sink's call estimate.
+which still prices the plan with the real sink's call estimate. A refresh token rotated by
+Salesforce is kept in ``state_dir`` (see :mod:`worker.salesforce.tokens`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from pydantic import ValidationError
 
+from worker.errors import ConfigError
 from worker.mapping import LoadedMapping
+from worker.pipeline import object_fields
 from worker.ports import Sink, Source
+from worker.rules.base import Rule
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.doctor import Finding, run_doctor
 from worker.salesforce.settings import SalesforceSettings, check_auth_config
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
+from worker.salesforce.tokens import RefreshTokenFile
 from worker.settings import settings_error
 from worker.sinks import DryRunSink
 
 
 def load_salesforce_settings() -> SalesforceSettings:
     try:
-        settings = SalesforceSettings()
+        return SalesforceSettings()
     except ValidationError as exc:
         raise settings_error(exc, "SF_") from None
+
+
+def _client(settings: SalesforceSettings, state_dir: Path, *, read_only: bool) -> SalesforceClient:
+    tokens = RefreshTokenFile(state_dir, settings.refresh_token)
+    current = tokens.current()
+    if current is not settings.refresh_token:
+        settings = settings.model_copy(update={"refresh_token": current})
+    return SalesforceClient(settings, read_only=read_only, store_refresh_token=tokens.save)
+
+
+def open_salesforce(mapping: LoadedMapping, *, write: bool, state_dir: Path) -> tuple[Source, Sink]:
+    settings = load_salesforce_settings()
     check_auth_config(settings)
-    return settings
-
-
-def open_salesforce(mapping: LoadedMapping, *, write: bool) -> tuple[Source, Sink]:
-    client = SalesforceClient(load_salesforce_settings(), read_only=not write)
+    client = _client(settings, state_dir, read_only=not write)
     source = SalesforceSource(client)
     sink = SalesforceSink(client, task_key_field=mapping.common.org.task_key_field)
     if write:
         return source, sink
     return source, DryRunSink(estimate=sink.estimate_calls, usage=client.usage)
+
+
+def doctor_inputs(
+    mapping: LoadedMapping, rules: Sequence[Rule[Any]]
+) -> tuple[dict[str, set[str]], dict[str, set[str]], dict[tuple[str, str], set[str]]]:
+    """(fields read, fields updated, picklist values used) per object, for the enabled rules."""
+    enabled = [r for r in rules if r.id in mapping.rules and mapping.rules[r.id].enabled]
+    needs = {k: set(v) for k, v in object_fields(mapping, enabled).items()}
+    updates: dict[str, set[str]] = {}
+    picklists: dict[tuple[str, str], set[str]] = dict(mapping.common.tasks.picklist_values())
+    for rule in enabled:
+        section = mapping.rules[rule.id]
+        for sobject, names in section.writes().items():
+            updates.setdefault(sobject, set()).update(names)
+        for pair, values in section.picklist_values().items():
+            picklists.setdefault(pair, set()).update(values)
+    return needs, updates, picklists
+
+
+def check_org(
+    mapping: LoadedMapping, rules: Sequence[Rule[Any]], *, state_dir: Path
+) -> tuple[list[Finding], int]:
+    """Doctor's findings for the live org, and how many fields and values it checked."""
+    settings = load_salesforce_settings()
+    needs, updates, picklists = doctor_inputs(mapping, rules)
+    task_key = mapping.common.org.task_key_field
+    try:
+        check_auth_config(settings)
+    except ConfigError:
+        client = None  # run_doctor reports the incomplete settings as its first finding
+    else:
+        client = _client(settings, state_dir, read_only=True)
+    findings = run_doctor(
+        settings, needs, picklists, updates=updates, task_key_field=task_key, client=client
+    )
+    checked = sum(map(len, needs.values())) + sum(map(len, picklists.values()))
+    return findings, checked
