@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
+import requests
 import structlog
 
 from worker import schema
@@ -488,37 +489,52 @@ class SalesforceSink:
                     self._converted.add(p.action.target.id)
         return retry
 
+    @staticmethod
+    def _send_batch(
+        batch: Sequence[tuple[int, Action]],
+        state: _WriteState,
+        send: Callable[[], requests.Response],
+    ) -> requests.Response | None:
+        """Send one email or SOAP batch. If Salesforce refused it, or its answer was lost,
+        every action of the batch is marked (FAILED / SENT) and None is returned; running out
+        of API reserve or of session stops the run."""
+        code: str | None
+        try:
+            response = send()
+        except (ApiLimitError, AuthError):
+            raise
+        except UnknownOutcomeError as exc:
+            outcome, code, message = Outcome.SENT, UNKNOWN_OUTCOME, exc.message
+        except SalesforceError as exc:
+            outcome, code, message = Outcome.FAILED, exc.error_code, exc.message
+        else:
+            state.sent_any = True
+            return response
+        state.sent_any = True
+        for i, a in batch:
+            state.results[i] = ActionResult(a.key, outcome, error_code=code, message=message)
+        return None
+
     # -- emails ---------------------------------------------------------------------------------
     def _send_emails(self, emails: Sequence[tuple[int, SendEmail]], state: _WriteState) -> None:
         for batch in _chunks(emails, EMAILS_PER_CALL):
             self._client.check_budget(1)
             inputs = [_email_input(a) for _, a in batch]
-            try:
-                response = self._client.request(
+            response = self._send_batch(
+                batch,
+                state,
+                partial(
+                    self._client.request,
                     "POST",
                     self._client.data_path("actions/standard/emailSimple"),
                     kind="email",
                     json={"inputs": inputs},
                     idempotent=False,
                     ok_statuses=frozenset({400}),  # per-input results come back with a 400
-                )
-            except UnknownOutcomeError as exc:
-                state.sent_any = True
-                for i, a in batch:
-                    state.results[i] = ActionResult(
-                        a.key, Outcome.SENT, error_code=UNKNOWN_OUTCOME, message=exc.message
-                    )
+                ),
+            )
+            if response is None:
                 continue
-            except (ApiLimitError, AuthError):
-                raise
-            except SalesforceError as exc:
-                state.sent_any = True
-                for i, a in batch:
-                    state.results[i] = ActionResult(
-                        a.key, Outcome.FAILED, error_code=exc.error_code, message=exc.message
-                    )
-                continue
-            state.sent_any = True
             body = _json_or_none(response)
             items = body if isinstance(body, list) and len(body) == len(batch) else None
             if items is None and response.status_code < 300:
@@ -559,8 +575,11 @@ class SalesforceSink:
                 )
                 for _, a in batch
             ]
-            try:
-                response = self._client.request(
+            response = self._send_batch(
+                batch,
+                state,
+                partial(
+                    self._client.request,
                     "POST",
                     path,
                     kind="soap",
@@ -572,24 +591,10 @@ class SalesforceSink:
                     },
                     idempotent=False,
                     error_parser=soap_error,
-                )
-            except UnknownOutcomeError as exc:
-                state.sent_any = True
-                for i, a in batch:
-                    state.results[i] = ActionResult(
-                        a.key, Outcome.SENT, error_code=UNKNOWN_OUTCOME, message=exc.message
-                    )
+                ),
+            )
+            if response is None:
                 continue
-            except (ApiLimitError, AuthError):
-                raise
-            except SalesforceError as exc:
-                state.sent_any = True
-                for i, a in batch:
-                    state.results[i] = ActionResult(
-                        a.key, Outcome.FAILED, error_code=exc.error_code, message=exc.message
-                    )
-                continue
-            state.sent_any = True
             try:
                 results, usage = parse_convert_response(response.content)
             except SalesforceError as exc:
