@@ -142,7 +142,7 @@ def test_second_run_while_locked_exits_3(demo_copy: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"WORKER_TIMEZONE": "Mars/Olympus"}, "WORKER_TIMEZONE"),
+        ({"WORKER_INTERVAL_SECONDS": "often"}, "WORKER_INTERVAL_SECONDS"),
         ({"WORKER_LOG_LEVEL": "LOUD"}, "WORKER_LOG_LEVEL"),
         ({"WORKER_AS_OF": "yesterday"}, "WORKER_AS_OF"),
         ({"WORKER_LOCK_TTL_SECONDS": "5"}, "WORKER_LOCK_TTL_SECONDS"),

@@ -62,6 +62,12 @@ def broken(tmp_path: Path, old: str, new: str) -> Path:
             "final_attempt_day must be after start_after_days",
         ),
         (
+            'time_zone = "America/Chicago"',
+            'time_zone = "Mars/Olympus"',
+            "org.time_zone",
+            "unknown time zone 'Mars/Olympus'",
+        ),
+        (
             "[rules.payment_followup]\n",
             "[rules.payment_followups]\n",
             "rules.payment_followups",

@@ -37,13 +37,15 @@ def load_rules_and_mapping(settings: WorkerSettings) -> tuple[LoadedMapping, lis
     return mapping, list(ALL_RULES)
 
 
-def resolve_as_of(settings: WorkerSettings, clock: Callable[[], dt.datetime]) -> dt.date:
+def resolve_as_of(
+    settings: WorkerSettings, mapping: LoadedMapping, clock: Callable[[], dt.datetime]
+) -> dt.date:
     """--as-of, else the local org's own date, else today in the org's time zone."""
     if settings.as_of:
         return settings.as_of
     if settings.local_org:
         return read_manifest(settings.local_org).as_of
-    return clock().astimezone(settings.zone).date()
+    return clock().astimezone(mapping.common.org.zone).date()
 
 
 @dataclass

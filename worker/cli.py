@@ -80,7 +80,6 @@ def _settings_options(func: F) -> F:
             type=click.Path(path_type=Path),
             help="Org folder on disk to use instead of Salesforce (env WORKER_LOCAL_ORG).",
         ),
-        click.option("--timezone", help="The org's IANA time zone (env WORKER_TIMEZONE)."),
         click.option("--log-level", help="DEBUG, INFO, WARNING or ERROR (env WORKER_LOG_LEVEL)."),
         click.option(
             "--log-format",
@@ -163,7 +162,9 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
 def _one_cycle(settings: WorkerSettings, *, write: bool) -> RunReport:
     run_id = new_run_id()
     with open_app(settings, write=write) as app, run_lock(app, run_id):
-        result = app.pipeline.run(run_id, resolve_as_of(settings, app.clock), write=write)
+        result = app.pipeline.run(
+            run_id, resolve_as_of(settings, app.mapping, app.clock), write=write
+        )
     console = _console()
     if not write and result.plan is not None:
         report.print_plan(result.plan, console)
@@ -193,7 +194,9 @@ def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
     settings = _settings(kwargs)
     run_id = new_run_id()
     with open_app(settings, write=False) as app, run_lock(app, run_id):
-        result = app.pipeline.run(run_id, resolve_as_of(settings, app.clock), write=False)
+        result = app.pipeline.run(
+            run_id, resolve_as_of(settings, app.mapping, app.clock), write=False
+        )
     assert result.plan is not None
     the_plan = result.plan
     if out:
@@ -321,9 +324,10 @@ def explain(record_id: str, no_pull: bool, **kwargs: Any) -> None:
     with open_app(settings, write=False) as app, run_lock(app, run_id):
         if not no_pull:
             app.pipeline.pull(
-                RunReport(run_id, resolve_as_of(settings, app.clock), True), app.clock()
+                RunReport(run_id, resolve_as_of(settings, app.mapping, app.clock), True),
+                app.clock(),
             )
-        as_of = resolve_as_of(settings, app.clock)
+        as_of = resolve_as_of(settings, app.mapping, app.clock)
         found = app.pipeline.explain(record_id, as_of)
     if found.record is None:
         raise ConfigError(f"record {record_id} is not in the cache (is it in a mapped object?)")

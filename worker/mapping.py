@@ -6,7 +6,7 @@ the rules use. The code holds none of these; a new org is a new mapping file.
 
 Layout::
 
-    [org]              time zone-independent org facts: key field, holiday calendar
+    [org]              org facts: name, time zone, Task key field, holiday calendar
     [tasks]            Task picklist values the org uses (open/completed status, subtypes)
     [objects.<Name>]   per sObject: the name field, extra fields and scope filters to pull
     [retention]        how long cached records and audit rows are kept
@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker import schema
 from worker.errors import MappingError
@@ -43,6 +44,11 @@ class OrgSection(StrictModel):
         description="External-id field on Task holding the worker's action key; empty = "
         "the key is written into the Task description and looked up before creating.",
     )
+    time_zone: str = Field(
+        default="UTC",
+        description="The org's IANA time zone: 'today' and the day a record arrived are "
+        "taken there.",
+    )
     holiday_country: str = Field(
         default="US", description="ISO country of the business-day calendar."
     )
@@ -54,6 +60,19 @@ class OrgSection(StrictModel):
         description="Send emails through Salesforce's emailSimple action; when false, "
         "rules create a Task for a person to send the email instead.",
     )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
 
 
 class TaskSection(StrictModel):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,10 +42,7 @@ class WorkerSettings(BaseSettings):
     as_of: dt.date | None = Field(
         default=None,
         description="Evaluate as of this date (YYYY-MM-DD). Default: the local org's manifest "
-        "date, else today in WORKER_TIMEZONE.",
-    )
-    timezone: str = Field(
-        default="UTC", description="The org's time zone (IANA name); 'today' is taken there."
+        "date, else today in the org's time zone (the mapping's org.time_zone).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest log level written."
@@ -67,19 +63,6 @@ class WorkerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
 
 
 def load_settings(**overrides: Any) -> WorkerSettings:

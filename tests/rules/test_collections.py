@@ -21,6 +21,8 @@ from worker.records import Record, Snapshot
 from worker.rules import ALL_RULES, Evaluation, Verdict, evaluate_rule, rule_models
 from worker.rules.collections import STEPS, CollectionsSettings
 
+from .declared import is_picklist, undeclared, walk_demo
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "fixtures" / "demo-org"
 RULE = next(r for r in ALL_RULES if r.id == "collections")
@@ -791,3 +793,54 @@ def test_demo_org_shows_every_branch() -> None:
         str(r.get(KEY_FIELD, "")).startswith("collections:first_reminder-2026-03-02")
         for r in raw.values()
     )
+
+
+# -- what doctor checks --------------------------------------------------------------------------
+
+
+def test_doctor_declarations(mapping: LoadedMapping) -> None:
+    settings = settings_of(mapping)
+    assert settings.writes() == {
+        "Account": {
+            "Case_Notes__c",
+            "Past_Due_Sequence__c",
+            "Past_Due_Sequence_Date__c",
+            "Collections_Status__c",
+            "Lost_Revenue_Date__c",
+        },
+        # the cadence's own open Tasks are completed, with a note, on exit
+        "Task": {"Status", "Description"},
+    }
+    values = settings.picklist_values()
+    assert values[("Task", "Type")] == {"Customer Response", "Inbound Email"}
+    assert values[("Account", "Collections_Status__c")] == {"Lost Revenue"}
+    # the segment comes from the CSM's role: Customer_Segment__c is not compared
+    assert ("Account", "Customer_Segment__c") not in values
+    # a field step may name a text field; doctor checks values only on picklists
+    assert {key for key in values if not is_picklist(*key)} == {("Account", "Past_Due_Sequence__c")}
+
+
+def test_doctor_declarations_follow_the_mapping(mapping: LoadedMapping) -> None:
+    settings = settings_of(mapping, segment_source="account_field")
+    assert settings.picklist_values()[("Account", "Customer_Segment__c")] == {
+        "Core CSM",
+        "Strategic CSM",
+        "Digital CSM",
+    }
+    # no segment runs the Digital enrollment: its field is only cleared on exit, undated
+    core_only = {"core": settings.segments["core"]}
+    settings = settings_of(mapping, segments=core_only)
+    account = settings.writes()["Account"]
+    assert "Past_Due_Sequence__c" in account
+    assert "Past_Due_Sequence_Date__c" not in account
+
+
+def test_declarations_match_what_the_rule_does_on_the_demo_org(mapping: LoadedMapping) -> None:
+    """Every field the rule updates is declared (and nothing more), and every picklist value
+    it writes is declared (Task status: the [tasks] section's): they cannot drift."""
+    settings = settings_of(mapping)
+    seen = walk_demo("collections", mapping, days=130)
+    assert seen.updates > 0
+    assert seen.writes == settings.writes()
+    assert ("Account", "Collections_Status__c") in seen.values
+    assert undeclared(seen, settings.picklist_values(), mapping) == {}

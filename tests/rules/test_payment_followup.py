@@ -13,6 +13,8 @@ from worker.mapping import LoadedMapping
 from worker.records import Record, Snapshot
 from worker.rules import ALL_RULES, Evaluation, Verdict, evaluate_rule
 
+from .declared import is_picklist, undeclared, walk_demo
+
 RULE = next(r for r in ALL_RULES if r.id == "payment_followup")
 OPP = "006TstP000000001AAA"
 CLOSE = dt.date(2026, 9, 23)
@@ -218,3 +220,33 @@ def test_missing_log_line_is_written_once(mapping: LoadedMapping) -> None:
     org[OPP]["NextStep"] = None  # the task was created but the log never landed
     result = evaluate(org, day(32), mapping)
     assert steps(result.actions) == {("initial-log", "update")}
+
+
+# -- what doctor checks ----------------------------------------------------------------------
+
+
+def test_doctor_declarations(mapping: LoadedMapping) -> None:
+    settings = mapping.rules["payment_followup"]
+    assert settings.writes() == {
+        "Opportunity": {"NextStep", "Payment_Status__c", "Closed_Reason__c"}
+    }
+    assert settings.picklist_values() == {
+        ("Opportunity", "Type"): {"Payment"},
+        ("Opportunity", "StageName"): {"Closed Won"},
+        ("Opportunity", "Payment_Status__c"): {"Resolved", "Closed"},
+        ("Opportunity", "Closed_Reason__c"): {"No Response"},
+        ("Task", "Type"): {"Customer Response"},
+    }
+    # only picklists: NextStep (text) and Customer_Responded__c (checkbox) are not listed
+    assert all(is_picklist(*key) for key in settings.picklist_values())
+
+
+def test_declarations_match_what_the_rule_does_on_the_demo_org(mapping: LoadedMapping) -> None:
+    """Every field the rule updates is declared (and nothing more), and every picklist value
+    it writes is declared: the declarations cannot drift from the behaviour."""
+    settings = mapping.rules["payment_followup"]
+    seen = walk_demo("payment_followup", mapping, days=100)
+    assert seen.updates > 0
+    assert seen.writes == settings.writes()
+    assert seen.values  # the close-out sets Payment_Status__c and Closed_Reason__c
+    assert undeclared(seen, settings.picklist_values(), mapping) == {}

@@ -23,6 +23,8 @@ from worker.rules import rule_models
 from worker.rules.base import Evaluation, Verdict, evaluate_rule
 from worker.rules.rejected_payments import PLACEHOLDERS, RULE, STEPS, RejectedPaymentsSettings
 
+from .declared import is_picklist, undeclared, walk_demo
+
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING_PATH = ROOT / "mappings" / "default.toml"
 DEMO = ROOT / "fixtures" / "demo-org"
@@ -603,3 +605,30 @@ def test_demo_org_rerun_after_applying_adds_nothing() -> None:
     assert first
     apply(org, tuple(first), as_of)
     assert [x for e in evaluate(org, as_of) for x in e.actions] == []
+
+
+# -- what doctor checks ----------------------------------------------------------------------
+def test_doctor_declarations() -> None:
+    assert SETTINGS.writes() == {
+        "Case": {"Status", "Resolution__c", "Resolution_Type__c", "Platform_Area__c"}
+    }
+    assert SETTINGS.picklist_values() == {
+        ("Case", "Request_Type__c"): {"Rejected Payments"},
+        ("Case", "Status"): {"Closed", "Homeowner Responded"},
+        ("Case", "Resolution__c"): {"Done"},
+        ("Case", "Resolution_Type__c"): {"Account Management"},
+        ("Case", "Platform_Area__c"): {"Account Management"},
+        ("Task", "Type"): {"Customer Response"},
+    }
+    # only picklists: the call result (CallDisposition) is a text field
+    assert all(is_picklist(*key) for key in SETTINGS.picklist_values())
+
+
+def test_declarations_match_what_the_rule_does_on_the_demo_org() -> None:
+    """Every field the rule updates is declared (and nothing more), and every picklist value
+    it writes is declared: the declarations cannot drift from the behaviour."""
+    seen = walk_demo("rejected_payments", MAPPING, days=30)
+    assert seen.updates > 0
+    assert seen.writes == SETTINGS.writes()
+    assert seen.values
+    assert undeclared(seen, SETTINGS.picklist_values(), MAPPING) == {}

@@ -16,7 +16,8 @@ Every instance call is counted (``calls``, ``calls_by_kind``) and answered with 
 ``Sforce-Limit-Info`` header; when the daily allowance is spent it answers
 ``REQUEST_LIMIT_EXCEEDED``. Faults are injected with :meth:`FakeOrg.fail` (an HTTP error,
 a connection error, or a response dropped after the write was applied) and
-:meth:`FakeOrg.lock` (per-record ``UNABLE_TO_LOCK_ROW``).
+:meth:`FakeOrg.lock` (per-record ``UNABLE_TO_LOCK_ROW``); ``fail(write=True)`` hits only
+calls that write (:func:`is_write_request`), not the reads that share their resource.
 
 Use it as a context manager (it starts its own ``responses.RequestsMock``)::
 
@@ -55,6 +56,7 @@ from .fakesoql import Query, SoqlError, get_path, parse
 INSTANCE = "https://fake-org.my.salesforce.com"
 LOGIN = "https://login.salesforce.com"
 ORG_ID = "00DFAKE0000000001"
+LIMIT_HEADER = "Sforce-Limit-Info"
 USER_ID = "005000000000000001"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
@@ -151,8 +153,61 @@ METADATA = (
 _MD = "{http://soap.sforce.com/2006/04/metadata}"
 
 
-def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
-    """The standard fields the worker reads and writes, per object."""
+def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ...]]:
+    """The standard fields the worker reads and writes, per object.
+
+    A standard picklist holds the values a new org has out of the box, then, unless
+    ``out_of_box``, the values the demo org's admin added: those the default mapping expects
+    (docs/salesforce.md, "Picklist values the mapping expects") and ``New Business``, an
+    Opportunity type the tests use for records out of every rule's scope.
+    """
+
+    def values(standard: tuple[str, ...], added: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return standard if out_of_box else (*standard, *added)
+
+    stages = values(
+        (
+            "Prospecting",
+            "Qualification",
+            "Needs Analysis",
+            "Value Proposition",
+            "Id. Decision Makers",
+            "Perception Analysis",
+            "Proposal/Price Quote",
+            "Negotiation/Review",
+            "Closed Won",
+            "Closed Lost",
+        ),
+        ("Assessment Pending", "Assessment Scheduled"),
+    )
+    opportunity_types = values(
+        (
+            "Existing Customer - Upgrade",
+            "Existing Customer - Replacement",
+            "Existing Customer - Downgrade",
+            "New Customer",
+        ),
+        ("New Business", "Payment", "Home Care"),
+    )
+    lead_statuses = values(
+        (
+            "Open - Not Contacted",
+            "Working - Contacted",
+            "Closed - Converted",
+            "Closed - Not Converted",
+        ),
+        (
+            "New Lead",
+            "Contact Attempted",
+            "Contact Successful - Pending Qualification",
+            "Qualified",
+        ),
+    )
+    case_statuses = values(("New", "Working", "Escalated", "Closed"), ("Homeowner Responded",))
+    task_statuses = (*TASK_STATUSES, "Waiting on someone else", "Deferred")
+    task_types = values(
+        ("Call", "Email", "Meeting", "Other"), ("Customer Response", "Inbound Email")
+    )
     owner = _ref("OwnerId", "User", "Owner")
     return {
         "Account": (_f("Name"), owner),
@@ -166,18 +221,8 @@ def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
         "User": (_f("Name"), _f("Email", "email"), _ref("UserRoleId", "UserRole", "UserRole")),
         "Opportunity": (
             _f("Name"),
-            _f(
-                "StageName",
-                "picklist",
-                picklist=(
-                    "Prospecting",
-                    "Assessment Pending",
-                    "Assessment Scheduled",
-                    "Closed Won",
-                    "Closed Lost",
-                ),
-            ),
-            _f("Type", "picklist", picklist=("New Business", "Payment", "Home Care")),
+            _f("StageName", "picklist", picklist=stages),
+            _f("Type", "picklist", picklist=opportunity_types),
             _f("CloseDate", "date"),
             _f("Amount", "currency"),
             _f("NextStep"),
@@ -195,7 +240,7 @@ def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
             _f("PostalCode"),
             _f("DoNotCall", "boolean"),
             _f("HasOptedOutOfEmail", "boolean"),
-            _f("Status", "picklist", picklist=LEAD_STATUSES, restricted=True),
+            _f("Status", "picklist", picklist=lead_statuses, restricted=True),
             _f("IsConverted", "boolean", updateable=False, createable=False),
             _ref("ConvertedAccountId", "Account"),
             _ref("ConvertedContactId", "Contact"),
@@ -206,7 +251,7 @@ def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
         "Case": (
             _f("Subject"),
             _f("CaseNumber", updateable=False, createable=False),
-            _f("Status", "picklist", picklist=("New", "Working", "Homeowner Responded", "Closed")),
+            _f("Status", "picklist", picklist=case_statuses),
             _f("ContactEmail", "email", updateable=False, createable=False),
             _ref("ContactId", "Contact", "Contact"),
             _ref("AccountId", "Account", "Account"),
@@ -216,11 +261,9 @@ def standard_fields() -> dict[str, tuple[FieldDef, ...]]:
             _f("Subject", "combobox"),
             _f("Description", "textarea", length=32000, filterable=False),
             _f("ActivityDate", "date"),
-            _f("Status", "picklist", picklist=TASK_STATUSES, restricted=True),
+            _f("Status", "picklist", picklist=task_statuses, restricted=True),
             _f("Priority", "picklist", picklist=("High", "Normal", "Low")),
-            _f(
-                "Type", "picklist", picklist=("Call", "Email", "Customer Response", "Inbound Email")
-            ),
+            _f("Type", "picklist", picklist=task_types),
             _f("TaskSubtype", "picklist", picklist=("Task", "Call", "Email"), updateable=False),
             _f("CallDisposition"),
             _f("CompletedDateTime", "datetime", updateable=False, createable=False),
@@ -321,10 +364,13 @@ class Fault:
     drop: bool = False
     body: Any = None
     seen: int = 0
+    write: bool | None = None  # True: only calls that write (see is_write_request)
 
-    def matches(self, kind: str, method: str) -> bool:
-        return (self.kind is None or self.kind == kind) and (
-            self.method is None or self.method == method
+    def matches(self, kind: str, method: str, write: bool = False) -> bool:
+        return (
+            (self.kind is None or self.kind == kind)
+            and (self.method is None or self.method == method)
+            and (self.write is None or self.write == write)
         )
 
 
@@ -527,9 +573,13 @@ class FakeOrg:
         return [c for c in self.calls if c[0] in ("POST", "PATCH", "DELETE", "PUT")]
 
     # == HTTP ======================================================================================
+    def limit_info(self) -> str:
+        """The ``Sforce-Limit-Info`` value as of now."""
+        return f"api-usage={self.used}/{self.daily_limit}"
+
     def _headers(self) -> dict[str, str]:
         return {
-            "Sforce-Limit-Info": f"api-usage={self.used}/{self.daily_limit}",
+            LIMIT_HEADER: self.limit_info(),
             "Content-Type": "application/json;charset=UTF-8",
         }
 
@@ -578,7 +628,7 @@ class FakeOrg:
             return self._reply(
                 401, [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
             )
-        fault = self._fault(kind, method)
+        fault = self._fault(kind, method, is_write_request(method, path, body_text))
         if fault is not None and not fault.drop:
             if fault.exception is not None:
                 raise fault.exception("injected fault")
@@ -612,9 +662,9 @@ class FakeOrg:
         header = request.headers.get("Authorization", "")
         return header.startswith("Bearer ") and header[7:] in self.tokens
 
-    def _fault(self, kind: str, method: str) -> Fault | None:
+    def _fault(self, kind: str, method: str, write: bool = False) -> Fault | None:
         for fault in self.faults:
-            if fault.times <= 0 or not fault.matches(kind, method):
+            if fault.times <= 0 or not fault.matches(kind, method, write):
                 continue
             fault.seen += 1
             if fault.seen <= fault.skip:
@@ -1434,6 +1484,30 @@ def _kind(method: str, path: str) -> str:
     return f"{method.lower()}:{rest}"
 
 
+def is_write_request(method: str, path: str, body: str | bytes | None) -> bool:
+    """Whether a call changes data: a composite with a non-GET subrequest, a PATCH/POST to
+    sObject Collections, SOAP convertLead, an invocable action (emailSimple). Queries,
+    describes, Bulk query jobs and OAuth token requests only read."""
+    method = method.upper()
+    if method in ("GET", "HEAD") or "/oauth2/" in path:
+        return False
+    text = _text(body)
+    if path.startswith("/services/Soap/"):
+        return "convertLead" in text
+    kind = _kind(method, path)
+    if kind == "composite":
+        try:
+            subs = json.loads(text or "{}").get("compositeRequest") or []
+        except (ValueError, AttributeError):
+            return True
+        return any(str(s.get("method", "GET")).upper() != "GET" for s in subs)
+    if kind in ("collections", "email"):
+        return True
+    if kind == "bulk":
+        return False  # a query job reads
+    return method in ("POST", "PATCH", "PUT", "DELETE")
+
+
 def _heavy(url: str) -> bool:
     path = urlsplit(url).path
     return bool(re.search(r"/(query|queryAll)/?$|/composite/sobjects", path))
@@ -1492,4 +1566,13 @@ def unquote_soql(url: str) -> str:
     return unquote_plus(urlsplit(url).query.partition("q=")[2])
 
 
-__all__ = ["INSTANCE", "LOGIN", "Credentials", "FakeOrg", "Fault", "FieldDef", "unquote_soql"]
+__all__ = [
+    "INSTANCE",
+    "LOGIN",
+    "Credentials",
+    "FakeOrg",
+    "Fault",
+    "FieldDef",
+    "is_write_request",
+    "unquote_soql",
+]

@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -30,7 +31,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,9 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOid, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .fakeorg import FakeOrg, _kind
+from .fakeorg import LIMIT_HEADER, FakeOrg, _kind, is_write_request
 
 HOST = "127.0.0.1"
 
@@ -54,32 +55,19 @@ class Call:
     method: str
     path: str
     kind: str
-    write: bool
+    write: bool  # see fakeorg.is_write_request
     status: int | None  # None: no answer was sent
+    body: bytes = field(default=b"", repr=False)
 
-
-def is_write(method: str, path: str, body: bytes) -> bool:
-    """Whether a request changes data: a composite with a non-GET subrequest, a PATCH/POST
-    to sObject Collections, a SOAP call (convertLead), an invocable action (emailSimple).
-    Queries, describes, Bulk query jobs and OAuth token requests are reads."""
-    if method in ("GET", "HEAD"):
-        return False
-    if "/oauth2/" in path:
-        return False
-    if path.startswith("/services/Soap/"):
-        return b"convertLead" in body
-    kind = _kind(method, path)
-    if kind == "composite":
+    def subrequest_methods(self) -> list[str]:
+        """The methods of a composite's subrequests ([] for anything else)."""
+        if self.kind != "composite":
+            return []
         try:
-            subs = json.loads(body or b"{}").get("compositeRequest") or []
+            subs = json.loads(self.body or b"{}").get("compositeRequest") or []
         except (ValueError, AttributeError):
-            return True
-        return any(str(s.get("method", "GET")).upper() != "GET" for s in subs)
-    if kind in ("collections", "email"):
-        return True
-    if kind == "bulk":
-        return False  # a query job reads
-    return method in ("POST", "PATCH", "PUT", "DELETE")
+            return []
+        return [str(s.get("method", "GET")).upper() for s in subs]
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -116,7 +104,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOid.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -156,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.request = owner.ssl_context.wrap_socket(self.request, server_side=True)
         super().setup()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: Any) -> None:
         return  # quiet
 
     def _serve(self) -> None:
@@ -169,10 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except _Drop:
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         try:
@@ -187,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the client went away (e.g. killed)
 
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve  # noqa: N815
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
 
 class HttpsOrg:
@@ -251,7 +237,7 @@ class HttpsOrg:
             method, self.url + target, headers=headers, data=body or None
         ).prepare()
         path = urlsplit(target).path
-        write = is_write(method, path, body)
+        write = is_write_request(method, path, body)
         kind = "oauth" if "/oauth2/token" in path else _kind(method, path)
         with self.lock:
             try:
@@ -262,11 +248,16 @@ class HttpsOrg:
             except requests.RequestException:
                 # An injected fault: ConnectionError (nothing applied) or ReadTimeout
                 # (``drop``: applied, answer lost). Either way the client gets no answer.
-                self.calls.append(Call(method, path, kind, write, None))
+                self.calls.append(Call(method, path, kind, write, None, body))
                 raise _Drop from None
-            call = Call(method, path, kind, write, status)
+            call = Call(method, path, kind, write, status, body)
             self.calls.append(call)
             hook = self.after_write if write else None
         if hook is not None and hook(call):
             raise _Drop
-        return status, dict(out_headers), payload
+        out = dict(out_headers)
+        if LIMIT_HEADER in out:
+            # Usage as of the answer: a hook may have spent the allowance meanwhile.
+            with self.lock:
+                out[LIMIT_HEADER] = self.org.limit_info()
+        return status, out, payload

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +16,10 @@ from worker.mapping import LoadedMapping
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.doctor import Finding, FindingKind, Severity, run_doctor
 
-from .fakeorg import FakeOrg
+from .fakeorg import FakeOrg, standard_fields
 from .sfhelpers import load_fixture, make_client, settings
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "salesforce.md"
 NEEDS = {"Opportunity": {"StageName", "Type", "Payment_Status__c", "NextStep", "Account.Name"}}
 UPDATES = {"Opportunity": {"Payment_Status__c", "NextStep"}}
 PICKLISTS = {
@@ -153,23 +157,106 @@ def test_recorded_describe_is_understood() -> None:
     ]
 
 
-def test_the_shipped_metadata_covers_the_default_mapping(
-    org: FakeOrg, mapping: LoadedMapping
-) -> None:
-    """Every field the mapping's rules need exists once salesforce/ is deployed (the fake
-    org's custom fields are read from that metadata)."""
+def declared(mapping: LoadedMapping) -> dict[str, Any]:
+    """doctor's arguments for the default mapping: every rule's needs, writes and picklist
+    values, the objects' extra fields and filters, the [tasks] values, the Task key field."""
     needs: dict[str, set[str]] = {}
+    updates: dict[str, set[str]] = {}
+    picklists: dict[tuple[str, str], set[str]] = {}
     for rule in mapping.rules.values():
         for obj, fields in rule.needs().items():
             needs.setdefault(obj, set()).update(
                 f for f in fields if not f.startswith("RecordType.")
             )
+        for obj, fields in rule.writes().items():
+            updates.setdefault(obj, set()).update(fields)
+        for key, values in rule.picklist_values().items():
+            picklists.setdefault(key, set()).update(values)
     for obj, section in mapping.common.objects.items():
         needs.setdefault(obj, set()).update(section.fields, section.filters)
-    task_key = mapping.common.org.task_key_field
-    findings = doctor(org, needs=needs, updates={}, picklists={}, task_key_field=task_key)
+    # The [tasks] section's values: every rule's Tasks carry them (no rule declares them).
+    t = mapping.common.tasks
+    for key, values in {
+        ("Task", "Status"): {t.open_status, *t.completed_statuses},
+        ("Task", "Priority"): {t.priority, t.high_priority},
+        ("Task", t.type_field): {t.call_type, t.email_type},
+        ("Task", "TaskSubtype"): {t.call_subtype, t.email_subtype, t.task_subtype},
+    }.items():
+        picklists.setdefault(key, set()).update(values)
+    return {
+        "needs": needs,
+        "updates": updates,
+        "picklists": picklists,
+        "task_key_field": mapping.common.org.task_key_field,
+    }
+
+
+def test_the_shipped_metadata_covers_the_default_mapping(
+    org: FakeOrg, mapping: LoadedMapping
+) -> None:
+    """Every field the mapping's rules need exists once salesforce/ is deployed (the fake
+    org's custom fields are read from that metadata), every field they update is updateable,
+    and every picklist value they use exists (on an org configured as the docs say)."""
+    args = declared(mapping)
+    findings = doctor(org, **args)
     assert findings == []
-    assert any(f.endswith("__c") for fields in needs.values() for f in fields)
+    assert any(f.endswith("__c") for fields in args["needs"].values() for f in fields)
+    # the rules declare writes on every object they update, and values on custom picklists
+    assert set(args["updates"]) == {"Account", "Case", "Lead", "Opportunity", "Task"}
+    assert {key for key in args["picklists"] if key[1].endswith("__c")} >= {
+        ("Opportunity", "Payment_Status__c"),
+        ("Case", "Resolution__c"),
+        ("Lead", "Closed_Reason__c"),
+        ("Account", "Collections_Status__c"),
+    }
+
+
+def test_the_shipped_metadata_has_every_custom_picklist_value(
+    org: FakeOrg, mapping: LoadedMapping
+) -> None:
+    """A custom picklist value the mapping uses but salesforce/ lacks is reported."""
+    fd = org.schema["Opportunity"]["Loss_Reason__c"]
+    org.schema["Opportunity"]["Loss_Reason__c"] = dataclasses.replace(
+        fd, picklist=tuple(v for v in fd.picklist if v != "Below Hourly Minimum")
+    )
+    findings = doctor(org, **declared(mapping))
+    assert kinds(findings) == [
+        (FindingKind.PICKLIST_VALUE_MISSING, "Opportunity", "Loss_Reason__c")
+    ]
+    assert "'Below Hourly Minimum'" in findings[0].message
+
+
+def documented_picklist_values() -> set[tuple[str, str, str]]:
+    """docs/salesforce.md, "Picklist values the mapping expects": (object, field, value)."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("### Picklist values the mapping expects", 1)[1].split("\n#", 1)[0]
+    out = set()
+    for obj, fld, rest in re.findall(r"^- `(\w+)\.(\w+)`: (.+)$", section, re.MULTILINE):
+        out.update((obj, fld, value) for value in re.findall(r"`([^`]+)`", rest))
+    return out
+
+
+def test_a_new_org_lacks_exactly_the_documented_picklist_values(
+    org: FakeOrg, mapping: LoadedMapping
+) -> None:
+    """On a new org with salesforce/ deployed, standard picklists hold only their
+    out-of-the-box values: doctor reports exactly the values docs/salesforce.md tells the
+    admin to add, and nothing else."""
+    for obj, fields in standard_fields(out_of_box=True).items():
+        for fd in fields:
+            if fd.type == "picklist":
+                org.schema[obj][fd.name] = fd
+    findings = doctor(org, **declared(mapping))
+    assert {f.kind for f in findings} == {FindingKind.PICKLIST_VALUE_MISSING}
+    missing = set()
+    for f in findings:
+        assert f.sobject
+        assert f.field
+        value = ast.literal_eval(f.message.split(" has no picklist value ", 1)[1])
+        missing.add((f.sobject, f.field, value))
+    assert missing == documented_picklist_values()
+    # standard fields only: every custom picklist value ships in salesforce/
+    assert all(not fld.endswith("__c") for _, fld, _ in missing)
 
 
 @pytest.mark.parametrize("obj", ["Account", "Case", "Lead", "Opportunity", "Task"])

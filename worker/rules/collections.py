@@ -316,9 +316,9 @@ class CollectionsSettings(RuleSettings):
             )
         in_use = self._steps_in_use()
         for name, step in self.cadence.items():
-            if step.action == "field" and step.field and step.value is not None:
-                if name in in_use or step.clear_on_exit:
-                    out.setdefault((self.sobject, step.field), set()).add(step.value)
+            live = name in in_use or step.clear_on_exit
+            if live and step.action == "field" and step.field and step.value is not None:
+                out.setdefault((self.sobject, step.field), set()).add(step.value)
         return out
 
 

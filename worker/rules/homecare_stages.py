@@ -7,7 +7,7 @@ count, spacing and Task text comes from that section; the steps are:
 Leads (in scope by ``lead_scope``; converted leads are excluded):
 
 - ``first_contact`` (New Lead): a first-contact call Task for the owner, due the day the lead
-  arrives (``CreatedDate`` in ``time_zone``), or today when it arrived earlier.
+  arrives (``CreatedDate`` in the org's ``time_zone``), or today when it arrived earlier.
 - ``followup`` (Contact Attempted): the next follow-up call Task ``followup_every_days``
   after the last contact attempt, until ``max_contact_attempts`` attempts are logged.
   Attempts are call/email Tasks (``attempt_task_types`` / ``attempt_task_subtypes``) that
@@ -64,7 +64,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -127,9 +126,6 @@ _ZIP5 = re.compile(r"\d{5}")
 class HomecareStagesSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
 
-    time_zone: str = Field(
-        description="IANA time zone of the org: a lead 'arrives' on its CreatedDate there."
-    )
     # -- scope -------------------------------------------------------------------------------
     opportunity_sobject: str = Field(default="Opportunity", description="The opportunity object.")
     lead_scope: dict[str, tuple[str, ...]] = Field(
@@ -243,15 +239,6 @@ class HomecareStagesSettings(RuleSettings):
     assessment_followup_subject: str
     assessment_followup_description: str
 
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
-
     # Cross-field checks sit on the later field, so an error names the key to fix.
     @field_validator(*_TEMPLATES)
     @classmethod
@@ -315,10 +302,6 @@ class HomecareStagesSettings(RuleSettings):
         if len(set(stages)) != len(stages):
             raise ValueError("pending_stages, scheduled_stage and closed_stage must all differ")
         return value
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
 
     @property
     def nurture_reasons(self) -> tuple[str, ...]:
@@ -502,7 +485,7 @@ class _Ctx:
         if isinstance(value, str) and "T" not in value:
             return record.date(name)
         moment = record.datetime(name)
-        return moment.astimezone(self.s.zone).date() if moment else None
+        return moment.astimezone(self.org.org.zone).date() if moment else None
 
     def created_day(self) -> dt.date:
         day = self.local_day(self.record, schema.CREATED_DATE)
@@ -648,7 +631,7 @@ def _contact_cadence(c: _Ctx, status: str) -> Evaluation:
             return c.not_due(f"lead arrives on {created}", created, "first_contact")
         when = "today" if created == as_of else f"on {created}"
         why = (
-            f"lead arrived {when} ({s.time_zone}), status {status!r}, no contact attempt "
+            f"lead arrived {when} ({c.org.org.time_zone}), status {status!r}, no contact attempt "
             f"logged: first contact"
         )
         return c.act(why, c.task("first_contact", "first_contact", values, why))
@@ -980,7 +963,8 @@ def _assessment_cadence(c: _Ctx, stage: str) -> Evaluation:
 
 
 def _show(c: _Ctx, moment: dt.datetime) -> str:
-    return moment.astimezone(c.s.zone).strftime(f"%Y-%m-%d %H:%M ({c.s.time_zone})")
+    zone = c.org.org
+    return moment.astimezone(zone.zone).strftime(f"%Y-%m-%d %H:%M ({zone.time_zone})")
 
 
 RULE: Rule[HomecareStagesSettings] = Rule(
