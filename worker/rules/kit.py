@@ -83,6 +83,25 @@ def is_completed(task: Record, org: OrgMapping) -> bool:
     return (task.text(schema.STATUS) or "") in org.tasks.completed_statuses
 
 
+def logged_response(
+    tasks: Iterable[Record],
+    org: OrgMapping,
+    field: str,
+    values: Iterable[str],
+    since: dt.date,
+) -> tuple[dt.date | None, Record] | None:
+    """The first Task a person logged (not one of the worker's own) whose ``field`` is one
+    of ``values``, dated on or after ``since`` (an undated one counts): a reply."""
+    wanted = set(values)
+    for task in tasks:
+        if task_key(task, org) or task.text(field) not in wanted:
+            continue
+        day = task.date(schema.ACTIVITY_DATE) or task.date(schema.CREATED_DATE)
+        if day is None or day >= since:
+            return day, task
+    return None
+
+
 def append_line(existing: str | None, line: str, max_chars: int) -> str:
     """Append ``line`` to a notes field; when over ``max_chars`` drop the oldest lines.
 

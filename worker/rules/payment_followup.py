@@ -32,7 +32,7 @@ from worker.actions import Action
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
-from worker.rules.kit import Emit, append_line, render, task_key, worker_tasks
+from worker.rules.kit import Emit, append_line, logged_response, render, task_key, worker_tasks
 
 RULE_ID = "payment_followup"
 STEPS = ("identify", "initial", "followup", "log", "final", "closeout")
@@ -382,13 +382,16 @@ def _response(
 ) -> str | None:
     if s.response_flag_field and record.flag(s.response_flag_field):
         return f"{s.response_flag_field} is checked"
-    for task in snapshot.tasks_for(record.id):
-        if task_key(task, org):
-            continue
-        if task.text(s.response_task_field) in s.response_task_values:
-            day = task.date(schema.ACTIVITY_DATE) or task.date(schema.CREATED_DATE)
-            if day is None or day >= close_date:
-                return f"customer response logged on {day} ({task.text(schema.SUBJECT)!r})"
+    found = logged_response(
+        snapshot.tasks_for(record.id),
+        org,
+        s.response_task_field,
+        s.response_task_values,
+        close_date,
+    )
+    if found:
+        day, task = found
+        return f"customer response logged on {day} ({task.text(schema.SUBJECT)!r})"
     return None
 
 

@@ -53,8 +53,8 @@ from worker.rules.kit import (
     Emit,
     comment_keys,
     is_completed,
+    logged_response,
     render,
-    task_key,
     template_placeholders,
     worker_tasks,
 )
@@ -549,13 +549,12 @@ def _response(case: _Case, snapshot: Snapshot, org: OrgMapping, created: dt.date
         outcome = task.text(s.outcome_field)
         if is_completed(task, org) and outcome in s.answered_outcomes:
             return f"call attempt {n} was answered ({s.outcome_field}={outcome!r})"
-    for task in snapshot.tasks_for(rec.id):
-        if task_key(task, org):
-            continue
-        if task.text(s.response_task_field) in s.response_task_values:
-            day = task.date(schema.ACTIVITY_DATE) or task.date(schema.CREATED_DATE)
-            if day is None or day >= created:
-                return f"homeowner response logged on {day} ({task.text(schema.SUBJECT)!r})"
+    found = logged_response(
+        snapshot.tasks_for(rec.id), org, s.response_task_field, s.response_task_values, created
+    )
+    if found:
+        day, task = found
+        return f"homeowner response logged on {day} ({task.text(schema.SUBJECT)!r})"
     return None
 
 
