@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,25 @@ def test_lock_is_exclusive_until_it_expires() -> None:
     store.acquire_lock("run2", NOW + dt.timedelta(minutes=31), ttl)  # run1 died: taken over
     store.release_lock("run2")
     store.acquire_lock("run3", NOW, ttl)
+
+
+def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once() -> None:
+    store = Store.memory()
+    ttl = dt.timedelta(minutes=30)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    store.acquire_lock("killed", NOW, ttl)
+    store.db.execute("UPDATE run_lock SET pid = ?", [int(gone.stdout)])
+    store.acquire_lock("next", NOW + dt.timedelta(minutes=1), ttl)  # no wait for the expiry
+
+    # A live holder elsewhere (another host, or a live process) still keeps it.
+    store.db.execute("UPDATE run_lock SET holder = 'other', host = 'dyno-7'")
+    with pytest.raises(LockHeldError, match=r"pid \d+ on dyno-7"):
+        store.acquire_lock("third", NOW + dt.timedelta(minutes=2), ttl)
+    store.db.execute("UPDATE run_lock SET host = ?, pid = 1", [socket.gethostname()])
+    with pytest.raises(LockHeldError):
+        store.acquire_lock("third", NOW + dt.timedelta(minutes=2), ttl)

@@ -363,7 +363,11 @@ class LocalOrg:
         out: list[ActionResult | None] = []
         for action in actions:
             found = None
-            if isinstance(action, (CreateTask, SendEmail)):
+            target = records.get(action.target.id)
+            if isinstance(action, UpdateRecord) and target is not None:
+                values = action.values().items()
+                found = action.target.id if all(target.get(k) == v for k, v in values) else None
+            elif isinstance(action, (CreateTask, SendEmail)):
                 found = _find_task(records, action.key, self._key_field)
             elif isinstance(action, AddCaseComment):
                 marker = key_marker(action.key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -295,8 +296,9 @@ class Pipeline:
         self.store.record_planned(todo, report.run_id, now)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
-        for start in range(0, len(todo), WRITE_BATCH):
-            batch = todo[start : start + WRITE_BATCH]
+        start = 0
+        for batch in _batches(todo, WRITE_BATCH):
+            start += len(batch)
             self.store.mark_sent(batch, report.run_id, self.clock())
             try:
                 results = self.sink.write(batch)
@@ -318,7 +320,7 @@ class Pipeline:
                     "apply.stopped",
                     reason=first.error_code,
                     message=first.message,
-                    not_sent=len(todo) - start - len(results) + len(not_sent),
+                    not_sent=len(todo) - start + len(not_sent),
                 )
                 return
 
@@ -440,3 +442,18 @@ class Pipeline:
                 summary = report.summary()
                 self.store.finish_run(report.run_id, status or report.status, summary, self.clock())
                 log.info("run.summary", **summary)
+
+
+def _batches(actions: Sequence[Action], size: int) -> Iterator[list[Action]]:
+    """Batches of at most ``size`` actions (more only for one record's own), never splitting
+    one record's actions: the sink orders a step's notes before its state change within a
+    batch, which only helps if the two travel together."""
+    batch: list[Action] = []
+    for _, group in itertools.groupby(actions, key=lambda a: a.target.id):
+        members = list(group)
+        if batch and len(batch) + len(members) > size:
+            yield batch
+            batch = []
+        batch.extend(members)
+    if batch:
+        yield batch

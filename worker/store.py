@@ -532,7 +532,12 @@ class Store:
             row = self.db.execute(
                 "SELECT holder, pid, host, expires_at FROM run_lock WHERE name = 'run'"
             ).fetchone()
-            if row and row[0] != holder and dt.datetime.fromisoformat(row[3]) > now:
+            if (
+                row
+                and row[0] != holder
+                and dt.datetime.fromisoformat(row[3]) > now
+                and not _dead_here(row[1], row[2])
+            ):
                 raise LockHeldError(
                     f"another run holds the lock: {row[0]} (pid {row[1]} on {row[2]}) "
                     f"until {row[3]}; it is taken over after that if the run died"
@@ -623,3 +628,17 @@ def _before_after(action: Action) -> tuple[str | None, str | None]:
     for meta in ("rule", "sop", "step", "target", "reason", "key", "kind"):
         data.pop(meta, None)
     return None, json.dumps(data, default=str, sort_keys=True)
+
+
+def _dead_here(pid: int | None, host: str | None) -> bool:
+    """True when the lease's holder ran on this host and its process is gone (it was killed):
+    the lease can be taken over at once instead of after its expiry."""
+    if host != socket.gethostname() or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, under another user
+    return False

@@ -133,6 +133,9 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     owner: HttpsOrg
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that rejects the certificate, or one killed mid-request
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Salesforce

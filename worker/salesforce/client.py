@@ -43,6 +43,7 @@ from tenacity.wait import wait_base
 from worker.errors import (
     ApiLimitError,
     AuthError,
+    ConfigError,
     DryRunWriteError,
     FatalApiError,
     RetriableError,
@@ -398,6 +399,13 @@ class SalesforceClient:
             requests.ConnectionError,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
+            if _certificate_rejected(exc):
+                # The TLS handshake failed: nothing was sent, and no retry can help.
+                raise ConfigError(
+                    f"TLS: the certificate of {urlsplit(grant.instance_url).netloc} is not "
+                    "trusted (certificate verify failed); for a private CA set "
+                    "REQUESTS_CA_BUNDLE to its PEM file"
+                ) from None
             # The request may have been received and applied; only the answer is missing.
             problem = f"no answer ({type(exc).__name__})"
             if call.idempotent:
@@ -409,6 +417,9 @@ class SalesforceClient:
             ) from None
         except requests.RequestException as exc:
             raise FatalApiError(f"request failed: {type(exc).__name__}", url=shown) from None
+        except OSError as exc:
+            # requests' own setup, e.g. a REQUESTS_CA_BUNDLE path with no file: nothing sent.
+            raise ConfigError(f"HTTPS setup: {exc}") from None
         self._note_usage(response.headers.get(LIMIT_HEADER))
         log.debug(
             "salesforce.request",
@@ -510,6 +521,12 @@ def _json_body(response: requests.Response) -> Any:
         raise FatalApiError(
             "response is not JSON", status=response.status_code, url=_path_of(response.url)
         ) from None
+
+
+def _certificate_rejected(exc: Exception) -> bool:
+    """A TLS certificate verification failure (untrusted CA, wrong host): the handshake
+    failed before anything was sent."""
+    return isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def _path_of(url: str | None) -> str:

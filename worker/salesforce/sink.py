@@ -20,6 +20,11 @@ Idempotent composites (updates, upserts) are sent apart from creating ones, so a
 answer to the former is simply retried, and a lost answer to the latter marks its actions
 ``SENT`` (error ``UNKNOWN_OUTCOME``) for :meth:`SalesforceSink.reconcile`, never resent.
 
+Order within one write: creates (CaseComments first), emails, updates and upserts, lead
+conversions. The notes of a step go before the change that moves the SOP on (its Task, a
+status, a closure): a run that stops between two requests leaves the step visibly undone,
+so the rules plan it again next run, and the notes already written are found by their keys.
+
 Per-record ``UNABLE_TO_LOCK_ROW``/``SERVER_UNAVAILABLE`` errors are sent again under the
 client's one retry policy; any other record error fails that action only, with its
 ``errorCode`` and message.
@@ -65,7 +70,7 @@ from worker.actions import (
 from worker.errors import ApiLimitError, AuthError, RetriableError, SalesforceError
 from worker.mapping import OrgMapping
 from worker.ports import ApiUsage
-from worker.records import format_sf_datetime
+from worker.records import format_sf_datetime, parse_sf_datetime
 from worker.rules.kit import key_marker, keys_in_text
 from worker.salesforce.client import SalesforceClient, SubRequest, SubResponse
 from worker.salesforce.errors import (
@@ -254,8 +259,12 @@ class SalesforceSink:
                         message="already in Salesforce (found by its key marker); not created again",
                     )
             records = [p for p in records if state.results[p.index] is None]
-        self._send_records(records, state)
+        # Notes before the state they go with: a run that stops halfway leaves the step
+        # visibly undone (no Task, case still open), so the next run plans it again and
+        # the notes already written are found by their keys.
+        self._send_records([p for p in records if not p.operation.idempotent], state)
         self._send_emails(emails, state)
+        self._send_records([p for p in records if p.operation.idempotent], state)
         self._convert_leads(converts, state)
 
     def prepare(self, index: int, action: Action) -> PreparedRecord | ActionResult | None:
@@ -623,17 +632,26 @@ class SalesforceSink:
 
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
-        """For actions left ``SENT``: what the org shows. Upserts and updates are safe to
-        send again (None); marker-keyed creates are APPLIED when a record carrying the key
-        exists; a conversion is APPLIED when the Lead is converted; an email cannot be
-        checked and is not sent again (SKIPPED), since a duplicate email reaches a person."""
+        """For actions left ``SENT``: what the org shows. A Task upserted on its key field,
+        or created with its key marker, is APPLIED when the org has it; an update when the
+        target holds every value it was to write; a conversion when the Lead is converted.
+        The others are safe to send again (None). An email cannot be checked and is not sent
+        again (SKIPPED), since a duplicate email reaches a person."""
         before = self._client.api_calls()
         try:
             out: list[ActionResult | None] = [None] * len(actions)
             keyed: list[tuple[int, Action, str, tuple[str, ...]]] = []
+            upserted: dict[str, list[int]] = {}
+            updates: list[PreparedRecord] = []
             leads: dict[str, list[int]] = {}
             for i, action in enumerate(actions):
-                if isinstance(action, CreateTask) and not self.task_key_field:
+                if isinstance(action, CreateTask) and self.task_key_field:
+                    upserted.setdefault(action.key, []).append(i)
+                elif isinstance(action, UpdateRecord):
+                    prepared = self.prepare(i, action)
+                    if isinstance(prepared, PreparedRecord):
+                        updates.append(prepared)
+                elif isinstance(action, CreateTask):
                     parents = tuple(p for p in (action.what_id, action.who_id) if p)
                     keyed.append((i, action, schema.TASK, parents))
                 elif isinstance(action, AddCaseComment):
@@ -651,6 +669,17 @@ class SalesforceSink:
             for i, sf_id in found.items():
                 out[i] = ActionResult(
                     actions[i].key, Outcome.APPLIED, sf_id=sf_id, message="found by its key marker"
+                )
+            for key, sf_id in self._tasks_by_key(list(upserted)).items():
+                for i in upserted[key]:
+                    out[i] = ActionResult(
+                        key, Outcome.APPLIED, sf_id=sf_id, message="found by its key field"
+                    )
+            for p in self._updates_in_place(updates):
+                out[p.index] = ActionResult(
+                    p.action.key,
+                    Outcome.APPLIED,
+                    message="the org holds the values it was to write",
                 )
             if leads:
                 for rid, sf_id in self._converted_leads(list(leads)).items():
@@ -716,6 +745,58 @@ class SalesforceSink:
                 by_key.setdefault(key, str(row.get(schema.ID)))
         return {i: by_key[a.key] for i, a, _, _ in items if a.key in by_key}
 
+    def _tasks_by_key(self, keys: Sequence[str]) -> dict[str, str]:
+        """Action key -> id of the Task (deleted ones included) holding it in the key field."""
+        field_name = self.task_key_field
+        soqls = [
+            select(
+                Select(
+                    schema.TASK,
+                    (schema.ID, field_name),
+                    (Condition(field_name, "IN", tuple(chunk)),),
+                )
+            )
+            for chunk in _chunks(list(keys), IDS_PER_QUERY)
+        ]
+        return {
+            str(row.get(field_name)): str(row.get(schema.ID))
+            for row in every_row(self._client, soqls, all_rows=True, kind="lookup")
+        }
+
+    def _updates_in_place(self, updates: Sequence[PreparedRecord]) -> list[PreparedRecord]:
+        """The updates whose target already holds every value the update was to write."""
+        by_object: dict[str, list[PreparedRecord]] = {}
+        for p in updates:
+            by_object.setdefault(p.sobject, []).append(p)
+        soqls = []
+        for sobject, group in by_object.items():
+            names = sorted({n for p in group for n in p.record if n not in _NOT_FIELDS})
+            ids = sorted({p.action.target.id for p in group})
+            for chunk in _chunks(ids, IDS_PER_QUERY):
+                soqls.append(
+                    select(
+                        Select(
+                            sobject,
+                            (schema.ID, *names),
+                            (Condition(schema.ID, "IN", tuple(chunk)),),
+                        )
+                    )
+                )
+        if not soqls:
+            return []
+        current = {
+            str(row.get(schema.ID))[:15]: row
+            for row in every_row(self._client, soqls, all_rows=False, kind="lookup")
+        }
+        done = []
+        for p in updates:
+            row = current.get(p.action.target.id[:15])
+            if row is not None and all(
+                _same(row.get(n), v) for n, v in p.record.items() if n not in _NOT_FIELDS
+            ):
+                done.append(p)
+        return done
+
     def _converted_leads(self, lead_ids: Sequence[str]) -> dict[str, str]:
         fields = (schema.ID, schema.IS_CONVERTED, "ConvertedOpportunityId", "ConvertedAccountId")
         soqls = [
@@ -774,15 +855,18 @@ def _marker_query(sobject: str, parent_ids: tuple[str, ...]) -> str:
 
 def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRecord]]]:
     """Records -> composites (<=5 collections) of chunks (<=200 records, one sObject and
-    operation). Idempotent chunks and creating chunks never share a composite."""
+    operation). Idempotent chunks and creating chunks never share a composite; creates go
+    first, CaseComments first among them."""
     groups: dict[tuple[str, Operation], list[PreparedRecord]] = {}
     for p in records:
         groups.setdefault((p.sobject, p.operation), []).append(p)
     out: list[list[list[PreparedRecord]]] = []
-    for idempotent in (True, False):
+    for idempotent in (False, True):
         chunks = [
             chunk
-            for (_, op), group in groups.items()
+            for (_, op), group in sorted(
+                groups.items(), key=lambda kv: kv[0][0] != schema.CASE_COMMENT
+            )
             if op.idempotent is idempotent
             for chunk in _chunks(group, COLLECTION_MAX)
         ]
@@ -848,6 +932,25 @@ def _activity_date(value: Any) -> str | None:
         except ValueError:
             return None
     return None
+
+
+_NOT_FIELDS = frozenset({schema.ID, schema.ATTRIBUTES})
+
+
+def _same(current: Any, sent: Any) -> bool:
+    """Does a value read back from the org equal the JSON value that was sent?"""
+    if current in (None, "") or sent in (None, ""):
+        return current in (None, "") and sent in (None, "")
+    if isinstance(sent, bool) or isinstance(current, bool):
+        return current is sent
+    if isinstance(sent, (int, float)) and isinstance(current, (int, float)):
+        return math.isclose(current, sent, rel_tol=1e-9)
+    if isinstance(sent, str) and isinstance(current, str) and "T" in sent and sent[:4].isdigit():
+        try:
+            return parse_sf_datetime(current) == parse_sf_datetime(sent)
+        except ValueError:
+            return current == sent
+    return bool(current == sent)
 
 
 def _json_value(value: Any) -> Any:
