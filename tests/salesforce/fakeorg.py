@@ -131,16 +131,6 @@ _SYSTEM = (
     _f("LastModifiedDate", "datetime", updateable=False, createable=False),
 )
 TASK_STATUSES = ("Not Started", "In Progress", "Completed")
-LEAD_STATUSES = (
-    "Open - Not Contacted",
-    "New Lead",
-    "Contact Attempted",
-    "Contact Successful - Pending Qualification",
-    "Working - Contacted",
-    "Qualified",
-    "Closed - Converted",
-    "Closed - Not Converted",
-)
 CONVERTED_STATUSES = ("Closed - Converted", "Qualified")
 METADATA = (
     Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ import structlog
 from pydantic import SecretStr
 
 from worker.errors import AuthError, ConfigError
-from worker.salesforce.errors import parse_error_body
+from worker.salesforce.errors import certificate_rejected, parse_error_body, untrusted_certificate
 from worker.salesforce.settings import (
     AuthMode,
     SalesforceSettings,
@@ -112,6 +112,8 @@ class OAuthAuthenticator:
                 self.token_url, data=data, headers=headers, timeout=self._settings.timeout
             )
         except requests.RequestException as exc:
+            if certificate_rejected(exc):
+                raise untrusted_certificate(self.token_url) from None
             # The exception text of a failed POST can carry the form body; keep its type only.
             raise AuthError(
                 f"cannot reach {self.token_url}: {type(exc).__name__}", url=self.token_url

@@ -54,8 +54,10 @@ from worker.salesforce.auth import Authenticator, Grant, build_authenticator
 from worker.salesforce.errors import (
     REJECTED_UNPROCESSED_STATUSES,
     UnknownOutcomeError,
+    certificate_rejected,
     error_for,
     parse_error_body,
+    untrusted_certificate,
 )
 from worker.salesforce.settings import SalesforceSettings
 
@@ -399,13 +401,9 @@ class SalesforceClient:
             requests.ConnectionError,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
-            if _certificate_rejected(exc):
+            if certificate_rejected(exc):
                 # The TLS handshake failed: nothing was sent, and no retry can help.
-                raise ConfigError(
-                    f"TLS: the certificate of {urlsplit(grant.instance_url).netloc} is not "
-                    "trusted (certificate verify failed); for a private CA set "
-                    "REQUESTS_CA_BUNDLE to its PEM file"
-                ) from None
+                raise untrusted_certificate(grant.instance_url) from None
             # The request may have been received and applied; only the answer is missing.
             problem = f"no answer ({type(exc).__name__})"
             if call.idempotent:
@@ -521,12 +519,6 @@ def _json_body(response: requests.Response) -> Any:
         raise FatalApiError(
             "response is not JSON", status=response.status_code, url=_path_of(response.url)
         ) from None
-
-
-def _certificate_rejected(exc: Exception) -> bool:
-    """A TLS certificate verification failure (untrusted CA, wrong host): the handshake
-    failed before anything was sent."""
-    return isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def _path_of(url: str | None) -> str:

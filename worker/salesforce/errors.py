@@ -27,10 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
 
 from worker.errors import (
     ApiLimitError,
     AuthError,
+    ConfigError,
     FatalApiError,
     RetriableError,
     SalesforceError,
@@ -220,4 +224,17 @@ def parse_error_body(body: Any) -> tuple[str | None, str, tuple[str, ...]]:
         str(code) if code else None,
         str(message),
         tuple(str(f) for f in fields if isinstance(f, str)),
+    )
+
+
+def certificate_rejected(exc: Exception) -> bool:
+    """A TLS certificate verification failure (untrusted CA, wrong host): the handshake
+    failed before anything was sent."""
+    return isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def untrusted_certificate(url: str) -> ConfigError:
+    return ConfigError(
+        f"TLS: the certificate of {urlsplit(url).netloc} is not trusted (certificate verify "
+        "failed); for a private CA set REQUESTS_CA_BUNDLE to its PEM file"
     )
