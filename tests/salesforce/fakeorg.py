@@ -424,6 +424,7 @@ class FakeOrg:
         self.synthetic: dict[str, Synthetic] = {}
         self.tokens: set[str] = set()
         self.calls: list[tuple[str, str, str]] = []  # (method, path, kind) of instance calls
+        self.write_calls: list[tuple[str, str, str]] = []
         self.calls_by_kind: Counter[str] = Counter()
         self.oauth_requests: list[dict[str, str]] = []
         self.faults: list[Fault] = []
@@ -560,7 +561,8 @@ class FakeOrg:
         return len(self.calls)
 
     def writes(self) -> list[tuple[str, str, str]]:
-        return [c for c in self.calls if c[0] in ("POST", "PATCH", "DELETE", "PUT")]
+        """The calls that changed data (see :func:`is_write_request`)."""
+        return list(self.write_calls)
 
     # == HTTP ======================================================================================
     def limit_info(self) -> str:
@@ -592,6 +594,8 @@ class FakeOrg:
         kind = _kind(method, path)
         self.calls.append((method, path, kind))
         self.calls_by_kind[kind] += 1
+        if is_write_request(method, path, request.body):
+            self.write_calls.append((method, path, kind))
         if self.used >= self.daily_limit:
             return self._reply(
                 403,

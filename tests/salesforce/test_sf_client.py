@@ -257,6 +257,17 @@ def test_dry_run_client_refuses_writes_before_the_network(mock: responses.Reques
     for method in ("POST", "PATCH", "DELETE"):
         with pytest.raises(DryRunWriteError):
             client.request(method, client.data_path("composite"), kind="write", json={})
+    read = SubRequest("GET", client.data_path("query/?q=SELECT+Id+FROM+Lead"), "q0")
+    write = SubRequest("PATCH", client.data_path("composite/sobjects"), "w0", body={})
+    with pytest.raises(DryRunWriteError):  # one writing subrequest among reads
+        client.composite([read, write], kind="read", idempotent=True)
+    with pytest.raises(DryRunWriteError):  # a composite of GETs elsewhere than /composite
+        client.request(
+            "POST",
+            client.data_path("composite/batch"),
+            kind="x",
+            json={"compositeRequest": [read.to_json()]},
+        )
     assert len(mock.calls) == 0
 
 

@@ -175,11 +175,11 @@ def test_budget_stops_before_the_next_page(org: FakeOrg) -> None:
     assert org.call_count == 1
 
 
-def test_dry_run_reads_with_gets_only(org: FakeOrg) -> None:
+def test_a_dry_run_reads_as_cheaply_and_writes_nothing(org: FakeOrg) -> None:
     src = SalesforceSource(make_client(org, read_only=True))
     list(src.fetch([ObjectQuery("Lead", ()), ObjectQuery("Case", ())]))
     assert org.writes() == []
-    assert org.calls_by_kind == {"query": 2}
+    assert org.calls_by_kind == {"composite": 1}  # both first pages in one read-only composite
 
 
 # -- Bulk API 2.0 ----------------------------------------------------------------------------

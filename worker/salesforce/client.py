@@ -18,7 +18,8 @@ What it guarantees, whoever calls it:
   call is counted (:meth:`api_calls`, :meth:`calls_by_kind`); :meth:`check_budget` stops new
   work below the reserve; once Salesforce says the daily allowance is spent, every further
   request fails fast with :class:`~worker.errors.ApiLimitError` without touching the network.
-- **Dry run**: a ``read_only`` client refuses anything but GET (``DryRunWriteError``).
+- **Dry run**: a ``read_only`` client refuses anything but GET (``DryRunWriteError``), save a
+  Composite whose subrequests are all GETs (reads batched five to a call cost the same).
 - **Secrets**: headers and bodies are never logged; errors carry status, errorCode, message
   and the URL path only. ``verify`` is left to requests, so ``REQUESTS_CA_BUNDLE`` works.
 """
@@ -270,7 +271,7 @@ class SalesforceClient:
         method = method.upper()
         if not path.startswith("/services/"):
             raise ValueError(f"not an instance path: {_path_of(path)}")
-        if self.read_only and method != "GET":
+        if self.read_only and method != "GET" and not _reads_only(path, json):
             raise DryRunWriteError(f"dry run: refused {method} {_path_of(path)}")
         if self._limit_error is not None:
             raise self._limit_error
@@ -524,3 +525,15 @@ def _json_body(response: requests.Response) -> Any:
 def _path_of(url: str | None) -> str:
     """The URL's path only: query strings may hold SOQL with record values."""
     return urlsplit(url or "").path
+
+
+def _reads_only(path: str, body: Any) -> bool:
+    """A Composite request whose every subrequest is a GET: a read, even though it is a POST."""
+    if not path.endswith("/composite") or not isinstance(body, Mapping):
+        return False
+    subs = body.get("compositeRequest")
+    return (
+        isinstance(subs, list)
+        and bool(subs)
+        and all(isinstance(s, Mapping) and s.get("method") == "GET" for s in subs)
+    )

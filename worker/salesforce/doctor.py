@@ -239,20 +239,9 @@ def _describe(
             SubRequest("GET", api.data_path(f"sobjects/{obj}/describe"), f"d{start + i}")
             for i, obj in enumerate(batch)
         ]
-        if api.read_only:
-            responses = []
-            for sub in subs:
-                try:
-                    body = api.get_json(sub.url, kind="describe")
-                    responses.append((200, body))
-                except SalesforceError as exc:
-                    responses.append(
-                        (exc.status or 0, [{"errorCode": exc.error_code, "message": exc.message}])
-                    )
-        else:
-            responses = [
-                (r.status, r.body) for r in api.composite(subs, kind="describe", idempotent=True)
-            ]
+        responses = [
+            (r.status, r.body) for r in api.composite(subs, kind="describe", idempotent=True)
+        ]
         for obj, (status, body) in zip(batch, responses, strict=True):
             if status == 404:
                 findings.append(

@@ -54,13 +54,6 @@ def first_pages(
 ) -> list[QueryPage]:
     """The first page of each query, in order: ceil(n/5) composite calls."""
     resource = query_resource(all_rows)
-    if client.read_only:
-        pages = []
-        for soql in soqls:
-            client.check_budget(1)
-            body = client.get_json(client.data_path(resource + "/"), kind=kind, params={"q": soql})
-            pages.append(QueryPage.from_json(body))
-        return pages
     out: list[QueryPage] = []
     for start in range(0, len(soqls), QUERIES_PER_COMPOSITE):
         batch = soqls[start : start + QUERIES_PER_COMPOSITE]
