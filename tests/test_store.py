@@ -7,11 +7,14 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from worker.actions import ActionResult, CreateTask, Outcome
+from worker.app import keep_lease
 from worker.errors import LockHeldError
 from worker.ports import Page
 from worker.records import RecordRef
@@ -142,3 +145,24 @@ def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once() -
     store.db.execute("UPDATE run_lock SET host = ?, pid = 1", [socket.gethostname()])
     with pytest.raises(LockHeldError):
         store.acquire_lock("third", NOW + dt.timedelta(minutes=2), ttl)
+
+
+def test_a_live_run_keeps_renewing_its_lease(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    store = Store.open(db)
+    ttl = dt.timedelta(seconds=0.3)
+    clock = iter(NOW + dt.timedelta(minutes=m) for m in range(1, 100))
+    store.acquire_lock("long-run", NOW, ttl)
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=keep_lease, args=(db, "long-run", ttl, lambda: next(clock), stop)
+    )
+    beat.start()
+    time.sleep(0.5)  # at least one beat (every ttl/3)
+    stop.set()
+    beat.join()
+    expires = store.db.execute("SELECT expires_at FROM run_lock").fetchone()[0]
+    assert dt.datetime.fromisoformat(expires) > NOW + dt.timedelta(minutes=1)
+    with pytest.raises(LockHeldError):  # still held: the renewed expiry is in the future
+        store.acquire_lock("cron", NOW + dt.timedelta(minutes=1), ttl)
+    assert store.renew_lock("someone-else", NOW, ttl) is False

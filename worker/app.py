@@ -7,11 +7,16 @@ dry run. Everything it builds is handed down; nothing below reads settings or th
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import structlog
 
 from worker.errors import ConfigError
 from worker.localorg import LocalOrg, read_manifest
@@ -22,6 +27,8 @@ from worker.rules import ALL_RULES, Rule, rule_models
 from worker.settings import WorkerSettings
 from worker.sinks import DryRunSink
 from worker.store import Store
+
+log = structlog.get_logger()
 
 
 def utc_now() -> dt.datetime:
@@ -94,9 +101,42 @@ def open_app(
 
 @contextmanager
 def run_lock(app: App, run_id: str) -> Iterator[None]:
+    """Hold the run lease for the block, renewed in the background every third of its
+    length, so a long run keeps it while a dead one loses it."""
     ttl = dt.timedelta(seconds=app.settings.lock_ttl_seconds)
     app.store.acquire_lock(run_id, app.clock(), ttl)
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=keep_lease,
+        args=(app.settings.db_path, run_id, ttl, app.clock, stop),
+        name="lease",
+        daemon=True,
+    )
+    beat.start()
     try:
         yield
     finally:
+        stop.set()
+        beat.join()
         app.store.release_lock(run_id)
+
+
+def keep_lease(
+    db_path: Path,
+    holder: str,
+    ttl: dt.timedelta,
+    clock: Callable[[], dt.datetime],
+    stop: threading.Event,
+) -> None:
+    """Renew the lease until ``stop`` is set (its own SQLite connection: a thread of its own)."""
+    store = Store.open(db_path)
+    try:
+        while not stop.wait(ttl.total_seconds() / 3):
+            try:
+                if not store.renew_lock(holder, clock(), ttl):
+                    log.error("run.lease_lost", holder=holder)
+                    return
+            except sqlite3.OperationalError as exc:  # busy: try again at the next beat
+                log.warning("run.lease_not_renewed", problem=str(exc))
+    finally:
+        store.close()

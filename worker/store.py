@@ -554,6 +554,15 @@ class Store:
                 pk="name",
             )
 
+    def renew_lock(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+        """Push the lease's expiry out while its run is alive; False if it is no longer ours."""
+        with self.atomic():
+            cursor = self.db.execute(
+                "UPDATE run_lock SET expires_at = ? WHERE name = 'run' AND holder = ?",
+                [(now + ttl).isoformat(), holder],
+            )
+        return cursor.rowcount == 1
+
     def release_lock(self, holder: str) -> None:
         with self.atomic():
             self.db.execute("DELETE FROM run_lock WHERE name = 'run' AND holder = ?", [holder])
