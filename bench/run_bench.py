@@ -27,10 +27,11 @@ import datetime as dt
 import json
 import logging
 import math
-import resource
+import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import requests  # noqa: E402
 import structlog  # noqa: E402
 import tenacity  # noqa: E402
 
-from tests.salesforce.fakeorg import FakeOrg  # noqa: E402
+from bench.fake_server import RUN_START, FakeOrgProcess, peak_rss_mb  # noqa: E402
 from worker.actions import Action, AddCaseComment, CreateTask, FieldChange, UpdateRecord  # noqa: E402
 from worker.ports import ObjectQuery  # noqa: E402
 from worker.records import RecordRef  # noqa: E402
 from worker.rules.kit import key_marker  # noqa: E402
 from worker.salesforce.client import SalesforceClient  # noqa: E402
+from worker.salesforce.settings import SalesforceSettings  # noqa: E402
 from worker.salesforce.sink import SalesforceSink  # noqa: E402
 from worker.salesforce.source import SalesforceSource  # noqa: E402
 
 KEY_FIELD = "SOP_Worker_Key__c"
-RUN_START = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 READ_SHARE = {"Opportunity": 0.4, "Lead": 0.4, "Case": 0.2}
 FIELDS = {
     "Opportunity": (
@@ -70,45 +72,6 @@ FIELDS = {
 META: dict[str, Any] = {"rule": "bench", "sop": "bench.txt", "step": "bench", "reason": "bench"}
 
 
-def _stamp(i: int) -> str:
-    moment = RUN_START - dt.timedelta(days=30) + dt.timedelta(seconds=i)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
-
-
-def _make(sobject: str) -> Any:
-    def make(i: int, rid: str) -> dict[str, Any]:
-        base = {"SystemModstamp": _stamp(i), "CreatedDate": _stamp(i)}
-        if sobject == "Opportunity":
-            return {
-                **base,
-                "Name": f"Deal {i}",
-                "StageName": "Closed Won",
-                "Type": "Payment",
-                "CloseDate": "2026-09-01",
-                "Amount": 100.0 + i,
-                "NextStep": None,
-                "Payment_Status__c": "Open",
-            }
-        if sobject == "Lead":
-            return {
-                **base,
-                "LastName": f"Lead {i}",
-                "Company": f"Co {i}",
-                "Status": "New Lead",
-                "City": "Chicago",
-                "PostalCode": "60601",
-                "IsConverted": False,
-            }
-        return {
-            **base,
-            "Subject": f"Case {i}",
-            "Status": "New",
-            "Request_Type__c": "Rejected Payments",
-        }
-
-    return make
-
-
 def split(total: int, shares: dict[str, float]) -> dict[str, int]:
     counts = {k: int(total * v) for k, v in shares.items()}
     first = next(iter(counts))
@@ -116,14 +79,27 @@ def split(total: int, shares: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def build_actions(org: FakeOrg, reads: dict[str, int], m: int) -> list[Action]:
+def action_split(m: int) -> tuple[int, int, int]:
+    """(Task upserts, Opportunity updates, CaseComments) among ``m`` actions."""
     tasks, updates = int(m * 0.4), int(m * 0.4)
-    comments = m - tasks - updates
-    opp = reads["Opportunity"]
-    cases = reads["Case"]
+    return tasks, updates, m - tasks - updates
+
+
+def target_counts(m: int) -> dict[str, int]:
+    """How many distinct synthetic Ids the actions need (the child sends them)."""
+    tasks, updates, comments = action_split(m)
+    return {"Opportunity": tasks + updates, "Case": comments}
+
+
+def build_actions(ids: dict[str, list[str]], m: int) -> list[Action]:
+    """``ids``: the first synthetic Ids of each object (as many as :func:`target_counts`
+    asks, fewer when the object has fewer records); targets wrap around them."""
+    tasks, updates, comments = action_split(m)
+    opp = ids["Opportunity"]
+    cases = ids["Case"]
     actions: list[Action] = []
     for i in range(tasks):
-        rid = org.synthetic_id("Opportunity", i % opp)
+        rid = opp[i % len(opp)]
         actions.append(
             CreateTask(
                 **META,
@@ -143,7 +119,7 @@ def build_actions(org: FakeOrg, reads: dict[str, int], m: int) -> list[Action]:
             )
         )
     for i in range(updates):
-        rid = org.synthetic_id("Opportunity", (tasks + i) % opp)
+        rid = opp[(tasks + i) % len(opp)]
         actions.append(
             UpdateRecord(
                 **META,
@@ -153,7 +129,7 @@ def build_actions(org: FakeOrg, reads: dict[str, int], m: int) -> list[Action]:
             )
         )
     for i in range(comments):
-        rid = org.synthetic_id("Case", i % cases)
+        rid = cases[i % len(cases)]
         key = f"bench:cc{i}:{rid}"
         actions.append(
             AddCaseComment(
@@ -182,23 +158,80 @@ def floors(reads: dict[str, int], actions: list[Action]) -> dict[str, int]:
     }
 
 
+def api_kinds(client: SalesforceClient) -> dict[str, int]:
+    """The client's API calls by kind (its ``oauth`` entry is a session lookup, not an
+    API call: with a static token it makes no request at all)."""
+    return {k: v for k, v in client.calls_by_kind().items() if k != "oauth" and v}
+
+
+def minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def cross_check(fake: FakeOrgProcess, client: SalesforceClient, phase: str) -> dict[str, Any]:
+    """The server's counts; raise SystemExit unless they match the worker's."""
+    server = fake.stats()
+    worker = client.api_calls()
+    kinds = api_kinds(client)
+    problems = []
+    if sum(kinds.values()) != worker:
+        problems.append(f"the client's kinds {kinds} do not add up to its {worker} calls")
+    if server["api_calls"] != worker:
+        problems.append(f"the org counted {server['api_calls']} API calls")
+    if server["http_requests"] - server["oauth_requests"] != worker:
+        problems.append(
+            f"the server answered {server['http_requests']} requests "
+            f"({server['oauth_requests']} OAuth)"
+        )
+    if server["dropped"]:
+        problems.append(f"the server dropped {server['dropped']} requests")
+    if problems:
+        raise SystemExit(
+            f"bench: API call counts disagree after {phase}: the worker counted {worker} "
+            f"({kinds}), but " + "; ".join(problems) + f"; server says {server}"
+        )
+    return server
+
+
 def run(n: int, m: int, bulk_threshold: int) -> dict[str, Any]:
     reads = split(n, READ_SHARE)
+    with tempfile.TemporaryDirectory(prefix="sop-bench-") as tmp:
+        folder = Path(tmp)
+        booted = time.perf_counter()
+        with FakeOrgProcess(reads, folder, ids=target_counts(m)) as fake:
+            startup = time.perf_counter() - booted
+            out = cycle(fake, reads, m, bulk_threshold, folder / "cache.db")
+            out["startup_seconds"] = round(startup, 2)
+        if fake.proc is None or fake.proc.returncode != 0:
+            code = None if fake.proc is None else fake.proc.returncode
+            raise SystemExit(f"bench: the fake org process ended with code {code}")
+    return out
+
+
+def cycle(
+    fake: FakeOrgProcess, reads: dict[str, int], m: int, bulk_threshold: int, db_path: Path
+) -> dict[str, Any]:
+    """One gateway cycle in this process, against the fake org over HTTPS."""
+    n = sum(reads.values())
+    rss_before = peak_rss_mb()
+    http = requests.Session()
+    http.verify = str(fake.ca_bundle)  # the child's throwaway certificate, and nothing else
+    http.trust_env = False  # no proxy for 127.0.0.1; REQUESTS_CA_BUNDLE cannot override verify
+    settings = SalesforceSettings(
+        _env_file=None,
+        instance_url=fake.url,
+        access_token=fake.token,
+        auth="token",
+        api_version=fake.api_version,
+        bulk_threshold=bulk_threshold,
+        overlap_seconds=0,
+    )
     started = time.perf_counter()
-    with (
-        FakeOrg(keep_calls=False, daily_limit=10_000_000) as org,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        for sobject, count in reads.items():
-            org.add_synthetic(sobject, count, _make(sobject))
-        client = SalesforceClient(
-            org.settings(bulk_threshold=bulk_threshold, overlap_seconds=0),
-            wait=tenacity.wait_none(),
-            sleep=lambda _s: None,
-        )
-        source = SalesforceSource(client)
-        sink = SalesforceSink(client, task_key_field=KEY_FIELD)
-        db = sqlite3.connect(Path(tmp) / "cache.db")
+    client = SalesforceClient(settings, http=http, wait=tenacity.wait_none(), sleep=lambda _s: None)
+    source = SalesforceSource(client)
+    sink = SalesforceSink(client, task_key_field=KEY_FIELD)
+    db = sqlite3.connect(db_path)
+    try:
         db.execute(
             "CREATE TABLE records (id TEXT PRIMARY KEY, sobject TEXT, stamp TEXT, body TEXT)"
         )
@@ -211,39 +244,73 @@ def run(n: int, m: int, bulk_threshold: int) -> dict[str, Any]:
             )
             db.commit()
             seen += len(page.records)
-        read_calls = dict(org.calls_by_kind)
+        read_kinds = api_kinds(client)
+        read_server = cross_check(fake, client, "the reads")
 
-        actions = build_actions(org, reads, m)
+        actions = build_actions(fake.ids, m)
         targets = [a.target.id for a in actions if isinstance(a, UpdateRecord)]
-        before = org.call_count
+        before = api_kinds(client)
         sink.current_stamps(targets)
-        stamp_calls = org.call_count - before
+        stamp_kinds = minus(api_kinds(client), before)
+        stamp_server = cross_check(fake, client, "the stamp re-read")
         estimate = sink.estimate_calls(actions)
+        before = api_kinds(client)
         results = sink.write(actions)
+        write_kinds = minus(api_kinds(client), before)
+    finally:
         db.close()
-        failed = [r for r in results if r.outcome.value != "applied"]
-        if seen != n or failed:
-            raise SystemExit(f"bench cycle broken: read {seen}/{n}, {len(failed)} failed writes")
-        by_kind = dict(org.calls_by_kind)
-        total = org.call_count
-        write_calls = total - sum(read_calls.values()) - stamp_calls
+        http.close()
     seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    server = cross_check(fake, client, "the writes")
+    failed = [r for r in results if r.outcome.value != "applied"]
+    if seen != n or failed:
+        raise SystemExit(f"bench cycle broken: read {seen}/{n}, {len(failed)} failed writes")
+    total = client.api_calls()
     out: dict[str, Any] = {
         "records": n,
         "actions": m,
         "api_calls": total,
         **{k: v for k, v in floors(reads, actions).items() if k not in ("pages", "chunks")},
-        "read_calls": read_calls,
-        "stamp_calls": stamp_calls,
-        "write_calls": write_calls,
+        "read_calls": read_kinds,
+        "stamp_calls": sum(stamp_kinds.values()),
+        "write_calls": sum(write_kinds.values()),
         "write_estimate": estimate,
-        "calls_by_kind": by_kind,
+        "calls_by_kind": api_kinds(client),
+        "server_api_calls": server["api_calls"],
+        "server_calls_by_kind": server["calls_by_kind"],
+        "server_read_calls": read_server["calls_by_kind"],
+        "server_stamp_calls": stamp_server["api_calls"] - read_server["api_calls"],
         "seconds": round(seconds, 2),
-        "peak_rss_mb": round(rss_mb, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_cycle_mb": rss_before,
+        "fake_org_peak_rss_mb": server["peak_rss_mb"],
+        "sqlite_mb": round(db_path.stat().st_size / 2**20, 1),
     }
     out["vs_min_pct"] = round(100 * (total - out["min_api_calls"]) / out["min_api_calls"], 1)
     return out
+
+
+JSON_KEYS = (
+    "records",
+    "actions",
+    "api_calls",
+    "min_api_calls",
+    "c_min",
+    "c_plain",
+    "calls_by_kind",
+    "seconds",
+    "peak_rss_mb",
+    "server_api_calls",
+    "server_calls_by_kind",
+    "rss_before_cycle_mb",
+    "fake_org_peak_rss_mb",
+    "sqlite_mb",
+    "startup_seconds",
+)
+
+
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwind: the fake org process and temp folder go away
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,11 +320,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bulk-threshold", type=int, default=10_000)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    result = run(args.records, args.actions, args.bulk_threshold)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        result = run(args.records, args.actions, args.bulk_threshold)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     fl = floors(split(args.records, READ_SHARE), [])
     print(
         f"records {result['records']:,}  actions {result['actions']:,}  "
         f"({result['seconds']} s, peak RSS {result['peak_rss_mb']} MB)"
+    )
+    print(
+        f"  memory: worker peak RSS {result['peak_rss_mb']} MB "
+        f"({result['rss_before_cycle_mb']} MB before the cycle), "
+        f"fake org process {result['fake_org_peak_rss_mb']} MB, "
+        f"SQLite file {result['sqlite_mb']} MB"
     )
     print(f"  reads : {result['read_calls']}  (REST pages floor P = {fl['pages']})")
     print(f"  stamps: {result['stamp_calls']} (SystemModstamp re-read of the update targets)")
@@ -271,23 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         f"({result['vs_min_pct']:+}% vs min)"
     )
     print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "records",
-                    "actions",
-                    "api_calls",
-                    "min_api_calls",
-                    "c_min",
-                    "c_plain",
-                    "calls_by_kind",
-                    "seconds",
-                    "peak_rss_mb",
-                )
-            }
-        )
+        f"  server: {result['server_api_calls']} calls answered, as counted by the worker; "
+        f"by resource {result['server_calls_by_kind']}"
     )
+    print(json.dumps({k: result[k] for k in JSON_KEYS}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -163,10 +163,13 @@ class ConvertLead(Action):
     create_opportunity: bool = True
     opportunity_name: str | None = None
     owner_id: str | None = None
+    # Set on the new opportunity right after the conversion (convertLead cannot set them).
+    opportunity_values: Mapping[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         opp = f", opportunity {self.opportunity_name!r}" if self.create_opportunity else ""
-        return f"convert lead ({self.converted_status}{opp})"
+        values = ", ".join(f"{k}={v}" for k, v in self.opportunity_values.items())
+        return f"convert lead ({self.converted_status}{opp}{f' with {values}' if values else ''})"
 
 
 ACTION_TYPES: dict[ActionKind, type[Action]] = {

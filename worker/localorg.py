@@ -229,6 +229,7 @@ def _apply_one(
                     "Name": action.opportunity_name or company,
                     "AccountId": acc.sf_id,
                     schema.OWNER_ID: action.owner_id,
+                    **action.opportunity_values,
                 },
                 stamp,
                 now,

@@ -92,6 +92,9 @@ def walk_demo(rule_id: str, mapping: LoadedMapping, days: int) -> Behaviour:
                 # convertLead writes the converted status into Lead.Status
                 value = action.converted_status
                 seen.values.setdefault((schema.LEAD, schema.STATUS), set()).add(value)
+                # then the new opportunity is updated with the mapped values
+                for name, after in action.opportunity_values.items():
+                    seen.wrote("Opportunity", name, after)
         apply_actions(org, actions, now, key_field)
         _complete_yesterdays_tasks(org, rule_id, day, key_field, mapping)
     return seen

@@ -910,7 +910,8 @@ def test_doctor_declarations(mapping: LoadedMapping) -> None:
     settings = settings_of(mapping)
     assert settings.writes() == {
         "Lead": {"Status", "Closed_Reason__c", "Closed_Date__c"},
-        "Opportunity": {"StageName", "Loss_Reason__c", "CloseDate"},
+        # Type and StageName are also set on a converted lead's new opportunity
+        "Opportunity": {"StageName", "Loss_Reason__c", "CloseDate", "Type"},
     }
     assert settings.picklist_values() == {
         ("Lead", "Status"): {

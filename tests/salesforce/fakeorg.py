@@ -232,9 +232,9 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("HasOptedOutOfEmail", "boolean"),
             _f("Status", "picklist", picklist=lead_statuses, restricted=True),
             _f("IsConverted", "boolean", updateable=False, createable=False),
-            _ref("ConvertedAccountId", "Account"),
-            _ref("ConvertedContactId", "Contact"),
-            _ref("ConvertedOpportunityId", "Opportunity"),
+            _ref("ConvertedAccountId", "Account", "ConvertedAccount"),
+            _ref("ConvertedContactId", "Contact", "ConvertedContact"),
+            _ref("ConvertedOpportunityId", "Opportunity", "ConvertedOpportunity"),
             _ref("RecordTypeId", "RecordType", "RecordType"),
             owner,
         ),
@@ -915,6 +915,19 @@ class FakeOrg:
             if "." in name:
                 head, tail = name.split(".", 1)
                 parent = get_path(record, head)
+                if parent is None:
+                    # Not stored nested: follow the lookup field whose relationship it is.
+                    ref = next(
+                        (
+                            f
+                            for f in self._schema(sobject).values()
+                            if f.relationship and f.relationship.lower() == head.lower()
+                        ),
+                        None,
+                    )
+                    parent_id = record.get(ref.name) if ref else None
+                    if parent_id:
+                        parent = self._load(self._sobject_of(parent_id), parent_id)
                 if parent is None:
                     out[head] = None
                     continue

@@ -3,6 +3,7 @@ idempotent creates, lost answers and reconcile, guards, retries, budget, emails,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -542,6 +543,59 @@ def test_a_lost_conversion_is_reconciled_from_the_lead(org: FakeOrg) -> None:
     assert found is not None
     assert found.outcome is Outcome.APPLIED
     assert found.sf_id == org.get(lead)["ConvertedOpportunityId"]  # type: ignore[index]
+
+
+HOME_CARE = {"Type": "Home Care", "StageName": "Assessment Pending"}
+
+
+def test_a_new_opportunity_gets_the_mapped_values_in_one_more_call(org: FakeOrg) -> None:
+    leads = [org.add("Lead", LastName=f"L{i}", Company=f"Co {i}") for i in range(3)]
+    org.validate(
+        lambda obj, rec: (
+            ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "no home care for Co 2")
+            if obj == "Opportunity" and rec.get("Name") == "Co 2" and rec.get("Type")
+            else None
+        )
+    )
+    sink = sink_for(org)
+    actions = [
+        dataclasses.replace(convert(lead, f"c{i}", name=f"Co {i}"), opportunity_values=HOME_CARE)
+        for i, lead in enumerate(leads)
+    ]
+    assert sink.estimate_calls(actions) == 2  # the conversion call, then one update composite
+    results = sink.write(actions)
+    assert org.calls_by_kind == {"soap": 1, "composite": 1}
+    assert [r.outcome for r in results] == [Outcome.APPLIED] * 3  # the conversions stand
+    for lead in leads[:2]:
+        opp = org.get(org.get(lead)["ConvertedOpportunityId"])  # type: ignore[index]
+        assert opp is not None
+        assert (opp["Type"], opp["StageName"]) == ("Home Care", "Assessment Pending")
+    assert results[0].message is None
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in (results[2].message or "")
+
+
+def test_a_lost_conversion_gets_its_values_at_reconcile_unless_someone_edited_it(
+    org: FakeOrg,
+) -> None:
+    first, second = (org.add("Lead", LastName=n, Company=n) for n in ("A", "B"))
+    org.fail(kind="soap", drop=True, times=2)
+    sink = sink_for(org)
+    actions = [
+        dataclasses.replace(convert(lead, f"c{lead}", name=lead), opportunity_values=HOME_CARE)
+        for lead in (first, second)
+    ]
+    for action in actions:
+        (sent,) = sink.write([action])
+        assert sent.outcome is Outcome.SENT
+    edited = org.get(second)["ConvertedOpportunityId"]  # type: ignore[index]
+    org.edit(edited, StageName="Assessment Scheduled")  # a person moved it on meanwhile
+    found = sink.reconcile(actions)
+    assert [r.outcome for r in found if r] == [Outcome.APPLIED, Outcome.APPLIED]
+    fresh = org.get(org.get(first)["ConvertedOpportunityId"])  # type: ignore[index]
+    assert fresh is not None
+    assert fresh["Type"] == "Home Care"
+    assert org.get(edited)["StageName"] == "Assessment Scheduled"  # type: ignore[index]
+    assert "not set" in (found[1].message or "")  # type: ignore[union-attr]
 
 
 # -- dry run ---------------------------------------------------------------------------------------------

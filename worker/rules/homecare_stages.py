@@ -342,15 +342,28 @@ class HomecareStagesSettings(RuleSettings):
 
     def writes(self) -> dict[str, set[str]]:
         # Lead close-out; opportunity close-out (close_nurture, assessment_closeout) and the
-        # move to the scheduled stage. Conversion is a convertLead call, not an update.
+        # move to the scheduled stage; the new opportunity's scope and stage after a
+        # conversion (convertLead itself is no update).
         return {
             schema.LEAD: {schema.STATUS, self.lead_reason_field, self.lead_closed_date_field},
             self.opportunity_sobject: {
                 self.stage_field,
                 self.loss_reason_field,
                 self.close_date_field,
+                *self.converted_opportunity_values(),
             },
         }
+
+    def converted_opportunity_values(self) -> dict[str, str | bool | int]:
+        """What a converted lead's new opportunity is given, so this rule picks it up: the
+        first value of each plain scope field, and the first pending stage."""
+        values: dict[str, str | bool | int] = {
+            name: allowed[0]
+            for name, allowed in self.opportunity_scope.items()
+            if "." not in name and allowed
+        }
+        values[self.stage_field] = self.pending_stages[0]
+        return values
 
     def picklist_values(self) -> dict[tuple[str, str], set[str]]:
         """Statuses, stages and reasons, the converted status (written by convertLead) and
@@ -759,6 +772,7 @@ def _qualification(c: _Ctx, status: str) -> Evaluation:
                     converted_status=s.converted_status,
                     reason=f"{why}: convert to an opportunity",
                     opportunity_name=name,
+                    opportunity_values=s.converted_opportunity_values(),
                 ),
             )
         found = c.open_task("convert")

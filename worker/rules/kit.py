@@ -332,6 +332,7 @@ class Emit:
         converted_status: str,
         reason: str,
         opportunity_name: str | None = None,
+        opportunity_values: Mapping[str, Any] | None = None,
         step_key: str | None = None,
     ) -> ConvertLead:
         return ConvertLead(
@@ -340,4 +341,5 @@ class Emit:
             create_opportunity=True,
             opportunity_name=opportunity_name,
             owner_id=self.record.text(schema.OWNER_ID),
+            opportunity_values=dict(opportunity_values or {}),
         )

@@ -42,6 +42,7 @@ them again next run) and the next call raises.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -615,6 +616,7 @@ class SalesforceSink:
                 continue
             if usage is not None:
                 self._client.note_usage(usage)
+            follow_ups: list[PreparedRecord] = []
             for pos, (i, a) in enumerate(batch):
                 res = results[pos] if pos < len(results) else None
                 if res is not None and res.success:
@@ -622,6 +624,8 @@ class SalesforceSink:
                     state.results[i] = ActionResult(
                         a.key, Outcome.APPLIED, sf_id=res.opportunity_id or res.account_id
                     )
+                    if res.opportunity_id and a.opportunity_values:
+                        follow_ups.append(_opportunity_update(i, a, res.opportunity_id))
                 else:
                     err = (
                         res.errors[0] if res and res.errors else RecordFailure("UNKNOWN_ERROR", "")
@@ -629,6 +633,28 @@ class SalesforceSink:
                     state.results[i] = ActionResult(
                         a.key, Outcome.FAILED, error_code=err.code, message=err.describe()
                     )
+            self._set_opportunity_values(follow_ups, state)
+
+    def _set_opportunity_values(
+        self, updates: Sequence[PreparedRecord], state: _WriteState
+    ) -> None:
+        """After conversions: set the mapped fields on the new opportunities. The conversion
+        stands whatever happens here; a failure is noted on its (applied) result."""
+        if not updates:
+            return
+        follow = _WriteState(results=[None] * len(state.results))
+        self._send_records(updates, follow)
+        for p in updates:
+            outcome = follow.results[p.index]
+            converted = state.results[p.index]
+            if converted is None or outcome is None or outcome.outcome is Outcome.APPLIED:
+                continue
+            note = (
+                f"converted, but the new opportunity's fields were not set "
+                f"({outcome.error_code}: {outcome.message}); set them by hand"
+            )
+            log.warning("salesforce.opportunity_values_not_set", key=p.action.key, problem=note)
+            state.results[p.index] = dataclasses.replace(converted, message=note)
 
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
@@ -681,15 +707,25 @@ class SalesforceSink:
                     Outcome.APPLIED,
                     message="the org holds the values it was to write",
                 )
-            if leads:
-                for rid, sf_id in self._converted_leads(list(leads)).items():
-                    for i in leads.get(rid, []):
-                        out[i] = ActionResult(
-                            actions[i].key,
-                            Outcome.APPLIED,
-                            sf_id=sf_id,
-                            message="lead is converted",
-                        )
+            follow_ups: list[PreparedRecord] = []
+            converted = self._converted_leads(list(leads)) if leads else {}
+            for rid, (sf_id, fresh_opportunity) in converted.items():
+                for i in leads.get(rid, []):
+                    action = actions[i]
+                    message = "lead is converted"
+                    if isinstance(action, ConvertLead) and action.opportunity_values:
+                        if fresh_opportunity:
+                            follow_ups.append(_opportunity_update(i, action, fresh_opportunity))
+                        else:
+                            message += (
+                                "; its opportunity was changed since, so the mapped values "
+                                "were not set"
+                            )
+                    out[i] = ActionResult(action.key, Outcome.APPLIED, sf_id=sf_id, message=message)
+            if follow_ups:
+                state = _WriteState(results=list(out))
+                self._set_opportunity_values(follow_ups, state)
+                out = list(state.results)
             return out
         finally:
             self._calls += self._client.api_calls() - before
@@ -699,7 +735,8 @@ class SalesforceSink:
         chunks: dict[bool, int] = {True: 0, False: 0}
         counts: dict[tuple[str, Operation], int] = {}
         lookup_parents: dict[str, set[str]] = {}
-        emails = converts = 0
+        emails = 0
+        converts: list[ConvertLead] = []
         for i, action in enumerate(actions):
             prepared = self.prepare(i, action)
             if isinstance(prepared, PreparedRecord):
@@ -710,7 +747,7 @@ class SalesforceSink:
             elif prepared is None and isinstance(action, SendEmail):
                 emails += 1
             elif prepared is None and isinstance(action, ConvertLead):
-                converts += 1
+                converts.append(action)
         for (_, operation), n in counts.items():
             chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
         lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
@@ -719,7 +756,13 @@ class SalesforceSink:
             + math.ceil(chunks[False] / COLLECTIONS_PER_COMPOSITE)
             + composites_for(lookups)
             + math.ceil(emails / EMAILS_PER_CALL)
-            + math.ceil(converts / CONVERTS_PER_CALL)
+            + math.ceil(len(converts) / CONVERTS_PER_CALL)
+            # one update composite after each conversion call that sets opportunity fields
+            + sum(
+                1
+                for batch in _chunks(converts, CONVERTS_PER_CALL)
+                if any(a.opportunity_values for a in batch)
+            )
         )
 
     # -- lookups ------------------------------------------------------------------------------
@@ -797,20 +840,34 @@ class SalesforceSink:
                 done.append(p)
         return done
 
-    def _converted_leads(self, lead_ids: Sequence[str]) -> dict[str, str]:
-        fields = (schema.ID, schema.IS_CONVERTED, "ConvertedOpportunityId", "ConvertedAccountId")
+    def _converted_leads(self, lead_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """Lead id -> (the id a conversion answers with, the new opportunity's id if no one
+        has changed it since it was created) for the converted ones."""
+        fields = (
+            schema.ID,
+            schema.IS_CONVERTED,
+            "ConvertedOpportunityId",
+            "ConvertedAccountId",
+            "ConvertedOpportunity.CreatedDate",
+            "ConvertedOpportunity.SystemModstamp",
+        )
         soqls = [
             select(Select(schema.LEAD, fields, (Condition(schema.ID, "IN", tuple(chunk)),)))
             for chunk in _chunks(list(lead_ids), IDS_PER_QUERY)
         ]
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, str | None]] = {}
         requested = {rid[:15]: rid for rid in lead_ids}
         for row in every_row(self._client, soqls, all_rows=False, kind="lookup"):
             if row.get(schema.IS_CONVERTED) is True:
                 rid = str(row.get(schema.ID))
                 self._converted.add(rid)
-                sf_id = row.get("ConvertedOpportunityId") or row.get("ConvertedAccountId") or rid
-                out[requested.get(rid[:15], rid)] = str(sf_id)
+                opp_id = row.get("ConvertedOpportunityId")
+                sf_id = opp_id or row.get("ConvertedAccountId") or rid
+                opp = row.get("ConvertedOpportunity")
+                untouched = isinstance(opp, Mapping) and opp.get(schema.CREATED_DATE) == opp.get(
+                    schema.SYSTEM_MODSTAMP
+                )
+                out[requested.get(rid[:15], rid)] = (str(sf_id), str(opp_id) if untouched else None)
         return out
 
     def _sobject_of(self, record_id: str) -> str:
@@ -872,6 +929,12 @@ def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRec
         ]
         out.extend(_chunks(chunks, COLLECTIONS_PER_COMPOSITE))
     return out
+
+
+def _opportunity_update(index: int, action: ConvertLead, opportunity_id: str) -> PreparedRecord:
+    record: dict[str, Any] = {"attributes": {"type": "Opportunity"}, schema.ID: opportunity_id}
+    record.update({k: _json_value(v) for k, v in action.opportunity_values.items()})
+    return PreparedRecord(index, action, "Opportunity", Operation.UPDATE, record)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[list[T]]:

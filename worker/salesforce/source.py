@@ -144,10 +144,19 @@ class SalesforceSource:
 
             response = self._metered(results)
             next_locator = response.headers.get("Sforce-Locator")
-            rows = _parse_csv(response.content, query.sobject, convert, client.data_path())
+            content = response.content
             del response
-            for start in range(0, len(rows), PAGE_ROWS):
-                yield self._page(query.sobject, rows[start : start + PAGE_ROWS])
+            # Rows are parsed as the pages go out: one page of dicts at a time, not the
+            # whole result set (up to BULK_MAX_RECORDS rows) on top of its CSV text.
+            rows: list[dict[str, Any]] = []
+            for row in _iter_csv(content, query.sobject, convert, client.data_path()):
+                rows.append(row)
+                if len(rows) == PAGE_ROWS:
+                    yield self._page(query.sobject, rows)
+                    rows = []
+            del content
+            if rows:
+                yield self._page(query.sobject, rows)
             # The last set says "null" (a string) rather than leaving the header out.
             if not next_locator or next_locator == "null":
                 return
@@ -268,12 +277,24 @@ def _csv_converters(sample: Sequence[Mapping[str, Any]]) -> Callable[[str], Conv
 def _parse_csv(
     content: bytes, sobject: str, converters: Callable[[str], Converter], data_path: str
 ) -> list[dict[str, Any]]:
-    reader = csv.reader(io.StringIO(content.decode("utf-8-sig")))
+    return list(_iter_csv(content, sobject, converters, data_path))
+
+
+def _iter_csv(
+    content: bytes, sobject: str, converters: Callable[[str], Converter], data_path: str
+) -> Iterator[dict[str, Any]]:
+    """The rows of one Bulk results CSV, typed and nested, one at a time.
+
+    The bytes are decoded as they are read (no second, decoded copy of the whole set);
+    ``newline="\\n"`` splits lines on LF only and translates nothing, as ``io.StringIO``
+    did, and the csv module handles quoted line breaks itself.
+    """
+    text = io.TextIOWrapper(io.BytesIO(content), encoding="utf-8-sig", newline="\n")
+    reader = csv.reader(text)
     header = next(reader, None)
     if not header:
-        return []
+        return
     convs = [converters(c) for c in header]
-    rows = []
     for values in reader:
         if not values:
             continue
@@ -287,8 +308,7 @@ def _parse_csv(
             "type": sobject,
             "url": f"{data_path}sobjects/{sobject}/{rid}",
         }
-        rows.append(row)
-    return rows
+        yield row
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
