@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from .test_cli import invoke, org_args
 
@@ -46,11 +47,7 @@ def test_explain_after_a_run_shows_what_was_done_and_by_which_run(
 ) -> None:
     db = tmp_path / "w.db"
     assert invoke("run", *org_args(demo_copy, db)).exit_code == 0
-    runs = json.loads(
-        invoke(
-            "audit", "--record", DUE, "--format", "jsonl", "--db-path", str(db)
-        ).stdout.splitlines()[0]
-    )
+    runs = audit(db, "--record", DUE)[0]
     text = explain(demo_copy, db, DUE)
     assert "SOP timeline (ledger)" in text
     assert runs["run_id"] in text
@@ -63,40 +60,29 @@ def test_explain_an_unknown_record_says_so(demo_copy: Path, tmp_path: Path) -> N
     assert "not in the cache" in result.output
 
 
+def audit(db: Path, *filters: str) -> list[dict[str, Any]]:
+    result = invoke("audit", "--format", "jsonl", "--db-path", str(db), *filters)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def test_audit_filters_and_exports(demo_copy: Path, tmp_path: Path) -> None:
     db = tmp_path / "w.db"
     assert invoke("run", *org_args(demo_copy, db)).exit_code == 0
     db_args = ("--db-path", str(db))
 
-    lines = invoke("audit", "--format", "jsonl", *db_args).stdout.splitlines()
-    rows = [json.loads(line) for line in lines]
+    rows = audit(db)
     assert {r["outcome"] for r in rows} >= {"sent", "applied", "skipped"}
     assert all(r["actor"] and r["run_id"] and r["rule"] for r in rows)
-
-    mine = [
-        json.loads(x)
-        for x in invoke("audit", "--record", DUE, "--format", "jsonl", *db_args).stdout.splitlines()
-    ]
-    assert mine
-    assert {r["record_id"] for r in mine} == {DUE}
-
-    skipped = [
-        json.loads(x)
-        for x in invoke(
-            "audit", "--outcome", "skipped", "--format", "jsonl", *db_args
-        ).stdout.splitlines()
-    ]
-    assert skipped
-    assert {r["outcome"] for r in skipped} == {"skipped"}
-    rule = [
-        json.loads(x)
-        for x in invoke(
-            "audit", "--rule", "collections", "--format", "jsonl", *db_args
-        ).stdout.splitlines()
-    ]
-    assert rule
-    assert {r["rule"] for r in rule} == {"collections"}
-    assert invoke("audit", "--since", "2999-01-01", "--format", "jsonl", *db_args).stdout == ""
+    for option, value, column in (
+        ("--record", DUE, "record_id"),
+        ("--outcome", "skipped", "outcome"),
+        ("--rule", "collections", "rule"),
+    ):
+        picked = audit(db, option, value)
+        assert picked, option
+        assert {r[column] for r in picked} == {value}
+    assert audit(db, "--since", "2999-01-01") == []
 
     table = list(csv.DictReader(io.StringIO(invoke("audit", "--format", "csv", *db_args).stdout)))
     assert len(table) == len(rows)
