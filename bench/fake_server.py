@@ -82,7 +82,6 @@ class FakeOrgProcess:
         self.token = ""
         self.api_version = ""
         self.ids: dict[str, list[str]] = {}
-        self.final_stats: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int | None:

@@ -3,21 +3,50 @@
     python bench/run_bench.py                      # N=50,000 records, M=5,000 actions
     python bench/run_bench.py --records 2000 --actions 300
 
+Two processes, so the figures are the worker's alone:
+
+- the **fake org** runs in a child process (``bench/fake_server.py``): a
+  ``tests.salesforce.fakeorg.FakeOrg`` whose N records are synthetic (made on demand in
+  the child, never sent to or built by this process), served over real HTTPS on 127.0.0.1
+  by ``tests.salesforce.httpsorg.HttpsOrg`` with a throwaway self-signed certificate;
+- the **worker** (SalesforceClient, SalesforceSource, SalesforceSink and a SQLite file)
+  runs here and talks HTTP+TLS to it; its ``requests`` session trusts only that
+  certificate (``verify``; ``trust_env`` off, so no proxy or ``REQUESTS_CA_BUNDLE`` from
+  the environment interferes).
+
+The certificate and the SQLite file live in one temporary folder of this process. The
+child is stopped and reaped when the cycle ends or fails (Ctrl-C and SIGTERM included;
+it also exits by itself when this process dies, as its stdin closes); the folder is
+then deleted.
+
 Records are split Opportunity 40% / Lead 40% / Case 20%; actions Task upserts 40% /
 Opportunity updates 40% / CaseComments 20% (the example of SALESFORCE-NOTES section D).
-The cycle: pull every object (pages committed to a SQLite file as they arrive), re-read
+The cycle: pull every object (pages committed to the SQLite file as they arrive), re-read
 the update targets' SystemModstamp (conflict check), write every action.
 
-Printed: API calls by kind against the floors of section D, where P = sum over objects
-of max(1, ceil(N_k/2000)) query pages and W = sum over (object, operation) of
-ceil(M_g/200) collection chunks:
+API calls are counted by the worker's client (``SalesforceClient.api_calls()`` and
+``calls_by_kind()``, the client's own kinds) and cross-checked, after the reads, the stamp
+re-read and the writes, against what the server answered (the org's ``call_count``, the
+HTTPS requests it served, none dropped); any difference stops the bench with an error.
+They are printed against the floors of section D, where P = sum over objects of
+max(1, ceil(N_k/2000)) query pages and W = sum over (object, operation) of ceil(M_g/200)
+collection chunks:
 
 - ``min_api_calls`` = P + ceil(W/5): the issue's target floor (REST pages, composite writes);
 - ``c_min`` = ceil(P/5) + ceil(W/5): the composite floor;
 - ``c_plain`` = P + W: one call per page and per chunk.
 
+The floors count neither the stamp re-read nor the key-marker lookup (one composite each
+at these sizes), so a small N that reads through REST pages lands a call or two above
+``min_api_calls``; Bulk API 2.0 (above ``--bulk-threshold`` rows per object) lands below.
+
 The last line is one JSON object: records, actions, api_calls, min_api_calls, c_min,
-c_plain, calls_by_kind, seconds, peak_rss_mb.
+c_plain, calls_by_kind, seconds (the cycle, from the client's creation to the last
+write), peak_rss_mb (this process's peak RSS, ``ru_maxrss``: the worker's, the fake org
+not included), then server_api_calls and server_calls_by_kind (the org's count, by REST
+resource), rss_before_cycle_mb (this process's peak before the cycle: interpreter and
+imports), fake_org_peak_rss_mb (the child's peak, for information), sqlite_mb (the SQLite
+file's size) and startup_seconds (starting the child: imports, certificate, listen).
 """
 
 from __future__ import annotations
@@ -253,7 +282,7 @@ def cycle(
         sink.current_stamps(targets)
         stamp_kinds = minus(api_kinds(client), before)
         stamp_server = cross_check(fake, client, "the stamp re-read")
-        estimate = sink.estimate_calls(actions)
+        estimate = sink.estimate_write_calls(actions)
         before = api_kinds(client)
         results = sink.write(actions)
         write_kinds = minus(api_kinds(client), before)
@@ -342,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  stamps: {result['stamp_calls']} (SystemModstamp re-read of the update targets)")
     print(
         f"  writes: {result['write_calls']} incl. key-marker lookups "
-        f"(estimate_calls said {result['write_estimate']})"
+        f"(estimate_write_calls said {result['write_estimate']})"
     )
     print(
         f"  total : {result['api_calls']} calls; floors: issue min {result['min_api_calls']}, "

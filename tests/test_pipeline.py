@@ -29,7 +29,7 @@ from worker.app import App, open_app
 from worker.errors import ApiLimitError
 from worker.localorg import LocalOrg
 from worker.plan import Plan, build_plan
-from worker.ports import ApiUsage
+from worker.ports import ApiUsage, ObjectQuery, Page
 from worker.records import RecordRef
 from worker.rules.base import Evaluation, Verdict
 from worker.settings import load_settings
@@ -263,3 +263,57 @@ def test_a_weaker_rule_cannot_set_a_field_a_stronger_rule_sets() -> None:
     )
     assert [a.key for a in plan.actions] == ["strong:a"]
     assert [s.why for s in plan.superseded] == ["superseded: rule strong sets Status"]
+
+
+class UnorderedSource:
+    """Two Bulk-like pages of Opportunities, newest stamp first; may stop after the first."""
+
+    name = "unordered"
+
+    def __init__(self, *, stop_after_first: bool) -> None:
+        self.stop_after_first = stop_after_first
+
+    def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
+        def opp(n: int, stamp: str) -> dict[str, Any]:
+            return {
+                "attributes": {"type": "Opportunity"},
+                "Id": f"006{n:015d}",
+                "SystemModstamp": stamp,
+                "Name": f"O{n}",
+            }
+
+        for query in queries:
+            if query.sobject != "Opportunity":
+                yield Page(query.sobject, ())
+                continue
+            yield Page("Opportunity", [opp(1, "2026-11-20T10:00:00.000+0000")], settled=False)
+            if self.stop_after_first:
+                raise ApiLimitError("API reserve reached")
+            yield Page("Opportunity", [opp(2, "2026-11-02T10:00:00.000+0000")], settled=False)
+            yield Page("Opportunity", (), settled=True)
+
+    def api_calls(self) -> int:
+        return 0
+
+    def usage(self) -> ApiUsage | None:
+        return None
+
+
+def opportunity_watermark(app: App) -> dt.datetime | None:
+    row = app.store.db.execute(
+        "SELECT last_modstamp FROM watermarks WHERE sobject = 'Opportunity'"
+    ).fetchone()
+    return dt.datetime.fromisoformat(row[0].replace("+0000", "+00:00")) if row else None
+
+
+def test_an_unordered_read_moves_the_watermark_only_once_it_is_complete(app: App) -> None:
+    app.pipeline.source = UnorderedSource(stop_after_first=True)
+    stopped = app.pipeline.run("r1", AS_OF, write=False)
+    assert stopped.stop_reason == STOPPED_API_LIMIT
+    # The page read holds the newest stamp, but an older row was still unread: no watermark,
+    # so the next run reads the object again from where it started.
+    assert opportunity_watermark(app) is None
+
+    app.pipeline.source = UnorderedSource(stop_after_first=False)
+    app.pipeline.run("r2", AS_OF, write=False)
+    assert opportunity_watermark(app) == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)

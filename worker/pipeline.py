@@ -34,13 +34,12 @@ import structlog
 
 from worker import schema
 from worker.actions import (
+    CHANGES_A_RECORD,
     STOPPED_API_LIMIT,
     STOPPED_AUTH,
     Action,
     ActionResult,
-    ConvertLead,
     Outcome,
-    UpdateRecord,
 )
 from worker.errors import ApiLimitError, AuthError
 from worker.mapping import LoadedMapping
@@ -194,13 +193,20 @@ class Pipeline:
             if mark is None:
                 self.store.reset_cache(sobject)
             queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
+        unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
         for page in self.source.fetch(queries):
             name_field = self.mapping.common.name_field(page.sobject)
-            newest = self.store.save_page(page, name_field, self.clock())
-            if newest:
+            saved = self.store.save_page(page, name_field, self.clock())
+            newest = unsettled.pop(page.sobject, None)
+            if saved:
+                stamp = parse_sf_datetime(saved)
+                newest = stamp if newest is None else max(newest, stamp)
+            if newest is not None and not page.settled:
+                unsettled[page.sobject] = newest
+            elif newest is not None:
                 # Never past the run's start: a record stamped later (clock skew, a write
                 # landing during this read) is read again next cycle rather than missed.
-                mark = min(parse_sf_datetime(newest), run_start)
+                mark = min(newest, run_start)
                 self.store.set_watermark(
                     page.sobject, format_sf_datetime(mark), hashes[page.sobject], self.clock()
                 )
@@ -347,7 +353,7 @@ class Pipeline:
 
     def _drop_conflicts(self, actions: list[Action], report: RunReport) -> list[Action]:
         """Updates whose target changed since it was read are conflicts, not overwrites."""
-        checked = [a for a in actions if isinstance(a, (UpdateRecord, ConvertLead))]
+        checked = [a for a in actions if isinstance(a, CHANGES_A_RECORD)]
         if not checked:
             return actions
         current = self.sink.current_stamps(sorted({a.target.id for a in checked}))

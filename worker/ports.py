@@ -34,11 +34,18 @@ class ObjectQuery:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of one object's records. ``deleted_ids`` are rows seen with IsDeleted."""
+    """One page of one object's records. ``deleted_ids`` are rows seen with IsDeleted.
+
+    ``settled``: every row stamped at or before this page's newest SystemModstamp has been
+    delivered, so the watermark may move there once the page is committed. True for each
+    page of a read ordered by SystemModstamp; an unordered read (Bulk API) marks only its
+    last page, and the watermark moves once, to the newest stamp of the whole read.
+    """
 
     sobject: str
     records: Sequence[Mapping[str, Any]]
     deleted_ids: Sequence[str] = ()
+    settled: bool = True
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def test_two_cycles_and_a_rerun_without_state(org: FakeOrg) -> None:
     actions = [task(o, f"k:{o}") for o in fresh] + [
         update("Opportunity", o, f"u:{o}", NextStep="worker") for o in fresh
     ]
-    assert sink.estimate_calls(actions) == 1
+    assert sink.estimate_write_calls(actions) == 1
     results = sink.write(actions)
     assert {r.outcome for r in results} == {Outcome.APPLIED}
     assert org.get(opps[2])["NextStep"] == "a person typed this"  # type: ignore[index]

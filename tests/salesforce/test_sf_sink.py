@@ -113,7 +113,25 @@ def test_updates_upserts_and_comments_in_few_calls(org: FakeOrg) -> None:
     assert key_marker("k-cc") in new_comment["CommentBody"]
     # 1 composite for update+upsert collections, 1 for the marker lookup, 1 for the create
     assert org.calls_by_kind == {"composite": 3}
-    assert sink.api_calls() == 3 == sink.estimate_calls(actions)
+    assert sink.api_calls() == 3 == sink.estimate_write_calls(actions)
+
+
+def test_the_plans_cost_is_what_applying_spends(org: FakeOrg) -> None:
+    opps = [org.add("Opportunity", Name=f"O{i}") for i in range(450)]
+    leads = [org.add("Lead", LastName=f"L{i}") for i in range(30)]
+    actions: list[Action] = [
+        update("Opportunity", rid, f"u{i}", NextStep="x") for i, rid in enumerate(opps)
+    ]
+    actions += [
+        update("Lead", rid, f"l{i}", Status="Working - Contacted") for i, rid in enumerate(leads)
+    ]
+    actions += [task(opps[0], "t0")]
+    sink = sink_for(org)
+    estimate = sink.estimate_calls(actions)
+    sink.current_stamps([a.target.id for a in actions if isinstance(a, UpdateRecord)])
+    sink.write(actions)
+    # stamps: 3 + 1 id queries in one composite; writes: 3 + 1 + 1 chunks in one composite
+    assert estimate == org.call_count == 2
 
 
 @pytest.mark.parametrize(
@@ -123,7 +141,7 @@ def test_collections_of_200_five_per_composite(org: FakeOrg, n: int, composites:
     ids = [org.add("Opportunity", Name=f"O{i}") for i in range(n)]
     actions = [update("Opportunity", rid, f"k{i}", NextStep="x") for i, rid in enumerate(ids)]
     sink = sink_for(org)
-    assert sink.estimate_calls(actions) == composites
+    assert sink.estimate_write_calls(actions) == composites
     results = sink.write(actions)
     assert all(r.outcome is Outcome.APPLIED for r in results)
     assert org.calls_by_kind == {"composite": composites}
@@ -562,7 +580,7 @@ def test_a_new_opportunity_gets_the_mapped_values_in_one_more_call(org: FakeOrg)
         dataclasses.replace(convert(lead, f"c{i}", name=f"Co {i}"), opportunity_values=HOME_CARE)
         for i, lead in enumerate(leads)
     ]
-    assert sink.estimate_calls(actions) == 2  # the conversion call, then one update composite
+    assert sink.estimate_write_calls(actions) == 2  # the conversion call, then one update composite
     results = sink.write(actions)
     assert org.calls_by_kind == {"soap": 1, "composite": 1}
     assert [r.outcome for r in results] == [Outcome.APPLIED] * 3  # the conversions stand
@@ -616,7 +634,7 @@ def test_estimate_counts_lookups_emails_and_conversions(org: FakeOrg) -> None:
     actions += [convert(f"00Q{i:012d}AAA", f"l{i}") for i in range(3)]
     # 2 comment chunks -> 1 create composite; 250 parents -> 2 lookup queries -> 1 composite;
     # 101 emails -> 2 calls; 3 conversions -> 1 call
-    assert sink.estimate_calls(actions) == 5
+    assert sink.estimate_write_calls(actions) == 5
 
 
 def test_session_lost_mid_write_keeps_what_was_done(org: FakeOrg) -> None:

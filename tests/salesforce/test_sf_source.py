@@ -225,6 +225,11 @@ def test_large_objects_switch_to_bulk_and_match_rest(
         strip(rest_rows), key=lambda r: r["Id"]
     )
     assert [i for p in bulk for i in p.deleted_ids] == [i for p in rest for i in p.deleted_ids]
+    # REST pages come in SystemModstamp order: each settles the watermark. Bulk rows come in
+    # no order: only the closing (empty) page does, once every row is in.
+    assert all(p.settled for p in rest)
+    assert [p.settled for p in bulk] == [False] * (len(bulk) - 1) + [True]
+    assert not bulk[-1].records
     # composite (first page, discarded) + create + 1 poll + 3 result sets of <= 5 rows
     assert big_org.calls_by_kind == {"composite": 1, "bulk": 5}
     assert src.api_calls() == 6

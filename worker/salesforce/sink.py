@@ -57,6 +57,7 @@ import structlog
 
 from worker import schema
 from worker.actions import (
+    CHANGES_A_RECORD,
     STOPPED_API_LIMIT,
     STOPPED_AUTH,
     Action,
@@ -731,6 +732,16 @@ class SalesforceSink:
             self._calls += self._client.api_calls() - before
 
     def estimate_calls(self, actions: Sequence[Action]) -> int:
+        """API calls applying these actions will spend: re-reading the changed records'
+        SystemModstamp (:meth:`current_stamps`), then :meth:`estimate_write_calls`."""
+        targets: dict[str, set[str]] = {}
+        for action in actions:
+            if isinstance(action, CHANGES_A_RECORD):
+                targets.setdefault(action.target.sobject, set()).add(action.target.id)
+        queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in targets.values())
+        return composites_for(queries) + self.estimate_write_calls(actions)
+
+    def estimate_write_calls(self, actions: Sequence[Action]) -> int:
         """API calls :meth:`write` will make (no retries; lookups paged once)."""
         chunks: dict[bool, int] = {True: 0, False: 0}
         counts: dict[tuple[str, Operation], int] = {}

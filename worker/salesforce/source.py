@@ -148,17 +148,20 @@ class SalesforceSource:
             del response
             # Rows are parsed as the pages go out: one page of dicts at a time, not the
             # whole result set (up to BULK_MAX_RECORDS rows) on top of its CSV text.
+            # Bulk rows come in no particular order: no page settles the watermark until
+            # the whole result set is in (the closing empty page below).
             rows: list[dict[str, Any]] = []
             for row in _iter_csv(content, query.sobject, convert, client.data_path()):
                 rows.append(row)
                 if len(rows) == PAGE_ROWS:
-                    yield self._page(query.sobject, rows)
+                    yield self._page(query.sobject, rows, settled=False)
                     rows = []
             del content
             if rows:
-                yield self._page(query.sobject, rows)
+                yield self._page(query.sobject, rows, settled=False)
             # The last set says "null" (a string) rather than leaving the header out.
             if not next_locator or next_locator == "null":
+                yield Page(sobject=query.sobject, records=(), settled=True)
                 return
             locator = next_locator
 
@@ -200,7 +203,7 @@ class SalesforceSource:
         return result
 
     @staticmethod
-    def _page(sobject: str, rows: Sequence[Mapping[str, Any]]) -> Page:
+    def _page(sobject: str, rows: Sequence[Mapping[str, Any]], *, settled: bool = True) -> Page:
         records = []
         deleted = []
         for row in rows:
@@ -210,7 +213,7 @@ class SalesforceSource:
                     deleted.append(rid)
             else:
                 records.append(row)
-        return Page(sobject=sobject, records=records, deleted_ids=tuple(deleted))
+        return Page(sobject=sobject, records=records, deleted_ids=tuple(deleted), settled=settled)
 
 
 # -- CSV typing ----------------------------------------------------------------------------
