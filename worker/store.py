@@ -574,7 +574,8 @@ class Store:
         audit_cutoff: dt.datetime,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        """Drop cached records last modified before their object's cutoff, and old audit rows."""
+        """Drop cached records last modified before their object's cutoff, and old audit rows;
+        with ``dry_run``, only count them."""
         removed: dict[str, int] = {}
         with self.atomic():
             for table in self.db.table_names():
@@ -591,7 +592,7 @@ class Store:
                     ).fetchall()
                     if r[1] and parse_sf_datetime(r[1]) < cutoff
                 ]
-                for i in range(0, len(stale), 500):
+                for i in range(0, 0 if dry_run else len(stale), 500):
                     chunk = stale[i : i + 500]
                     self.db.execute(
                         f"DELETE FROM [{table}] WHERE id IN ({','.join('?' for _ in chunk)})", chunk
@@ -601,9 +602,8 @@ class Store:
             removed["audit"] = self.db.execute(
                 "SELECT count(*) FROM audit WHERE ts < ?", old_audit
             ).fetchone()[0]
-            self.db.execute("DELETE FROM audit WHERE ts < ?", old_audit)
-            if dry_run:
-                self.db.conn.rollback()
+            if not dry_run:
+                self.db.execute("DELETE FROM audit WHERE ts < ?", old_audit)
         return removed
 
 
