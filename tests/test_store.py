@@ -166,3 +166,24 @@ def test_a_live_run_keeps_renewing_its_lease(tmp_path: Path) -> None:
     with pytest.raises(LockHeldError):  # still held: the renewed expiry is in the future
         store.acquire_lock("cron", NOW + dt.timedelta(minutes=1), ttl)
     assert store.renew_lock("someone-else", NOW, ttl) is False
+
+
+def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            Store.open(path).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Store.open(path).version == len(MIGRATIONS)

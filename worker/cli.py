@@ -22,7 +22,14 @@ from rich.console import Console
 from worker import __version__, report
 from worker.actions import STOPPED_AUTH, Outcome
 from worker.app import load_rules_and_mapping, new_run_id, open_app, resolve_as_of, run_lock
-from worker.errors import AuthError, ConfigError, DryRunWriteError, LockHeldError, SopWorkerError
+from worker.errors import (
+    AuthError,
+    ConfigError,
+    DryRunWriteError,
+    LockHeldError,
+    SalesforceError,
+    SopWorkerError,
+)
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
@@ -154,6 +161,12 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
             worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
         except LockHeldError as exc:
             log.warning("run.locked", message=str(exc))
+        except AuthError:
+            raise  # no later cycle can do better without new credentials: exit 2
+        except SalesforceError as exc:
+            # An org that is down or refusing for now: the next cycle tries again.
+            log.error("run.cycle_failed", error=str(exc))
+            worst = EXIT_FAILED
         stop.wait(settings.interval_seconds)
     log.info("run.loop_stopped")
     sys.exit(worst)

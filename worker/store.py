@@ -202,10 +202,23 @@ class Store:
         return list(range(self.version + 1, len(MIGRATIONS) + 1))
 
     def migrate(self) -> None:
-        for number in self.pending_migrations():
-            with self.db.conn:
+        """Bring the schema up to date. Two processes opening a new file at once (a run and
+        `sop-worker audit`, say) do not both migrate: the first holds the write lock, the
+        second waits for it and then finds nothing left to do."""
+        if not self.pending_migrations():
+            return
+        conn = self.db.conn
+        if conn.in_transaction:
+            conn.commit()
+        conn.execute("BEGIN IMMEDIATE")  # DDL is transactional in SQLite
+        try:
+            for number in self.pending_migrations():  # read again under the lock
                 MIGRATIONS[number - 1](self.db)
                 self.db.execute(f"PRAGMA user_version = {int(number)}")
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     @contextmanager
     def atomic(self) -> Iterator[None]:

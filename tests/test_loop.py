@@ -1,0 +1,59 @@
+"""`run --loop`, as the Procfile's worker dyno runs it: cycles until SIGTERM, then a clean
+exit between cycles, the lease released."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from worker.store import Store
+
+from .conftest import DEFAULT_MAPPING
+
+
+def finished_runs(db: Path) -> list[dict[str, object]]:
+    if not db.exists():
+        return []
+    store = Store.open(db)
+    try:
+        return [r for r in store.runs() if r["finished_at"]]
+    finally:
+        store.close()
+
+
+def test_the_loop_stops_cleanly_on_sigterm(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "WORKER_LOG_FORMAT": "json",
+        "WORKER_MAPPING": str(DEFAULT_MAPPING),
+    }
+    cmd = [sys.executable, "-m", "worker", "run", "--loop", "--interval", "10",
+           "--local-org", str(demo_copy), "--db-path", str(db)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not finished_runs(db) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert finished_runs(db), "no cycle finished"
+        proc.send_signal(signal.SIGTERM)  # mid-pause: the dyno manager stopping it
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"run.loop_stopped" in err
+    runs = finished_runs(db)
+    assert len(runs) == 1  # the pause was cut short, no second cycle
+    assert runs[0]["status"] == "ok"
+    store = Store.open(db)
+    try:
+        assert store.db.execute("SELECT count(*) FROM run_lock").fetchone()[0] == 0
+    finally:
+        store.close()
