@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .test_cli import invoke, org_args
+from .test_cli import invoke, org_args, plan_json
 
 DUE = "006DmP000000004AAA"  # Northwind Clinics - Payment: day 31, contact now
 NOT_DUE = "006DmP000000001AAA"  # Harbor Solar LLC - Payment: day 12, starts on day 31
@@ -99,3 +99,23 @@ def test_audit_filters_and_exports(demo_copy: Path, tmp_path: Path) -> None:
     secrets_free = invoke("audit", "--format", "jsonl", *db_args).stdout.lower()
     assert "access_token" not in secrets_free
     assert "bearer" not in secrets_free
+
+
+def test_plan_as_csv_and_audit_as_a_table(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    plan = invoke("plan", *org_args(demo_copy, db), "--format", "csv")
+    assert plan.exit_code == 0, plan.output
+    rows = list(csv.DictReader(io.StringIO(plan.stdout)))
+    as_json = plan_json(demo_copy, tmp_path / "j.db")
+    assert [r["key"] for r in rows] == [a["key"] for a in as_json["actions"]]
+    first = rows[0]
+    assert first["rule"]
+    assert first["sop"].endswith(".txt")
+    assert first["reason"]
+
+    assert invoke("run", *org_args(demo_copy, db)).exit_code == 0
+    table = invoke("audit", "--db-path", str(db), "--record", DUE, "--limit", "5")
+    assert table.exit_code == 0
+    text = " ".join(table.stdout.split())
+    assert "payment_followup" in text
+    assert "applied" in text
