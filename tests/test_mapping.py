@@ -68,6 +68,12 @@ def broken(tmp_path: Path, old: str, new: str) -> Path:
             "unknown time zone 'Mars/Olympus'",
         ),
         (
+            'phone_region = "US"',
+            'phone_region = "Narnia"',
+            "org.phone_region",
+            "not a country with a phone numbering plan: 'Narnia'",
+        ),
+        (
             "[rules.payment_followup]\n",
             "[rules.payment_followups]\n",
             "rules.payment_followups",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker import schema
@@ -52,6 +53,11 @@ class OrgSection(StrictModel):
     holiday_country: str = Field(
         default="US", description="ISO country of the business-day calendar."
     )
+    phone_region: str = Field(
+        default="US",
+        description="ISO country whose numbering plan applies to phone numbers written "
+        "without a +country code (ContactPhone '(951) 555-1207').",
+    )
     holiday_subdivision: str | None = Field(
         default=None, description="State or province for regional holidays, if any."
     )
@@ -73,6 +79,14 @@ class OrgSection(StrictModel):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"not a country with a phone numbering plan: {value!r}")
+        return region
 
 
 class TaskSection(StrictModel):

@@ -632,3 +632,20 @@ def test_declarations_match_what_the_rule_does_on_the_demo_org() -> None:
     assert seen.writes == SETTINGS.writes()
     assert seen.values
     assert undeclared(seen, SETTINGS.picklist_values(), MAPPING) == {}
+
+
+# -- the number to call ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("phone", "shown"),
+    [
+        ("(951) 555-1207", "call Maria Gonzalez at +1 951-555-1207 about case"),
+        ("951.555.1207 ext. 3", "at +1 951-555-1207 ext. 3 about"),
+        ("+44 20 7946 0958", "at +44 20 7946 0958 about"),  # a UK number stays a UK number
+        ("555-12", "at no valid phone number on the case (ContactPhone='555-12') about"),
+        (None, "at no phone number on the case (ContactPhone is empty) about"),
+    ],
+)
+def test_call_tasks_carry_a_dialable_number(phone: str | None, shown: str) -> None:
+    (evaluation,) = evaluate(new_org(ContactPhone=phone), D(2026, 11, 20))
+    call = next(a for a in evaluation.actions if isinstance(a, CreateTask))
+    assert shown in " ".join(call.description.split())  # the call is still due either way

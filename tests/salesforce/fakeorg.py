@@ -243,6 +243,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("CaseNumber", updateable=False, createable=False),
             _f("Status", "picklist", picklist=case_statuses),
             _f("ContactEmail", "email", updateable=False, createable=False),
+            _f("ContactPhone", "phone", length=40, updateable=False, createable=False),
             _ref("ContactId", "Contact", "Contact"),
             _ref("AccountId", "Account", "Account"),
             owner,

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import holidays
+import phonenumbers
 from dateutil.relativedelta import relativedelta
 
 from worker import schema
@@ -100,6 +101,21 @@ def logged_response(
         if day is None or day >= since:
             return day, task
     return None
+
+
+def dialable(raw: str | None, region: str) -> str | None:
+    """A phone number as it can be dialled from anywhere (``+1 951-555-1207``), read in the
+    numbering plan of ``region`` when it has no +country code; None when the text is not a
+    valid number (empty, too short, letters, an unassigned area code)."""
+    if not raw or not raw.strip():
+        return None
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
 
 
 def append_line(existing: str | None, line: str, max_chars: int) -> str:

@@ -52,6 +52,7 @@ from worker.rules.kit import (
     BusinessCalendar,
     Emit,
     comment_keys,
+    dialable,
     is_completed,
     logged_response,
     render,
@@ -78,7 +79,7 @@ _BASE = frozenset(
         "window_business_days",
     }
 )
-_ATTEMPT = _BASE | {"attempt", "attempts_completed", "due_date"}
+_ATTEMPT = _BASE | {"attempt", "attempts_completed", "due_date", "phone"}
 PLACEHOLDERS: dict[str, frozenset[str]] = {
     "voice_script": _BASE,
     "voicemail_script": _BASE,
@@ -147,6 +148,11 @@ class RejectedPaymentsSettings(RuleSettings):
     case_number_field: str
     homeowner_name_field: str = Field(description="Homeowner name, e.g. Contact.Name.")
     homeowner_email_field: str = Field(description="Homeowner email address for the email step.")
+    homeowner_phone_field: str | None = Field(
+        default=None,
+        description="Number to call, e.g. ContactPhone: given to the call Tasks as {phone}, "
+        "in international format (org.phone_region for numbers without a country code).",
+    )
     contact_id_field: str = Field(description="Lookup set as the call Task's WhoId.")
     agent_name_field: str = Field(description="Agent name in the scripts, e.g. Owner.Name.")
     reason_field: str = Field(description="The rejection reason from the ticket.")
@@ -216,6 +222,8 @@ class RejectedPaymentsSettings(RuleSettings):
         }
         if self.response_flag_field:
             fields.add(self.response_flag_field)
+        if self.homeowner_phone_field:
+            fields.add(self.homeowner_phone_field)
         return {
             self.sobject: fields,
             schema.TASK: {self.outcome_field, self.response_task_field, schema.COMPLETED_DATE},
@@ -342,6 +350,7 @@ def decide(
             "close_date": close_due.isoformat(),
             "max_attempts": s.max_attempts,
             "window_business_days": s.window_business_days,
+            "phone": _phone(record, s, org),
         },
         since=since,
     )
@@ -536,6 +545,19 @@ def _close(case: _Case, org: OrgMapping) -> Evaluation:
     logs = _pending_logs(case, org, s.max_attempts + 1)
     actions = tuple(a for a in (*logs, comment, close) if a is not None)
     return case.verdict(Verdict.ACT, reason, actions=actions)
+
+
+def _phone(record: Record, s: RejectedPaymentsSettings, org: OrgMapping) -> str:
+    """The number for the call Tasks, or what is wrong with it: the call is still due."""
+    if not s.homeowner_phone_field:
+        return "see the case"
+    raw = record.text(s.homeowner_phone_field)
+    number = dialable(raw, org.org.phone_region)
+    if number:
+        return number
+    if not raw:
+        return f"no phone number on the case ({s.homeowner_phone_field} is empty)"
+    return f"no valid phone number on the case ({s.homeowner_phone_field}={raw!r})"
 
 
 def _response(case: _Case, snapshot: Snapshot, org: OrgMapping, created: dt.date) -> str | None:
