@@ -950,3 +950,20 @@ def test_declarations_match_what_the_rule_does_on_the_demo_org(mapping: LoadedMa
     assert seen.writes == settings.writes()
     assert ("Lead", "Status") in seen.values
     assert undeclared(seen, settings.picklist_values(), mapping) == {}
+
+
+@pytest.mark.parametrize(
+    ("phone", "shown"),
+    [
+        ("(312) 555-1037", "Call +1 312-555-1037 today"),
+        ("call me", "Call no valid phone number on the lead (Phone='call me') today"),
+        (None, "Call no phone number on the lead (Phone is empty) today"),
+    ],
+)
+def test_call_tasks_give_the_number_to_dial(
+    mapping: LoadedMapping, phone: str | None, shown: str
+) -> None:
+    result = evaluate(org_of(lead(Phone=phone)), d("2027-03-01"), mapping)
+    (task,) = result.actions
+    assert isinstance(task, CreateTask)
+    assert shown in " ".join(task.description.split())

@@ -200,7 +200,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
     )
     owner = _ref("OwnerId", "User", "Owner")
     return {
-        "Account": (_f("Name"), owner),
+        "Account": (_f("Name"), _f("Phone", "phone", length=40), owner),
         "Contact": (
             _f("FirstName"),
             _f("LastName"),
@@ -223,6 +223,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
         "Lead": (
             _f("FirstName"),
             _f("LastName"),
+            _f("Phone", "phone", length=40),
             _f("Name", updateable=False, createable=False),
             _f("Company"),
             _f("Email", "email"),

@@ -78,6 +78,7 @@ from worker.rules.kit import (
     Emit,
     add_months,
     is_completed,
+    phone_to_call,
     render,
     template_placeholders,
     worker_tasks,
@@ -99,25 +100,28 @@ STEPS = (
     "schedule",
 )
 
-# Which placeholders each template may use (checked when the mapping is loaded).
+# Which placeholders each template may use (checked when the mapping is loaded). Every
+# Task text may also use {phone}: the record's number to call (see ``phone_to_call``).
 _TEMPLATES: dict[str, frozenset[str]] = {
-    "first_contact_subject": frozenset({"name", "status", "created"}),
-    "first_contact_description": frozenset({"name", "status", "created"}),
-    "followup_subject": frozenset({"name", "status", "attempt", "max_attempts"}),
-    "followup_description": frozenset({"name", "status", "attempt", "max_attempts"}),
-    "reengage_subject": frozenset({"name", "touch", "closed", "reason"}),
-    "reengage_description": frozenset({"name", "touch", "closed", "reason"}),
-    "qualify_subject": frozenset({"name", "status", "missing"}),
-    "qualify_description": frozenset({"name", "status", "missing"}),
-    "budget_guard_subject": frozenset({"name", "reason", "budget_field"}),
-    "budget_guard_description": frozenset({"name", "reason", "budget_field"}),
-    "convert_subject": frozenset({"name", "status"}),
-    "convert_description": frozenset({"name", "status"}),
+    "first_contact_subject": frozenset({"name", "status", "created", "phone"}),
+    "first_contact_description": frozenset({"name", "status", "created", "phone"}),
+    "followup_subject": frozenset({"name", "status", "attempt", "max_attempts", "phone"}),
+    "followup_description": frozenset({"name", "status", "attempt", "max_attempts", "phone"}),
+    "reengage_subject": frozenset({"name", "touch", "closed", "reason", "phone"}),
+    "reengage_description": frozenset({"name", "touch", "closed", "reason", "phone"}),
+    "qualify_subject": frozenset({"name", "status", "missing", "phone"}),
+    "qualify_description": frozenset({"name", "status", "missing", "phone"}),
+    "budget_guard_subject": frozenset({"name", "reason", "budget_field", "phone"}),
+    "budget_guard_description": frozenset({"name", "reason", "budget_field", "phone"}),
+    "convert_subject": frozenset({"name", "status", "phone"}),
+    "convert_description": frozenset({"name", "status", "phone"}),
     "opportunity_name": frozenset({"name"}),
-    "nurture_subject": frozenset({"name", "touch", "closed", "reason"}),
-    "nurture_description": frozenset({"name", "touch", "closed", "reason"}),
-    "assessment_followup_subject": frozenset({"name", "stage", "attempt", "max_attempts"}),
-    "assessment_followup_description": frozenset({"name", "stage", "attempt", "max_attempts"}),
+    "nurture_subject": frozenset({"name", "touch", "closed", "reason", "phone"}),
+    "nurture_description": frozenset({"name", "touch", "closed", "reason", "phone"}),
+    "assessment_followup_subject": frozenset({"name", "stage", "attempt", "max_attempts", "phone"}),
+    "assessment_followup_description": frozenset(
+        {"name", "stage", "attempt", "max_attempts", "phone"}
+    ),
 }
 
 _ZIP5 = re.compile(r"\d{5}")
@@ -218,6 +222,13 @@ class HomecareStagesSettings(RuleSettings):
     assessment_followup_every_days: int = Field(ge=1)
     assessment_closeout_reason: str
     opportunity_opt_out_fields: tuple[str, ...] = Field(default=())
+    lead_phone_field: str | None = Field(
+        default=None, description="The lead's number, given to its Tasks as {phone}."
+    )
+    opportunity_phone_field: str | None = Field(
+        default=None,
+        description="The opportunity's number (e.g. Account.Phone), given to its Tasks as {phone}.",
+    )
     nurture_first_after_days: int = Field(ge=0, description="'a follow up call three weeks out'.")
     nurture_every_months: int = Field(ge=1)
     # -- texts -----------------------------------------------------------------------------
@@ -334,6 +345,10 @@ class HomecareStagesSettings(RuleSettings):
             *self.opportunity_scope,
             *self.opportunity_opt_out_fields,
         }
+        if self.lead_phone_field:
+            lead.add(self.lead_phone_field)
+        if self.opportunity_phone_field:
+            opportunity.add(self.opportunity_phone_field)
         return {
             schema.LEAD: lead,
             self.opportunity_sobject: opportunity,
@@ -467,6 +482,13 @@ class _Ctx:
     def name(self) -> str:
         return self.emit.target.name
 
+    @property
+    def phone(self) -> str:
+        lead = self.record.sobject == schema.LEAD
+        field = self.s.lead_phone_field if lead else self.s.opportunity_phone_field
+        where = "lead" if lead else "opportunity"
+        return phone_to_call(self.record, field, self.org.org.phone_region, where)
+
     @cached_property
     def mine(self) -> list[tuple[str, int | None, Record]]:
         """This rule's Tasks on the record: (step id, number or None, Task), oldest first."""
@@ -545,6 +567,7 @@ class _Ctx:
         channel: Channel = "call",
     ) -> Action:
         where = f"rules.{RULE_ID}"
+        values = {"phone": self.phone, **values}
         return self.emit.task(
             step,
             subject=render(

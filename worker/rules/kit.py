@@ -118,6 +118,20 @@ def dialable(raw: str | None, region: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
 
 
+def phone_to_call(record: Record, field: str | None, region: str, where: str) -> str:
+    """The number a call Task gives the rep, or what is wrong with it (the call is still
+    due: the rep may find the number elsewhere). ``where`` names the record for people."""
+    if not field:
+        return f"see the {where}"
+    raw = record.text(field)
+    number = dialable(raw, region)
+    if number:
+        return number
+    if not raw:
+        return f"no phone number on the {where} ({field} is empty)"
+    return f"no valid phone number on the {where} ({field}={raw!r})"
+
+
 def append_line(existing: str | None, line: str, max_chars: int) -> str:
     """Append ``line`` to a notes field; when over ``max_chars`` drop the oldest lines.
 

@@ -52,9 +52,9 @@ from worker.rules.kit import (
     BusinessCalendar,
     Emit,
     comment_keys,
-    dialable,
     is_completed,
     logged_response,
+    phone_to_call,
     render,
     template_placeholders,
     worker_tasks,
@@ -350,7 +350,7 @@ def decide(
             "close_date": close_due.isoformat(),
             "max_attempts": s.max_attempts,
             "window_business_days": s.window_business_days,
-            "phone": _phone(record, s, org),
+            "phone": phone_to_call(record, s.homeowner_phone_field, org.org.phone_region, "case"),
         },
         since=since,
     )
@@ -545,19 +545,6 @@ def _close(case: _Case, org: OrgMapping) -> Evaluation:
     logs = _pending_logs(case, org, s.max_attempts + 1)
     actions = tuple(a for a in (*logs, comment, close) if a is not None)
     return case.verdict(Verdict.ACT, reason, actions=actions)
-
-
-def _phone(record: Record, s: RejectedPaymentsSettings, org: OrgMapping) -> str:
-    """The number for the call Tasks, or what is wrong with it: the call is still due."""
-    if not s.homeowner_phone_field:
-        return "see the case"
-    raw = record.text(s.homeowner_phone_field)
-    number = dialable(raw, org.org.phone_region)
-    if number:
-        return number
-    if not raw:
-        return f"no phone number on the case ({s.homeowner_phone_field} is empty)"
-    return f"no valid phone number on the case ({s.homeowner_phone_field}={raw!r})"
 
 
 def _response(case: _Case, snapshot: Snapshot, org: OrgMapping, created: dt.date) -> str | None:
