@@ -119,3 +119,19 @@ def test_plan_as_csv_and_audit_as_a_table(demo_copy: Path, tmp_path: Path) -> No
     text = " ".join(table.stdout.split())
     assert "payment_followup" in text
     assert "applied" in text
+
+
+def test_runs_lists_each_run_with_how_it_ended(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    assert invoke("run", *org_args(demo_copy, db)).exit_code == 0
+    assert invoke("run", "--dry-run", *org_args(demo_copy, db)).exit_code == 0
+    result = invoke("runs", "--db-path", str(db), "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    newest, first = (json.loads(line) for line in result.stdout.splitlines())
+    assert (newest["mode"], first["mode"]) == ("dry-run", "run")
+    assert first["status"] == newest["status"] == "ok"
+    assert first["summary"]["actions"]["payment_followup:applied"] > 0
+    assert newest["summary"]["actions"] == {}  # all done: the dry run has nothing to do
+    table = " ".join(invoke("runs", "--db-path", str(db)).stdout.split())
+    assert first["run_id"] in table
+    assert "payment_followup:applied" in table

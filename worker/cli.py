@@ -8,6 +8,7 @@ One error boundary (:class:`_Group`) turns the worker's own errors into one line
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import sys
 import threading
@@ -323,6 +324,34 @@ def audit(
         click.echo(report.audit_jsonl(rows), nl=False)
     else:
         report.print_audit(rows, _console())
+
+
+@cli.command()
+@_settings_options
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def runs(limit: int, fmt: str, **kwargs: Any) -> None:
+    """Recent runs, newest first: status (ok, failed, stopped, running, error), actions by
+    rule and outcome, API calls and seconds."""
+    settings = _settings(kwargs)
+    store = Store.open(settings.db_path)
+    try:
+        found = store.runs(limit=limit)
+    finally:
+        store.close()
+    if fmt == "jsonl":
+        for run in found:
+            row = {**run, "summary": json.loads(run.get("summary") or "null")}
+            click.echo(json.dumps(row, default=str))
+    else:
+        report.print_runs(found, _console())
 
 
 @cli.command()

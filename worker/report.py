@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -175,6 +175,30 @@ def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
             f"{r.rule}\n{r.step}",
             change,
             error,
+        )
+    console.print(table)
+
+
+def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
+    """Recent runs, newest first: when, what kind, how it ended, what it did and spent."""
+    table = Table(title=f"Runs ({len(runs)})", expand=True)
+    for name in ("Run", "Started", "Mode", "As of", "Status", "Actions", "API calls", "Seconds"):
+        table.add_column(name, overflow="fold")
+    for run in runs:
+        summary = json.loads(run.get("summary") or "{}")
+        actions = "\n".join(f"{k}: {n}" for k, n in (summary.get("actions") or {}).items())
+        status = str(run.get("status") or "")
+        if summary.get("stopped"):
+            status += f"\n{summary['stopped']}"
+        table.add_row(
+            str(run["run_id"]),
+            str(run.get("started_at") or "")[:19],
+            str(run.get("mode") or ""),
+            str(run.get("as_of") or ""),
+            status,
+            actions or "-",
+            str(summary.get("api_calls", "")),
+            str(summary.get("seconds", "")),
         )
     console.print(table)
 
