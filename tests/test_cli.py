@@ -168,3 +168,24 @@ def test_rules_lists_sop_files_and_steps() -> None:
     assert result.exit_code == 0
     assert "payment_followup" in result.output
     assert "000_8d938a1ad00c5e13.txt" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such plan file"),
+        ("not json", "cannot read plan"),
+        ('{"schema": "sop-worker/plan", "version": 99}', "plan file version 99"),
+        ('{"schema": "sop-worker/plan", "version": 1}', "plan file is malformed"),
+    ],
+)
+def test_a_bad_plan_file_exits_2_saying_why(
+    demo_copy: Path, tmp_path: Path, content: str | None, message: str
+) -> None:
+    plan_file = tmp_path / "plan.json"
+    if content is not None:
+        plan_file.write_text(content, encoding="utf-8")
+    result = invoke("apply", str(plan_file), *org_args(demo_copy, tmp_path / "w.db"))
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output

@@ -3,12 +3,12 @@
 ::
 
     SopWorkerError
-    ├── ConfigError               bad settings or mapping: exit 2, fix the configuration
-    │   └── MappingError          names the mapping file and the key path
+    ├── ConfigError               bad settings, mapping or plan file: exit 2, fix the input
+    │   ├── MappingError          names the mapping file and the key path
+    │   └── PlanFileError         a plan file that cannot be read or is of another schema
     ├── LockHeldError             another run holds the lease: exit 3, try later
     ├── RecordError               one malformed record: record it, skip it, keep going
     ├── TemplateError             a script/email placeholder has no value: skip that record
-    ├── PlanFileError             a plan file that cannot be read or is of another schema
     ├── DryRunWriteError          a write reached a sink that cannot write: a bug, fail loudly
     └── SalesforceError           an API failure, carrying status, errorCode and message
         ├── RetriableError        transient (timeouts, 5xx, UNABLE_TO_LOCK_ROW): retry with backoff
@@ -70,7 +70,7 @@ class TemplateError(SopWorkerError):
         )
 
 
-class PlanFileError(SopWorkerError):
+class PlanFileError(ConfigError):
     """A plan file cannot be applied: unreadable, or written by another schema version."""
 
 

@@ -217,7 +217,9 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MappingError(shown, [("", "file not found")]) from None
+        raise MappingError(
+            shown, [("", "file not found (choose one with --mapping or WORKER_MAPPING)")]
+        ) from None
     except OSError as exc:
         raise MappingError(shown, [("", f"cannot read: {exc.strerror}")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
