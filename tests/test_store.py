@@ -15,7 +15,7 @@ import pytest
 
 from worker.actions import ActionResult, CreateTask, Outcome
 from worker.app import keep_lease
-from worker.errors import LockHeldError
+from worker.errors import ConfigError, LockHeldError
 from worker.ports import Page
 from worker.records import RecordRef
 from worker.store import MIGRATIONS, Store
@@ -187,3 +187,10 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) ->
         t.join()
     assert errors == []
     assert Store.open(path).version == len(MIGRATIONS)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    path.write_text("not a database, just text that happens to be here\n" * 20)
+    with pytest.raises(ConfigError, match=r"w\.db cannot be used as the worker's database"):
+        Store.open(path)

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,10 +180,16 @@ class Store:
             db = sqlite_utils.Database(str(target))
             if str(target) != ":memory:":
                 db.enable_wal()
+            store = cls(db)
+            store.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"WORKER_DB_PATH: {target} cannot be used as the worker's database ({exc}). "
+                "Move it aside to start a new one: the cache is read again from the org, and "
+                "the keys the worker writes into Salesforce keep it from repeating an action"
+            ) from None
         finally:
             os.umask(old_umask)
-        store = cls(db)
-        store.migrate()
         return store
 
     @classmethod
