@@ -189,3 +189,32 @@ def test_a_bad_plan_file_exits_2_saying_why(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_records_without_an_id_are_reported_and_the_rest_goes_on(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    path = demo_copy / "records" / "payment_followup-opportunities.json"
+    body = json.loads(path.read_text(encoding="utf-8"))
+    body["records"].append(
+        {"attributes": {"type": "Opportunity"}, "Name": "no Id", "Type": "Payment"}
+    )
+    path.write_text(json.dumps(body), encoding="utf-8")
+    result = invoke("run", *org_args(demo_copy, tmp_path / "w.db"))
+    assert result.exit_code == 0, result.output
+    assert "pull.record_without_id" in result.stderr
+    summary = next(
+        json.loads(line) for line in result.stderr.splitlines() if '"run.summary"' in line
+    )
+    assert summary["record_errors"] == 9  # the demo's 8 malformed records, and this one
+    assert summary["actions"]["payment_followup:applied"] > 0
+
+
+def test_a_local_org_entry_that_is_not_a_record_is_named(demo_copy: Path, tmp_path: Path) -> None:
+    path = demo_copy / "records" / "users.json"
+    body = json.loads(path.read_text(encoding="utf-8"))
+    body["records"].insert(1, ["not", "a", "record"])
+    path.write_text(json.dumps(body), encoding="utf-8")
+    result = invoke("plan", *org_args(demo_copy, tmp_path / "w.db"))
+    assert result.exit_code == 2
+    assert "users.json: records[1] is not a record" in result.output

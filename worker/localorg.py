@@ -77,7 +77,10 @@ def iter_raw_records(folder: str | Path) -> Iterator[dict[str, Any]]:
         records = body.get("records") if isinstance(body, dict) else None
         if not isinstance(records, list):
             raise ConfigError(f"{path}: expected a query response with a 'records' list")
-        yield from records
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}: records[{i}] is not a record (a JSON object)")
+            yield record
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -328,11 +331,13 @@ class LocalOrg:
                     continue
                 if not _in_window(raw, query) or not _matches(raw, query.filters):
                     continue
-                if raw.get(schema.IS_DELETED):
-                    deleted.append(str(raw[schema.ID]))
+                if raw.get(schema.IS_DELETED) and isinstance(raw.get(schema.ID), str):
+                    deleted.append(raw[schema.ID])
                 else:
                     rows.append(_project(raw, query.fields))
-            rows.sort(key=lambda r: (str(r.get(schema.SYSTEM_MODSTAMP) or ""), str(r[schema.ID])))
+            rows.sort(
+                key=lambda r: (str(r.get(schema.SYSTEM_MODSTAMP) or ""), str(r.get(schema.ID)))
+            )
             yield Page(query.sobject, rows, deleted)
 
     def api_calls(self) -> int:
@@ -403,7 +408,8 @@ class LocalOrg:
             body = json.loads(path.read_text(encoding="utf-8"))
             files[path] = body
             for raw in body["records"]:
-                records[str(raw[schema.ID])] = raw  # same dict objects: edits land in `files`
+                if isinstance(raw, dict) and isinstance(raw.get(schema.ID), str):
+                    records[raw[schema.ID]] = raw  # same dict objects: edits land in `files`
         return files, records
 
     def _save_files(self, files: dict[Path, dict[str, Any]], created: list[dict[str, Any]]) -> None:

@@ -195,6 +195,13 @@ class Pipeline:
             queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
         unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
         for page in self.source.fetch(queries):
+            for raw in page.records:
+                if not isinstance(raw.get(schema.ID), str):
+                    # Nothing can be keyed on it: kept out of the cache, and said so.
+                    report.record_errors += 1
+                    log.warning(
+                        "pull.record_without_id", sobject=page.sobject, fields=sorted(raw)[:10]
+                    )
             name_field = self.mapping.common.name_field(page.sobject)
             saved = self.store.save_page(page, name_field, self.clock())
             newest = unsettled.pop(page.sobject, None)
@@ -397,7 +404,7 @@ class Pipeline:
                 self.pull(report, run_start)
             plan = self.plan(as_of)
             report.plan = plan
-            report.record_errors = len(plan.errors)
+            report.record_errors += len(plan.errors)
             for problem in plan.errors:
                 log.warning(
                     "rule.record_error",
