@@ -191,7 +191,7 @@ def test_a_bad_plan_file_exits_2_saying_why(
     assert "Traceback" not in result.output
 
 
-def test_records_without_an_id_are_reported_and_the_rest_goes_on(
+def test_records_without_an_id_or_stamp_are_reported_and_the_rest_goes_on(
     demo_copy: Path, tmp_path: Path
 ) -> None:
     path = demo_copy / "records" / "payment_followup-opportunities.json"
@@ -199,14 +199,16 @@ def test_records_without_an_id_are_reported_and_the_rest_goes_on(
     body["records"].append(
         {"attributes": {"type": "Opportunity"}, "Name": "no Id", "Type": "Payment"}
     )
+    bad_stamp = dict(body["records"][0], Id="006DmP000000999AAA", SystemModstamp="yesterday")
+    body["records"].append(bad_stamp)
     path.write_text(json.dumps(body), encoding="utf-8")
     result = invoke("run", *org_args(demo_copy, tmp_path / "w.db"))
     assert result.exit_code == 0, result.output
-    assert "pull.record_without_id" in result.stderr
+    assert "pull.unusable_record" in result.stderr
     summary = next(
         json.loads(line) for line in result.stderr.splitlines() if '"run.summary"' in line
     )
-    assert summary["record_errors"] == 9  # the demo's 8 malformed records, and this one
+    assert summary["record_errors"] == 10  # the demo's 8 malformed records, and these two
     assert summary["actions"]["payment_followup:applied"] > 0
 
 

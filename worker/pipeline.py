@@ -44,7 +44,7 @@ from worker.actions import (
 from worker.errors import ApiLimitError, AuthError
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
-from worker.ports import ObjectQuery, Sink, Source
+from worker.ports import ObjectQuery, Page, Sink, Source
 from worker.records import Record, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
@@ -195,13 +195,7 @@ class Pipeline:
             queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
         unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
         for page in self.source.fetch(queries):
-            for raw in page.records:
-                if not isinstance(raw.get(schema.ID), str):
-                    # Nothing can be keyed on it: kept out of the cache, and said so.
-                    report.record_errors += 1
-                    log.warning(
-                        "pull.record_without_id", sobject=page.sobject, fields=sorted(raw)[:10]
-                    )
+            page = _usable(page, report)
             name_field = self.mapping.common.name_field(page.sobject)
             saved = self.store.save_page(page, name_field, self.clock())
             newest = unsettled.pop(page.sobject, None)
@@ -470,3 +464,27 @@ def _batches(actions: Sequence[Action], size: int) -> Iterator[list[Action]]:
         batch.extend(members)
     if batch:
         yield batch
+
+
+def _usable(page: Page, report: RunReport) -> Page:
+    """The page without records that cannot be cached: no Id to key them on, or no
+    SystemModstamp to order them by. Each is counted as a record error and logged."""
+    kept = []
+    for raw in page.records:
+        rid = raw.get(schema.ID)
+        problem = None
+        if not isinstance(rid, str) or not rid:
+            problem = "no Id"
+        else:
+            try:
+                parse_sf_datetime(str(raw.get(schema.SYSTEM_MODSTAMP) or ""))
+            except ValueError:
+                problem = f"SystemModstamp is not a datetime: {raw.get(schema.SYSTEM_MODSTAMP)!r}"
+        if problem is None:
+            kept.append(raw)
+            continue
+        report.record_errors += 1
+        log.warning("pull.unusable_record", sobject=page.sobject, record_id=rid, problem=problem)
+    if len(kept) == len(page.records):
+        return page
+    return dataclasses.replace(page, records=kept)
