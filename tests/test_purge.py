@@ -16,7 +16,9 @@ from .test_cli import invoke, org_args
 def counts(db: Path) -> dict[str, int]:
     store = Store.open(db)
     try:
-        tables = [t for t in store.db.table_names() if t.startswith("cache_") or t == "audit"]
+        tables = [
+            t for t in store.db.table_names() if t.startswith("cache_") or t in ("audit", "ledger")
+        ]
         return {t.removeprefix("cache_"): store.db.table(t).count for t in tables}
     finally:
         store.close()
@@ -43,7 +45,7 @@ def test_retention_by_kind_of_record(demo_copy: Path, tmp_path: Path) -> None:
     assert counts(db) == before  # a dry run removes nothing
     assert reported["Lead"] == before["Lead"]  # prospects: kept 2 years
     assert reported["Opportunity"] == reported["Account"] == reported["Case"] == 0
-    assert reported["audit"] == 0  # the audit log is kept 7 years
+    assert reported["audit"] == reported["ledger"] == 0  # the audit log is kept 7 years
 
     assert purge(db, three_years_on) == reported
     after = counts(db)
@@ -54,4 +56,5 @@ def test_retention_by_kind_of_record(demo_copy: Path, tmp_path: Path) -> None:
     later = purge(db, eight_years_on)
     assert later["Opportunity"] == before["Opportunity"]  # customers: kept 7 years
     assert later["audit"] == before["audit"]
-    assert counts(db)["audit"] == 0
+    assert later["ledger"] == before["ledger"]
+    assert counts(db)["audit"] == counts(db)["ledger"] == 0

@@ -594,8 +594,10 @@ class Store:
         audit_cutoff: dt.datetime,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        """Drop cached records last modified before their object's cutoff, and old audit rows;
-        with ``dry_run``, only count them."""
+        """Drop cached records last modified before their object's cutoff, and audit rows and
+        ledger entries older than ``audit_cutoff`` (they name records too); with ``dry_run``,
+        only count them. Old ledger keys are safe to forget: the rules never plan a step that
+        old again, and the keys written into Salesforce still stop a repeat."""
         removed: dict[str, int] = {}
         with self.atomic():
             for table in self.db.table_names():
@@ -622,8 +624,12 @@ class Store:
             removed["audit"] = self.db.execute(
                 "SELECT count(*) FROM audit WHERE ts < ?", old_audit
             ).fetchone()[0]
+            removed["ledger"] = self.db.execute(
+                "SELECT count(*) FROM ledger WHERE updated_at < ?", old_audit
+            ).fetchone()[0]
             if not dry_run:
                 self.db.execute("DELETE FROM audit WHERE ts < ?", old_audit)
+                self.db.execute("DELETE FROM ledger WHERE updated_at < ?", old_audit)
         return removed
 
 
