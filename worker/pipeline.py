@@ -105,6 +105,7 @@ class RunReport:
 class Explanation:
     record_id: str
     record: Record | None
+    name: str
     evaluations: tuple[Evaluation, ...]
     out_of_scope: tuple[str, ...]
     ledger: Mapping[str, Outcome]
@@ -276,9 +277,11 @@ class Pipeline:
                     out_of_scope.append(rule.id)
         keys = [a.key for e in mine for a in e.actions]
         done = {e.key: e for e in self.store.ledger_entries(target_id=record_id)}
+        name = record.text(self.mapping.common.name_field(record.sobject)) if record else None
         return Explanation(
             record_id,
             record,
+            name or "",
             tuple(mine),
             tuple(out_of_scope),
             self.store.ledger_status(keys),

@@ -207,8 +207,7 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
     record = found.record
     title = found.record_id
     if record is not None:
-        name = record.get("Name") or record.get("Subject") or record.get("CaseNumber") or ""
-        title = f"{record.sobject} {name} ({record.id})".replace("  ", " ")
+        title = f"{record.sobject} {found.name} ({record.id})".replace("  ", " ")
     console.print(f"[bold]{title}[/bold] as of {as_of}")
     table = Table(show_lines=True, expand=True)
     for name in ("Rule", "Verdict", "Why", "Next"):
