@@ -188,8 +188,7 @@ def floors(reads: dict[str, int], actions: list[Action]) -> dict[str, int]:
 
 
 def api_kinds(client: SalesforceClient) -> dict[str, int]:
-    """The client's API calls by kind (its ``oauth`` entry is a session lookup, not an
-    API call: with a static token it makes no request at all)."""
+    """The client's API calls by kind (OAuth token requests do not use the allowance)."""
     return {k: v for k, v in client.calls_by_kind().items() if k != "oauth" and v}
 
 

@@ -36,7 +36,7 @@ def test_token_mode_uses_the_token_and_never_calls_oauth(org: FakeOrg) -> None:
     client = make_client(org)
     assert ping(client)["DailyApiRequests"]["Max"] == 15_000
     assert org.oauth_requests == []
-    assert client.calls_by_kind() == {"oauth": 1, "limits": 1}  # "oauth" = reading the static grant
+    assert client.calls_by_kind() == {"limits": 1}  # a ready token takes no OAuth request
     assert client.api_calls() == 1
 
 

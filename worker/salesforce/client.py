@@ -342,7 +342,8 @@ class SalesforceClient:
     def _current(self) -> tuple[Grant, int]:
         with self._auth_lock:
             if self._grant is None:
-                self._count("oauth", api=False)
+                if self._authenticator.renewable:  # a ready token takes no request
+                    self._count("oauth", api=False)
                 self._grant = self._authenticator.authenticate(self._http)
                 self._generation += 1
             return self._grant, self._generation
