@@ -168,6 +168,10 @@ class RuleSettings(StrictModel):
         (doctor checks that the org has each, active)."""
         return {}
 
+    def converted_statuses(self) -> set[str]:
+        """Lead statuses this rule converts leads into (doctor checks each is Converted)."""
+        return set()
+
     def step_label(self, step_id: str) -> str:
         return self.steps.get(step_id, step_id)
 

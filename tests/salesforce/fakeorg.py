@@ -71,6 +71,7 @@ PREFIXES = {
     "Event": "00U",
     "CaseComment": "00a",
     "Case": "500",
+    "LeadStatus": "01J",
 }
 
 
@@ -238,6 +239,10 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _ref("ConvertedOpportunityId", "Opportunity", "ConvertedOpportunity"),
             _ref("RecordTypeId", "RecordType", "RecordType"),
             owner,
+        ),
+        "LeadStatus": (
+            _f("MasterLabel", updateable=False, createable=False),
+            _f("IsConverted", "boolean", updateable=False, createable=False),
         ),
         "Case": (
             _f("Subject"),
@@ -423,6 +428,7 @@ class FakeOrg:
         self.rotate_refresh_tokens = False
         self.schema = default_schema()
         self.records: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in self.schema}
+        self._seed_lead_statuses()
         self.synthetic: dict[str, Synthetic] = {}
         self.tokens: set[str] = set()
         self.calls: list[tuple[str, str, str]] = []  # (method, path, kind) of instance calls
@@ -438,6 +444,20 @@ class FakeOrg:
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
         self._mock: responses.RequestsMock | None = None
+
+    def _seed_lead_statuses(self) -> None:
+        """LeadStatus rows for the Lead Status picklist: which values convert a lead."""
+        stamp = self.now.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+        for i, label in enumerate(self.schema["Lead"]["Status"].picklist):
+            rid = f"01J{i:012d}AAA"
+            self.records["LeadStatus"][rid] = {
+                "Id": rid,
+                "IsDeleted": False,
+                "CreatedDate": stamp,
+                "SystemModstamp": stamp,
+                "MasterLabel": label,
+                "IsConverted": label in CONVERTED_STATUSES,
+            }
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> FakeOrg:

@@ -273,3 +273,13 @@ def test_custom_fields_in_the_mapping_are_in_the_metadata(
         wanted.add(mapping.common.org.task_key_field)
     shipped = {name for name in org.schema[obj] if name.endswith("__c")}
     assert wanted <= shipped
+
+
+def test_a_converted_status_must_be_marked_converted(org: FakeOrg) -> None:
+    findings = doctor(org, picklists={}, converted_statuses={"Qualified", "Closed - Converted"})
+    assert findings == []
+    calls = org.call_count
+    findings = doctor(org, picklists={}, converted_statuses={"Working - Contacted"})
+    assert kinds(findings) == [(FindingKind.LEAD_STATUS_NOT_CONVERTED, "Lead", "Status")]
+    assert "mark 'Working - Contacted' Converted" in findings[0].fix
+    assert org.call_count - calls == 3  # versions, describes, one LeadStatus query

@@ -97,3 +97,20 @@ def test_a_rotated_refresh_token_is_kept_for_the_next_run(org: FakeOrg, tmp_path
     )
     assert third.exit_code == 0, third.output
     assert org.oauth_requests[-1]["refresh_token"] == "5Aep861ADMINSETNEW"
+
+
+def test_the_mapping_converted_status_is_checked(org: FakeOrg, tmp_path: Path) -> None:
+    mapping = DEFAULT_MAPPING.read_text(encoding="utf-8").replace(
+        'converted_status = "Qualified"', 'converted_status = "Contact Attempted"'
+    )
+    path = tmp_path / "acme.toml"
+    path.write_text(mapping, encoding="utf-8")
+    result = invoke(org, tmp_path, "doctor", "--format", "json", WORKER_MAPPING=str(path))
+    assert result.exit_code == 2
+    found = json.loads(result.stdout)
+    assert [(f["kind"], f["message"]) for f in found] == [
+        (
+            "lead_status_not_converted",
+            "Lead status 'Contact Attempted' is not marked Converted, so convertLead refuses it",
+        )
+    ]

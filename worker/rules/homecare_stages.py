@@ -369,6 +369,9 @@ class HomecareStagesSettings(RuleSettings):
             },
         }
 
+    def converted_statuses(self) -> set[str]:
+        return {self.converted_status} if self.convert_enabled else set()
+
     def converted_opportunity_values(self) -> dict[str, str | bool | int]:
         """What a converted lead's new opportunity is given, so this rule picks it up: the
         first value of each plain scope field, and the first pending stage."""

@@ -27,7 +27,9 @@ from tenacity.wait import wait_base
 
 from worker.errors import AuthError, ConfigError, SalesforceError
 from worker.salesforce.client import COMPOSITE_MAX_SUBREQUESTS, SalesforceClient, SubRequest
+from worker.salesforce.reads import every_row
 from worker.salesforce.settings import AuthMode, SalesforceSettings, check_auth_config
+from worker.salesforce.soql import Select, select
 
 
 class Severity(StrEnum):
@@ -46,6 +48,7 @@ class FindingKind(StrEnum):
     KEY_FIELD_NOT_EXTERNAL_ID = "key_field_not_external_id"
     PICKLIST_VALUE_MISSING = "picklist_value_missing"
     PICKLIST_VALUE_INACTIVE = "picklist_value_inactive"
+    LEAD_STATUS_NOT_CONVERTED = "lead_status_not_converted"
     DEPRECATED_AUTH = "deprecated_auth"
 
 
@@ -78,6 +81,7 @@ def run_doctor(
     *,
     updates: Mapping[str, Iterable[str]] | None = None,
     task_key_field: str = "",
+    converted_statuses: Iterable[str] = (),
     client: SalesforceClient | None = None,
     http: requests.Session | None = None,
     wait: wait_base | None = None,
@@ -85,7 +89,9 @@ def run_doctor(
     """Check the org against what the mapping needs; an empty list means all is well.
 
     ``needs``: fields read per object; ``updates``: fields written per object;
-    ``picklists``: (object, field) -> values the mapping uses.
+    ``picklists``: (object, field) -> values the mapping uses; ``converted_statuses``: Lead
+    statuses the worker converts leads into (each must be marked Converted, which describe
+    does not show: one query on ``LeadStatus``).
     """
     findings: list[Finding] = []
     try:
@@ -226,7 +232,32 @@ def run_doctor(
                         field=fld,
                     )
                 )
+    findings.extend(_check_converted(api, set(converted_statuses)))
     return findings
+
+
+def _check_converted(api: SalesforceClient, wanted: set[str]) -> list[Finding]:
+    """convertLead refuses a status that is not marked Converted (INVALID_STATUS)."""
+    if not wanted:
+        return []
+    # convertLead's convertedStatus is a LeadStatus MasterLabel (the Lead Status value).
+    soql = select(Select("LeadStatus", ("MasterLabel", "IsConverted")))
+    converted = {
+        str(row.get("MasterLabel")): row.get("IsConverted") is True
+        for row in every_row(api, [soql], all_rows=False, kind="describe")
+    }
+    return [
+        Finding(
+            FindingKind.LEAD_STATUS_NOT_CONVERTED,
+            f"Lead status {status!r} is not marked Converted, so convertLead refuses it",
+            f"mark {status!r} Converted (Setup > Object Manager > Lead > Fields > Lead Status), "
+            "or map converted_status to a status that is",
+            sobject="Lead",
+            field="Status",
+        )
+        for status in sorted(wanted)
+        if status in converted and not converted[status]
+    ]
 
 
 def _describe(

@@ -8,6 +8,7 @@ Salesforce is kept in ``state_dir`` (see :mod:`worker.salesforce.tokens`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +55,31 @@ def open_salesforce(mapping: LoadedMapping, *, write: bool, state_dir: Path) -> 
     return source, DryRunSink(estimate=sink.estimate_calls, usage=client.usage)
 
 
-def doctor_inputs(
-    mapping: LoadedMapping, rules: Sequence[Rule[Any]]
-) -> tuple[dict[str, set[str]], dict[str, set[str]], dict[tuple[str, str], set[str]]]:
-    """(fields read, fields updated, picklist values used) per object, for the enabled rules."""
+@dataclass(frozen=True)
+class DoctorInputs:
+    """What the enabled rules need of the org, for :func:`run_doctor`."""
+
+    needs: dict[str, set[str]]  # fields read, per object
+    updates: dict[str, set[str]]  # fields updated, per object
+    picklists: dict[tuple[str, str], set[str]]  # values used, per (object, field)
+    converted_statuses: set[str]  # Lead statuses leads are converted into
+
+
+def doctor_inputs(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> DoctorInputs:
+    """What the enabled rules read, update, compare against and convert into."""
     enabled = [r for r in rules if r.id in mapping.rules and mapping.rules[r.id].enabled]
     needs = {k: set(v) for k, v in object_fields(mapping, enabled).items()}
     updates: dict[str, set[str]] = {}
     picklists: dict[tuple[str, str], set[str]] = dict(mapping.common.tasks.picklist_values())
+    converted: set[str] = set()
     for rule in enabled:
         section = mapping.rules[rule.id]
         for sobject, names in section.writes().items():
             updates.setdefault(sobject, set()).update(names)
         for pair, values in section.picklist_values().items():
             picklists.setdefault(pair, set()).update(values)
-    return needs, updates, picklists
+        converted |= section.converted_statuses()
+    return DoctorInputs(needs, updates, picklists, converted)
 
 
 def check_org(
@@ -76,7 +87,7 @@ def check_org(
 ) -> tuple[list[Finding], int]:
     """Doctor's findings for the live org, and how many fields and values it checked."""
     settings = load_salesforce_settings()
-    needs, updates, picklists = doctor_inputs(mapping, rules)
+    wanted = doctor_inputs(mapping, rules)
     task_key = mapping.common.org.task_key_field
     try:
         check_auth_config(settings)
@@ -85,7 +96,13 @@ def check_org(
     else:
         client = _client(settings, state_dir, read_only=True)
     findings = run_doctor(
-        settings, needs, picklists, updates=updates, task_key_field=task_key, client=client
+        settings,
+        wanted.needs,
+        wanted.picklists,
+        updates=wanted.updates,
+        task_key_field=task_key,
+        converted_statuses=wanted.converted_statuses,
+        client=client,
     )
-    checked = sum(map(len, needs.values())) + sum(map(len, picklists.values()))
+    checked = sum(map(len, wanted.needs.values())) + sum(map(len, wanted.picklists.values()))
     return findings, checked
