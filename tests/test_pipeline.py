@@ -51,7 +51,6 @@ class FlakySink:
         self.script = list(script)
         self.written: Counter[str] = Counter()
         self.name = org.name
-        self.can_write = True
 
     def write(self, actions: Sequence[Action]) -> list[ActionResult]:
         step = self.script.pop(0) if self.script else None

@@ -301,8 +301,6 @@ class LocalOrg:
     the mapping did not ask for fails here as it would against a real org.
     """
 
-    can_write = True
-
     def __init__(
         self,
         fixture: str | Path,
@@ -313,7 +311,7 @@ class LocalOrg:
         self.fixture = Path(fixture)
         self._key_field = task_key_field
         self._clock = clock
-        self.manifest = read_manifest(self.fixture)
+        read_manifest(self.fixture)  # a bad manifest is an error now, not at the first read
         self.working = Path(work_dir) / "local-orgs" / self.fixture.resolve().name
         self.name = f"local org {self.fixture}"
 

@@ -79,9 +79,6 @@ class Sink(Protocol):
     @property
     def name(self) -> str: ...
 
-    @property
-    def can_write(self) -> bool: ...
-
     def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
         """SystemModstamp of each target as the org has it now (missing id = deleted)."""
         ...

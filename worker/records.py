@@ -88,9 +88,6 @@ class Record:
             value = value.get(part)
         return value
 
-    def has(self, name: str) -> bool:
-        return self.get(name) not in (None, "")
-
     def text(self, name: str) -> str | None:
         value = self.get(name)
         if value is None or value == "":

@@ -16,7 +16,6 @@ from worker.ports import ApiUsage
 
 class DryRunSink:
     name = "dry run"
-    can_write = False
 
     def __init__(
         self,

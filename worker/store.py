@@ -341,10 +341,6 @@ class Store:
                     )
         return Snapshot.build(records), problems
 
-    def cached_count(self, sobject: str) -> int:
-        table = self.cache_table(sobject)
-        return self.db.table(table).count if self.db.table(table).exists() else 0
-
     def cached_record(self, record_id: str) -> Record | None:
         for table in self.db.table_names():
             if not table.startswith("cache_"):

@@ -620,7 +620,6 @@ def test_a_lost_conversion_gets_its_values_at_reconcile_unless_someone_edited_it
 def test_a_read_only_sink_cannot_write(org: FakeOrg) -> None:
     opp = org.add("Opportunity", Name="a")
     sink = sink_for(org, read_only=True)
-    assert sink.can_write is False
     assert sink.current_stamps([opp])[opp] is not None  # reads still work
     with pytest.raises(DryRunWriteError):
         sink.write([update("Opportunity", opp, "k", NextStep="x")])

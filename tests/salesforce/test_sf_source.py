@@ -256,7 +256,7 @@ def test_bulk_csv_is_typed_after_the_rest_sample() -> None:
     sample = load_fixture("query_page1.json")["records"]
     content = (FIXTURES / "bulk_results.csv").read_bytes()
     convert = source_module._csv_converters(sample)
-    rows = source_module._parse_csv(content, "Opportunity", convert, "/services/data/v66.0/")
+    rows = list(source_module._iter_csv(content, "Opportunity", convert, "/services/data/v66.0/"))
     assert rows[0]["IsDeleted"] is False
     assert rows[1]["IsDeleted"] is True
     assert rows[0]["Amount"] == 1250.0

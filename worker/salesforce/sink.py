@@ -156,10 +156,6 @@ class SalesforceSink:
         self._global_describe_done = False
         self._stopped: ApiLimitError | AuthError | None = None
 
-    @property
-    def can_write(self) -> bool:
-        return not self._client.read_only
-
     def api_calls(self) -> int:
         return self._calls
 

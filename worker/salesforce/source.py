@@ -277,12 +277,6 @@ def _csv_converters(sample: Sequence[Mapping[str, Any]]) -> Callable[[str], Conv
     return for_column
 
 
-def _parse_csv(
-    content: bytes, sobject: str, converters: Callable[[str], Converter], data_path: str
-) -> list[dict[str, Any]]:
-    return list(_iter_csv(content, sobject, converters, data_path))
-
-
 def _iter_csv(
     content: bytes, sobject: str, converters: Callable[[str], Converter], data_path: str
 ) -> Iterator[dict[str, Any]]:
