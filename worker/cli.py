@@ -100,6 +100,18 @@ def _settings_options(func: F) -> F:
     return func
 
 
+def _format_option(*choices: str) -> Callable[[F], F]:
+    """``--format`` (as ``fmt``), the first choice being the default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help="Output format.",
+    )
+
+
 def _as_of_option(func: F) -> F:
     return click.option(
         "--as-of",
@@ -190,14 +202,7 @@ def _one_cycle(settings: WorkerSettings, *, write: bool) -> RunReport:
 @cli.command()
 @_settings_options
 @_as_of_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option("table", "json", "csv")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the plan to this file.")
 def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
     """Dry run: pull, then show every action the rules would take, and why.
@@ -285,14 +290,7 @@ def rules(**kwargs: Any) -> None:
 @click.option("--run", "run_id", help="Only this run id.")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="From this date (UTC).")
 @click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "jsonl"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option("table", "csv", "jsonl")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
 def audit(
     record_id: str | None,
@@ -306,8 +304,7 @@ def audit(
 ) -> None:
     """Show the audit log: every intent and outcome, with before/after values and errorCodes."""
     settings = _settings(kwargs)
-    store = Store.open(settings.db_path)
-    try:
+    with Store.open(settings.db_path) as store:
         rows = store.audit_rows(
             record_id=record_id,
             rule=rule,
@@ -316,8 +313,6 @@ def audit(
             outcome=outcome,
             limit=limit,
         )
-    finally:
-        store.close()
     if fmt == "csv":
         click.echo(report.audit_csv(rows), nl=False)
     elif fmt == "jsonl":
@@ -329,23 +324,13 @@ def audit(
 @cli.command()
 @_settings_options
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "jsonl"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option("table", "jsonl")
 def runs(limit: int, fmt: str, **kwargs: Any) -> None:
     """Recent runs, newest first: status (ok, failed, stopped, running, error), actions by
     rule and outcome, API calls and seconds."""
     settings = _settings(kwargs)
-    store = Store.open(settings.db_path)
-    try:
+    with Store.open(settings.db_path) as store:
         found = store.runs(limit=limit)
-    finally:
-        store.close()
     if fmt == "jsonl":
         for run in found:
             row = {**run, "summary": json.loads(run.get("summary") or "null")}
@@ -378,14 +363,7 @@ def explain(record_id: str, no_pull: bool, **kwargs: Any) -> None:
 
 @cli.command()
 @_settings_options
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option("table", "json")
 def doctor(fmt: str, **kwargs: Any) -> None:
     """Check the live org has everything the mapping needs, and say how to fix what it lacks.
 
@@ -413,22 +391,18 @@ def doctor(fmt: str, **kwargs: Any) -> None:
 @_settings_options
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 def purge(dry_run: bool, **kwargs: Any) -> None:
-    """Remove cached records and audit rows older than the mapping's retention periods."""
+    """Remove cached records, audit rows and ledger entries older than the mapping's
+    retention periods."""
     settings = _settings(kwargs)
     mapping, _ = load_rules_and_mapping(settings)
-    store = Store.open(settings.db_path)
     now = dt.datetime.now(dt.UTC)
     keep = mapping.retention
-    cutoffs = {}
-    for table in store.db.table_names():
-        if table.startswith("cache_"):
-            sobject = table.removeprefix("cache_")
-            days = keep.customer_days if sobject in keep.customer_objects else keep.prospect_days
-            cutoffs[sobject] = now - dt.timedelta(days=days)
-    try:
-        removed = store.purge(cutoffs, now - dt.timedelta(days=keep.audit_days), dry_run=dry_run)
-    finally:
-        store.close()
+    with Store.open(settings.db_path) as store:
+        removed = store.purge(
+            lambda sobject: now - keep.kept_for(sobject),
+            now - dt.timedelta(days=keep.audit_days),
+            dry_run=dry_run,
+        )
     verb = "would remove" if dry_run else "removed"
     for what, count in sorted(removed.items()):
         click.echo(f"{what}: {verb} {count}")

@@ -226,7 +226,7 @@ def _apply_one(
         if action.create_opportunity:
             opp = _create(
                 records,
-                "Opportunity",
+                schema.OPPORTUNITY,
                 f"{action.key}:opportunity",
                 {
                     "Name": action.opportunity_name or company,

@@ -18,6 +18,7 @@ Every problem is reported with the file and the dotted key path, never a traceba
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,6 +134,11 @@ class RetentionSection(StrictModel):
     customer_days: int = Field(default=2555, ge=1, description="SOP retention: customers 7 years.")
     customer_objects: tuple[str, ...] = ("Account", "Opportunity", "Case")
     audit_days: int = Field(default=2555, ge=1)
+
+    def kept_for(self, sobject: str) -> dt.timedelta:
+        """How long a cached record of this object is kept: customers' or prospects'."""
+        days = self.customer_days if sobject in self.customer_objects else self.prospect_days
+        return dt.timedelta(days=days)
 
 
 class RuleSettings(StrictModel):

@@ -15,6 +15,7 @@ TASK = "Task"
 CASE_COMMENT = "CaseComment"
 LEAD = "Lead"
 CASE = "Case"
+OPPORTUNITY = "Opportunity"  # what convertLead creates
 
 # Task
 WHAT_ID = "WhatId"
@@ -52,7 +53,7 @@ KEY_PREFIXES = {
     "001": "Account",
     CONTACT_ID_PREFIX: "Contact",
     "005": "User",
-    "006": "Opportunity",
+    "006": OPPORTUNITY,
     LEAD_ID_PREFIX: LEAD,
     "00T": TASK,
     "00U": "Event",

@@ -201,6 +201,12 @@ class Store:
     def close(self) -> None:
         self.db.conn.close()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -246,11 +252,9 @@ class Store:
         table = self.cache_table(page.sobject)
         rows = []
         newest: str | None = None
-        for raw in page.records:
-            rid = raw.get(schema.ID)
-            if not isinstance(rid, str):
-                continue
-            stamp = str(raw.get(schema.SYSTEM_MODSTAMP) or "")
+        for raw in page.records:  # each with an Id and a SystemModstamp (see pipeline._usable)
+            rid = raw[schema.ID]
+            stamp = str(raw[schema.SYSTEM_MODSTAMP])
             newest = max(newest or stamp, stamp)
             rows.append(
                 {
@@ -586,11 +590,12 @@ class Store:
     # -- retention --------------------------------------------------------------------------
     def purge(
         self,
-        cutoffs: Mapping[str, dt.datetime],
+        cutoff_for: Callable[[str], dt.datetime],
         audit_cutoff: dt.datetime,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        """Drop cached records last modified before their object's cutoff, and audit rows and
+        """Drop cached records last modified before their object's cutoff (``cutoff_for``
+        the sObject name), and audit rows and
         ledger entries older than ``audit_cutoff`` (they name records too); with ``dry_run``,
         only count them. Old ledger keys are safe to forget: the rules never plan a step that
         old again, and the keys written into Salesforce still stop a repeat."""
@@ -600,9 +605,7 @@ class Store:
                 if not table.startswith("cache_"):
                     continue
                 sobject = table.removeprefix("cache_")
-                cutoff = cutoffs.get(sobject)
-                if cutoff is None:
-                    continue
+                cutoff = cutoff_for(sobject)
                 stale = [
                     r[0]
                     for r in self.db.execute(

@@ -100,28 +100,30 @@ STEPS = (
     "schedule",
 )
 
-# Which placeholders each template may use (checked when the mapping is loaded). Every
-# Task text may also use {phone}: the record's number to call (see ``phone_to_call``).
-_TEMPLATES: dict[str, frozenset[str]] = {
-    "first_contact_subject": frozenset({"name", "status", "created", "phone"}),
-    "first_contact_description": frozenset({"name", "status", "created", "phone"}),
-    "followup_subject": frozenset({"name", "status", "attempt", "max_attempts", "phone"}),
-    "followup_description": frozenset({"name", "status", "attempt", "max_attempts", "phone"}),
-    "reengage_subject": frozenset({"name", "touch", "closed", "reason", "phone"}),
-    "reengage_description": frozenset({"name", "touch", "closed", "reason", "phone"}),
-    "qualify_subject": frozenset({"name", "status", "missing", "phone"}),
-    "qualify_description": frozenset({"name", "status", "missing", "phone"}),
-    "budget_guard_subject": frozenset({"name", "reason", "budget_field", "phone"}),
-    "budget_guard_description": frozenset({"name", "reason", "budget_field", "phone"}),
-    "convert_subject": frozenset({"name", "status", "phone"}),
-    "convert_description": frozenset({"name", "status", "phone"}),
+# Which placeholders each template may use (checked when the mapping is loaded).
+_OWN_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "first_contact_subject": frozenset({"name", "status", "created"}),
+    "first_contact_description": frozenset({"name", "status", "created"}),
+    "followup_subject": frozenset({"name", "status", "attempt", "max_attempts"}),
+    "followup_description": frozenset({"name", "status", "attempt", "max_attempts"}),
+    "reengage_subject": frozenset({"name", "touch", "closed", "reason"}),
+    "reengage_description": frozenset({"name", "touch", "closed", "reason"}),
+    "qualify_subject": frozenset({"name", "status", "missing"}),
+    "qualify_description": frozenset({"name", "status", "missing"}),
+    "budget_guard_subject": frozenset({"name", "reason", "budget_field"}),
+    "budget_guard_description": frozenset({"name", "reason", "budget_field"}),
+    "convert_subject": frozenset({"name", "status"}),
+    "convert_description": frozenset({"name", "status"}),
     "opportunity_name": frozenset({"name"}),
-    "nurture_subject": frozenset({"name", "touch", "closed", "reason", "phone"}),
-    "nurture_description": frozenset({"name", "touch", "closed", "reason", "phone"}),
-    "assessment_followup_subject": frozenset({"name", "stage", "attempt", "max_attempts", "phone"}),
-    "assessment_followup_description": frozenset(
-        {"name", "stage", "attempt", "max_attempts", "phone"}
-    ),
+    "nurture_subject": frozenset({"name", "touch", "closed", "reason"}),
+    "nurture_description": frozenset({"name", "touch", "closed", "reason"}),
+    "assessment_followup_subject": frozenset({"name", "stage", "attempt", "max_attempts"}),
+    "assessment_followup_description": frozenset({"name", "stage", "attempt", "max_attempts"}),
+}
+# Every Task text may also use {phone}: the record's number to call (``_Ctx.phone``).
+_TEMPLATES = {
+    name: fields | {"phone"} if name.endswith(("_subject", "_description")) else fields
+    for name, fields in _OWN_PLACEHOLDERS.items()
 }
 
 _ZIP5 = re.compile(r"\d{5}")

@@ -939,9 +939,9 @@ def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRec
 
 
 def _opportunity_update(index: int, action: ConvertLead, opportunity_id: str) -> PreparedRecord:
-    record: dict[str, Any] = {"attributes": {"type": "Opportunity"}, schema.ID: opportunity_id}
+    record: dict[str, Any] = {"attributes": {"type": schema.OPPORTUNITY}, schema.ID: opportunity_id}
     record.update({k: _json_value(v) for k, v in action.opportunity_values.items()})
-    return PreparedRecord(index, action, "Opportunity", Operation.UPDATE, record)
+    return PreparedRecord(index, action, schema.OPPORTUNITY, Operation.UPDATE, record)
 
 
 def _chunks(items: Sequence[T], size: int) -> list[list[T]]:
