@@ -38,7 +38,7 @@ from worker.actions import (
 from worker.errors import ConfigError
 from worker.ports import ApiUsage, ObjectQuery, Page
 from worker.records import format_sf_datetime, parse_sf_datetime
-from worker.rules.kit import key_marker
+from worker.rules.kit import key_marker, with_key_marker
 
 MANIFEST = "manifest.json"
 RECORDS_DIR = "records"
@@ -183,24 +183,33 @@ def _apply_one(
             now,
         )
     if isinstance(action, SendEmail):
-        # emailSimple logs the email as a completed activity on the record it names.
+        # emailSimple with logEmailOnSend logs the email on the record it names as a
+        # completed Task (an org without Enhanced Email), the body, key marker included, in
+        # its description. An email already logged went out: it is not sent again.
+        if not action.log_on_id:
+            raise _LocalWriteError("EMAIL_NOT_LOGGED", "an email must be logged on a record")
+        logged = _find_task(records, action.key, "")
+        if logged:
+            return ActionResult(action.key, Outcome.APPLIED, sf_id=logged, message="already sent")
+        body = with_key_marker(action.body, action.key)
+        person = action.log_on_id.startswith((schema.CONTACT_ID_PREFIX, schema.LEAD_ID_PREFIX))
         return _create(
             records,
             "Task",
             action.key,
             {
                 schema.SUBJECT: f"Email: {action.subject}"[: schema.SUBJECT_MAX_CHARS],
-                schema.DESCRIPTION: f"To: {action.to_address}\n\n{action.body}\n\n"
-                f"{key_marker(action.key)}",
+                schema.DESCRIPTION: f"To: {action.to_address}\n\n{body}"[
+                    : schema.TASK_DESCRIPTION_MAX_CHARS
+                ],
                 schema.ACTIVITY_DATE: now.date().isoformat(),
-                schema.WHAT_ID: action.log_on_id,
+                schema.WHO_ID if person else schema.WHAT_ID: action.log_on_id,
                 schema.STATUS: "Completed",
                 schema.IS_CLOSED: True,
                 schema.TASK_SUBTYPE: "Email",
             },
             stamp,
             now,
-            existing=_find_task(records, action.key, ""),
         )
     if isinstance(action, ConvertLead):
         if target is None:

@@ -7,7 +7,9 @@ pipeline loads the snapshot, passes the as-of date, and turns their evaluations 
 Exactly-once, step by step:
 
 1. ``reconcile``: ledger rows left ``sent`` by a run that died are checked against the org
-   (by external-id key or a marker query) before anything is written again.
+   (by external-id key or a marker query) before anything is written again. An email the
+   org shows no log of stays ``sent`` until its request cannot still be running in
+   Salesforce (``REQUEST_TIME_LIMIT``), then is sent again.
 2. ``pull``: per object, one incremental query on SystemModstamp from the watermark (the
    live source widens it by an overlap window); each page is committed, then its watermark,
    never past the run's start.
@@ -40,6 +42,7 @@ from worker.actions import (
     Action,
     ActionResult,
     Outcome,
+    SendEmail,
 )
 from worker.errors import ApiLimitError, AuthError
 from worker.mapping import LoadedMapping
@@ -52,6 +55,9 @@ from worker.store import AuditRow, LedgerEntry, Store
 log = structlog.get_logger()
 
 WRITE_BATCH = 1000  # one composite request of five 200-record collections
+# Salesforce ends a request after 10 minutes: until then, one whose answer was lost may still
+# commit. An email whose log the org does not show yet is sent again only after that.
+REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
 
 
 @dataclass
@@ -168,7 +174,18 @@ class Pipeline:
         settled = [r for r in found if r is not None]
         by_key = {a.key: a for a in actions}
         self.store.record_results(by_key, settled, report.run_id, now, event="reconciled")
-        unknown = [a for a, r in zip(actions, found, strict=True) if r is None]
+        in_flight = {
+            e.key
+            for e, r in zip(pending, found, strict=True)
+            if r is None
+            and isinstance(e.action, SendEmail)
+            and now - dt.datetime.fromisoformat(e.updated_at) < REQUEST_TIME_LIMIT
+        }
+        if in_flight:
+            log.warning("ledger.email_may_be_in_flight", keys=sorted(in_flight))
+        unknown = [
+            a for a, r in zip(actions, found, strict=True) if r is None and a.key not in in_flight
+        ]
         self.store.record_results(
             by_key,
             [
@@ -300,9 +317,9 @@ class Pipeline:
         for skip in passed_over:
             report.outcomes[(skip.action.rule, Outcome.SKIPPED.value)] += 1
         status = self.store.ledger_status(a.key for a in plan.actions)
-        todo = [
-            a for a in plan.actions if status.get(a.key) not in (Outcome.APPLIED, Outcome.SKIPPED)
-        ]
+        # Still ``sent`` after reconcile: an email that may still go out; never sent twice.
+        done = (Outcome.APPLIED, Outcome.SKIPPED, Outcome.SENT)
+        todo = [a for a in plan.actions if status.get(a.key) not in done]
         self.store.record_planned(todo, report.run_id, now)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}

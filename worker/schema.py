@@ -16,6 +16,7 @@ CASE_COMMENT = "CaseComment"
 LEAD = "Lead"
 CASE = "Case"
 OPPORTUNITY = "Opportunity"  # what convertLead creates
+EMAIL_MESSAGE = "EmailMessage"  # an email the Send Email action logged (Enhanced Email)
 
 # Task
 WHAT_ID = "WhatId"
@@ -39,6 +40,10 @@ IS_PUBLISHED = "IsPublished"
 # Lead
 IS_CONVERTED = "IsConverted"
 
+# EmailMessage
+RELATED_TO_ID = "RelatedToId"
+TEXT_BODY = "TextBody"
+
 # Limits the platform enforces on what the worker writes.
 SUBJECT_MAX_CHARS = 255
 COMMENT_BODY_MAX_BYTES = 4000
@@ -58,12 +63,12 @@ KEY_PREFIXES = {
     "00T": TASK,
     "00U": "Event",
     "00a": CASE_COMMENT,
-    "02s": "EmailMessage",
+    "02s": EMAIL_MESSAGE,
     "500": CASE,
 }
 
 # The field that names a record, for standard objects whose name field is not ``Name``.
-NAME_FIELDS = {TASK: SUBJECT, CASE: "CaseNumber", CASE_COMMENT: ID, "EmailMessage": SUBJECT}
+NAME_FIELDS = {TASK: SUBJECT, CASE: "CaseNumber", CASE_COMMENT: ID, EMAIL_MESSAGE: SUBJECT}
 
 # Fields every cached record carries, whatever the mapping asks for.
 ALWAYS_FIELDS = (ID, SYSTEM_MODSTAMP, IS_DELETED)
@@ -80,3 +85,5 @@ TASK_FIELDS = (
     CREATED_DATE,
 )
 CASE_COMMENT_FIELDS = (PARENT_ID, COMMENT_BODY, IS_PUBLISHED, CREATED_DATE)
+# What a rule reads to find the emails it sent, when the org logs them as EmailMessages.
+EMAIL_MESSAGE_FIELDS = (RELATED_TO_ID, TEXT_BODY, CREATED_DATE)

@@ -20,6 +20,7 @@ from worker.mapping import LoadedMapping, OrgMapping, load_mapping
 from worker.records import Record, Snapshot
 from worker.rules import ALL_RULES, Evaluation, Verdict, evaluate_rule, rule_models
 from worker.rules.collections import STEPS, CollectionsSettings
+from worker.rules.kit import key_marker
 
 from .declared import is_picklist, undeclared, walk_demo
 
@@ -330,7 +331,51 @@ def test_send_email_action_fields(mapping: LoadedMapping) -> None:
     assert email.log_on_id == ACC
     assert email.subject == "Following up: Acme Health past-due balance"
     assert "67 days past due ($4,200.50)" in email.body
-    assert email.body.rstrip().endswith("Dana Whitfield")
+    # Signed by the CSM; the key at the end is what the org's log of the email keeps.
+    assert email.body.endswith(f"Dana Whitfield\n\n{key_marker(email.key)}")
+
+
+def logged_email(logged_as: str, key: str, when: dt.date) -> dict[str, Any]:
+    """The record emailSimple's logEmailOnSend leaves on the account: a Task, or with
+    Enhanced Email an EmailMessage (its Task then carries no body)."""
+    body = f"Hi Ada,\n\nBest regards,\nDana Whitfield\n\n{key_marker(key)}"
+    stamp = f"{when.isoformat()}T17:00:00.000+0000"
+    if logged_as == "Task":
+        return {
+            "attributes": {"type": "Task"},
+            "Id": "00TTstE000000001AAA",
+            "WhatId": ACC,
+            "Subject": "Email: Following up",
+            "Description": f"Additional To: ada.park@acme.example.com\n\nBody:\n{body}",
+            "Status": "Completed",
+            "IsClosed": True,
+            "TaskSubtype": "Email",
+            "ActivityDate": when.isoformat(),
+            "CreatedDate": stamp,
+            "SystemModstamp": stamp,
+        }
+    return {
+        "attributes": {"type": "EmailMessage"},
+        "Id": "02sTstE000000001AAA",
+        "RelatedToId": ACC,
+        "Subject": "Following up",
+        "TextBody": body,
+        "CreatedDate": stamp,
+        "SystemModstamp": stamp,
+    }
+
+
+@pytest.mark.parametrize("logged_as", ["Task", "EmailMessage"])
+def test_an_email_the_org_logged_is_not_sent_again(mapping: LoadedMapping, logged_as: str) -> None:
+    start = day(-67)
+    org = make_org(Oldest_Unpaid_Due_Date__c=start.isoformat())
+    sent = logged_email(logged_as, f"collections:email2-{start}:{ACC}", day(0))
+    org[sent["Id"]] = sent
+    result = evaluate(org, day(0), settings_of(mapping), with_email(mapping.common))
+    assert result is not None
+    assert (result.verdict, result.actions) == (Verdict.NOT_DUE, ())  # email #2 is done
+    assert result.next_due == start + dt.timedelta(days=80)
+    assert "Automated Email #3" in (result.next_step or "")
 
 
 def test_not_due_says_when_and_what(mapping: LoadedMapping) -> None:

@@ -10,7 +10,11 @@ It answers the REST resources the gateway uses with the real API's shapes:
 - ``composite`` (at most 25 subrequests, 5 of them collections or queries), sObject
   Collections create/update/upsert with ``allOrNone`` semantics and per-record errors;
 - ``sobjects`` (global describe) and ``sobjects/<Object>/describe``;
-- ``actions/standard/emailSimple``; SOAP ``convertLead``; Bulk API 2.0 query jobs.
+- ``actions/standard/emailSimple``, logging each email sent with ``logEmailOnSend`` on its
+  ``relatedRecordId`` as Salesforce does: a completed Task (TaskSubtype ``Email``, Subject
+  ``Email: <subject>``, the body in its Description) or, with ``enhanced_email``, an
+  EmailMessage (the body in ``TextBody``) and a Task without the body as its activity;
+  SOAP ``convertLead``; Bulk API 2.0 query jobs.
 
 Every instance call is counted (``calls``, ``calls_by_kind``) and answered with a
 ``Sforce-Limit-Info`` header; when the daily allowance is spent it answers
@@ -70,6 +74,7 @@ PREFIXES = {
     "Task": "00T",
     "Event": "00U",
     "CaseComment": "00a",
+    "EmailMessage": "02s",
     "Case": "500",
     "LeadStatus": "01J",
 }
@@ -132,6 +137,8 @@ _SYSTEM = (
     _f("LastModifiedDate", "datetime", updateable=False, createable=False),
 )
 TASK_STATUSES = ("Not Started", "In Progress", "Completed")
+TASK_DESCRIPTION_MAX = 32000
+EMAIL_BODY_MAX = 32000  # EmailMessage TextBody / HtmlBody
 CONVERTED_STATUSES = ("Closed - Converted", "Qualified")
 METADATA = (
     Path(__file__).resolve().parents[2]
@@ -256,7 +263,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
         ),
         "Task": (
             _f("Subject", "combobox"),
-            _f("Description", "textarea", length=32000, filterable=False),
+            _f("Description", "textarea", length=TASK_DESCRIPTION_MAX, filterable=False),
             _f("ActivityDate", "date"),
             _f("Status", "picklist", picklist=task_statuses, restricted=True),
             _f("Priority", "picklist", picklist=("High", "Normal", "Low")),
@@ -273,6 +280,18 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _ref("ParentId", "Case", "Parent"),
             _f("CommentBody", "textarea", length=4000, filterable=False),
             _f("IsPublished", "boolean"),
+        ),
+        "EmailMessage": (
+            _f("Subject", length=3000),
+            _f("TextBody", "textarea", length=EMAIL_BODY_MAX, filterable=False),
+            _f("HtmlBody", "textarea", length=EMAIL_BODY_MAX, filterable=False),
+            _f("ToAddress", length=4000),
+            _f("FromAddress", "email"),
+            _f("Status", "picklist", picklist=("0", "1", "2", "3", "4", "5")),
+            _f("Incoming", "boolean"),
+            _f("MessageDate", "datetime"),
+            _ref("RelatedToId", ("Account", "Case", "Opportunity"), "RelatedTo"),
+            _ref("ActivityId", "Task", "Activity"),
         ),
     }
 
@@ -439,6 +458,8 @@ class FakeOrg:
         self.locks: dict[str, int] = {}
         self.validations: list[Callable[[str, Mapping[str, Any]], tuple[str, str] | None]] = []
         self.emails_sent: list[dict[str, Any]] = []
+        # The org's Enhanced Email setting: logged emails become EmailMessages, not Tasks.
+        self.enhanced_email = False
         self.composite_sizes: list[int] = []
         self._cursors: dict[str, _Cursor] = {}
         self._jobs: dict[str, _Job] = {}
@@ -1265,6 +1286,8 @@ class FakeOrg:
                 )
                 continue
             self.emails_sent.append(dict(item))
+            if item.get("logEmailOnSend") is True and item.get("relatedRecordId"):
+                self._log_email(item)
             results.append(
                 {
                     "actionName": "emailSimple",
@@ -1275,6 +1298,42 @@ class FakeOrg:
                 }
             )
         return (400 if any_failed else 200), results
+
+    def _log_email(self, item: Mapping[str, Any]) -> None:
+        """What ``logEmailOnSend`` leaves on the related record, in the send's transaction.
+        Long text is cut at its field's length, as Salesforce stores it."""
+        subject = str(item.get("emailSubject") or "")
+        body = str(item.get("emailBody") or "")
+        related = str(item["relatedRecordId"])
+        lookup = "WhoId" if related.startswith(("003", "00Q")) else "WhatId"
+        task = {
+            "Subject": f"Email: {subject}"[:255],
+            "Status": "Completed",
+            "IsClosed": True,
+            "TaskSubtype": "Email",
+            "ActivityDate": self.now.date().isoformat(),
+            "OwnerId": USER_ID,
+            lookup: related,
+        }
+        if not self.enhanced_email:
+            description = (
+                f"Additional To: {item.get('emailAddresses')}\nCC: \nBCC: \nAttachment: \n\n"
+                f"Subject: {subject}\nBody:\n{body}"
+            )
+            self.add("Task", Description=description[:TASK_DESCRIPTION_MAX], **task)
+            return
+        activity = self.add("Task", **task)
+        self.add(
+            "EmailMessage",
+            Subject=subject,
+            TextBody=body[:EMAIL_BODY_MAX],
+            ToAddress=item.get("emailAddresses"),
+            Status="3",  # Sent
+            Incoming=False,
+            MessageDate=self.now.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+            RelatedToId=related,
+            ActivityId=activity,
+        )
 
     # -- SOAP convertLead -------------------------------------------------------------------------------
     def _soap(self, body: str) -> tuple[int, Any, dict[str, str]]:

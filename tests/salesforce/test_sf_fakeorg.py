@@ -97,3 +97,33 @@ def test_synthetic_records_are_made_on_demand(org: FakeOrg) -> None:
     assert org.get(rid)["LastName"] == "S3"  # type: ignore[index]
     org.edit(rid, LastName="edited")
     assert [r["LastName"] for r in org.of("Lead")] == ["S0", "S1", "S2", "edited", "S4"]
+
+
+@pytest.mark.parametrize("enhanced_email", [False, True], ids=["task-logged", "enhanced-email"])
+def test_emailsimple_logs_only_what_is_asked_to_be_logged(
+    org: FakeOrg, enhanced_email: bool
+) -> None:
+    org.enhanced_email = enhanced_email
+    acc = org.add("Account", Name="Acme")
+    email = {"emailAddresses": "a@b.c", "emailSubject": "Hi", "emailBody": "Body [k]"}
+    inputs = [email, {**email, "logEmailOnSend": True, "relatedRecordId": acc}]
+    r = call(org, "POST", f"{V}/actions/standard/emailSimple", json={"inputs": inputs})
+    assert [i["isSuccess"] for i in r.json()] == [True, True]
+    (task,) = org.of("Task")  # the unlogged email left no trace
+    assert (task["WhatId"], task["Subject"], task["TaskSubtype"], task["Status"]) == (
+        acc,
+        "Email: Hi",
+        "Email",
+        "Completed",
+    )
+    if enhanced_email:
+        (message,) = org.of("EmailMessage")
+        assert (message["RelatedToId"], message["TextBody"], message["ActivityId"]) == (
+            acc,
+            "Body [k]",
+            task["Id"],
+        )
+        assert task.get("Description") is None  # the body is in the EmailMessage only
+    else:
+        assert org.of("EmailMessage") == []
+        assert task["Description"].endswith("Body:\nBody [k]")

@@ -305,25 +305,14 @@ def test_reconcile_answers(org: FakeOrg) -> None:
         task(opp, "t-upsert"),
         update("Opportunity", opp, "u", NextStep="x"),
         comment(case, "c-missing"),
-        SendEmail(
-            **META,
-            target=RecordRef("Opportunity", opp),
-            key="e",
-            to_address="a@b.c",
-            subject="s",
-            body="b",
-        ),
+        email("e", "a@b.c", opp),
         ConvertLead(
             **META, target=RecordRef("Lead", lead), key="cl", converted_status="Closed - Converted"
         ),
     ]
-    results = sink_for(org).reconcile(actions)
-    assert results[0] is None
-    assert results[1] is None
-    assert results[2] is None
-    assert results[4] is None
-    assert results[3] is not None
-    assert results[3].outcome is Outcome.SKIPPED
+    # Nothing of these is in the org: each is safe to send again (the email was not logged,
+    # so it was not sent).
+    assert sink_for(org).reconcile(actions) == [None] * 5
 
 
 def test_a_deleted_worker_comment_is_not_recreated(org: FakeOrg) -> None:
@@ -483,40 +472,92 @@ def test_daily_limit_exceeded_stops_the_write(org: FakeOrg) -> None:
 
 
 # -- email and lead conversion -------------------------------------------------------------------------
-def email(key: str, to: str) -> SendEmail:
+def email(key: str, to: str, log_on: str | None) -> SendEmail:
     return SendEmail(
         **META,
-        target=RecordRef("Opportunity", "006x"),
+        target=RecordRef("Account", log_on or "001x"),
         key=key,
         to_address=to,
         subject="Your invoice",
         body="Hello",
+        log_on_id=log_on,
         sender_type="CurrentUser",
     )
 
 
-def test_emails_are_sent_in_one_call_with_per_input_results(org: FakeOrg) -> None:
-    results = sink_for(org).write([email("e1", "ann@example.com"), email("e2", "not-an-address")])
+def test_emails_are_sent_in_one_call_logged_on_their_record(org: FakeOrg) -> None:
+    acc = org.add("Account", Name="Acme")
+    results = sink_for(org).write(
+        [email("e1", "ann@example.com", acc), email("e2", "not-an-address", acc)]
+    )
     assert outcomes(results) == [("applied", None), ("failed", "INVALID_EMAIL_ADDRESS")]
-    assert org.calls_by_kind == {"email": 1}
+    # one lookup of what the org already logged, then one emailSimple call
+    assert org.calls_by_kind == {"composite": 1, "email": 1}
     assert org.emails_sent == [
         {
             "emailAddresses": "ann@example.com",
             "emailSubject": "Your invoice",
-            "emailBody": "Hello",
+            "emailBody": "Hello\n\n[sop-worker e1]",
+            "logEmailOnSend": True,
+            "relatedRecordId": acc,
             "senderType": "CurrentUser",
         }
     ]
+    (logged,) = org.of("Task")
+    assert (logged["WhatId"], logged["Subject"], logged["TaskSubtype"]) == (
+        acc,
+        "Email: Your invoice",
+        "Email",
+    )
+    assert "[sop-worker e1]" in logged["Description"]
 
 
-def test_a_lost_email_answer_is_never_resent(org: FakeOrg) -> None:
+@pytest.mark.parametrize("enhanced_email", [False, True], ids=["task-logged", "enhanced-email"])
+def test_a_lost_email_answer_is_settled_by_the_logged_email(
+    org: FakeOrg, enhanced_email: bool
+) -> None:
+    org.enhanced_email = enhanced_email
+    acc = org.add("Account", Name="Acme")
     org.fail(kind="email", drop=True)
     sink = sink_for(org)
-    (result,) = sink.write([email("e1", "ann@example.com")])
+    (result,) = sink.write([email("e1", "ann@example.com", acc)])
     assert (result.outcome, result.error_code) == (Outcome.SENT, "UNKNOWN_OUTCOME")
     assert len(org.emails_sent) == 1
-    assert org.calls_by_kind == {"email": 1}
-    (rec,) = sink.reconcile([email("e1", "ann@example.com")])
+    (rec,) = sink.reconcile([email("e1", "ann@example.com", acc)])
+    assert rec is not None
+    assert rec.outcome is Outcome.APPLIED
+    logged = org.of("EmailMessage") if enhanced_email else org.of("Task")
+    assert rec.sf_id == logged[0]["Id"]
+    assert len(org.emails_sent) == 1
+
+
+def test_an_email_salesforce_did_not_log_was_not_sent(org: FakeOrg) -> None:
+    acc = org.add("Account", Name="Acme")
+    org.fail(kind="email", status=502, error_code=None)  # a gateway error: outcome unknown
+    sink = sink_for(org)
+    (result,) = sink.write([email("e1", "ann@example.com", acc)])
+    assert result.outcome is Outcome.SENT
+    assert org.emails_sent == []
+    assert sink.reconcile([email("e1", "ann@example.com", acc)]) == [None]  # safe to send
+
+
+def test_an_email_the_org_logged_is_not_sent_again(org: FakeOrg) -> None:
+    acc = org.add("Account", Name="Acme")
+    org.enhanced_email = True
+    sink_for(org).write([email("e1", "ann@example.com", acc)])
+    # a run that lost its database plans the same email again
+    (again,) = sink_for(org).write([email("e1", "ann@example.com", acc)])
+    assert again.outcome is Outcome.APPLIED
+    assert again.sf_id == org.of("EmailMessage")[0]["Id"]
+    assert len(org.emails_sent) == 1
+
+
+def test_an_email_with_no_record_to_log_it_on_is_not_sent(org: FakeOrg) -> None:
+    (result,) = sink_for(org).write([email("e1", "ann@example.com", None)])
+    assert (result.outcome, result.error_code) == (Outcome.FAILED, "EMAIL_NOT_LOGGED")
+    assert org.call_count == 0
+    # one left "sent" by an older version, which did not log emails: never sent twice
+    (rec,) = sink_for(org).reconcile([email("e1", "ann@example.com", None)])
     assert rec is not None
     assert rec.outcome is Outcome.SKIPPED
 
@@ -629,10 +670,11 @@ def test_a_read_only_sink_cannot_write(org: FakeOrg) -> None:
 def test_estimate_counts_lookups_emails_and_conversions(org: FakeOrg) -> None:
     sink = sink_for(org, key_field="")
     actions: list[Action] = [comment(f"500{i:012d}AAA", f"c{i}") for i in range(250)]
-    actions += [email(f"e{i}", "a@b.c") for i in range(101)]
+    actions += [email(f"e{i}", "a@b.c", "001000000000001AAA") for i in range(101)]
     actions += [convert(f"00Q{i:012d}AAA", f"l{i}") for i in range(3)]
-    # 2 comment chunks -> 1 create composite; 250 parents -> 2 lookup queries -> 1 composite;
-    # 101 emails -> 2 calls; 3 conversions -> 1 call
+    # 2 comment chunks -> 1 create composite; 250 parents -> 2 lookup queries, plus the
+    # emails' Task and EmailMessage lookups -> 1 composite; 101 emails -> 2 calls;
+    # 3 conversions -> 1 call
     assert sink.estimate_write_calls(actions) == 5
 
 

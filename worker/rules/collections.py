@@ -71,6 +71,7 @@ from worker.rules.kit import (
     render,
     task_key,
     template_placeholders,
+    worker_emails,
     worker_tasks,
 )
 
@@ -277,6 +278,8 @@ class CollectionsSettings(RuleSettings):
                 self.contact_name_field,
             },
             schema.TASK: {self.reply_task_field},
+            # Emails the worker sent, where the org logs them as EmailMessages.
+            schema.EMAIL_MESSAGE: set(schema.EMAIL_MESSAGE_FIELDS),
         }
 
     def _steps_in_use(self) -> set[str]:
@@ -379,8 +382,11 @@ def decide(
     org: OrgMapping,
 ) -> Evaluation:
     emit = Emit.on(RULE_ID, s, org, record)
-    mine = worker_tasks(snapshot, record.id, RULE_ID, org)
-    open_tasks = {k: t for k, t in mine.items() if not is_completed(t, org)}
+    tasks = worker_tasks(snapshot, record.id, RULE_ID, org)
+    open_tasks = {k: t for k, t in tasks.items() if not is_completed(t, org)}
+    # The steps done, by key: the worker's Tasks and the emails the org logged (as Tasks,
+    # found above, or as EmailMessages).
+    mine = tasks | worker_emails(snapshot, record.id, RULE_ID)
 
     def verdict(v: Verdict, why: str, **kw: Any) -> Evaluation:
         return Evaluation(rule=RULE_ID, target=emit.target, verdict=v, why=why, **kw)

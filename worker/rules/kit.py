@@ -47,6 +47,14 @@ def keys_in_text(text: str | None) -> list[str]:
     return _MARKER.findall(text or "")
 
 
+def with_key_marker(text: str, key: str) -> str:
+    """``text`` ending with the key's marker (added after a blank line when missing)."""
+    marker = key_marker(key)
+    if marker in text:
+        return text
+    return f"{text}\n\n{marker}" if text else marker
+
+
 def task_key(task: Record, org: OrgMapping) -> str | None:
     """The worker's action key on a Task: its external-id field, else the text marker."""
     if org.org.task_key_field:
@@ -65,6 +73,18 @@ def worker_tasks(snapshot: Any, record_id: str, rule_id: str, org: OrgMapping) -
         key = task_key(task, org)
         if key and key.startswith(prefix) and key.endswith(f":{record_id}"):
             out[key] = task
+    return out
+
+
+def worker_emails(snapshot: Any, record_id: str, rule_id: str) -> dict[str, Record]:
+    """The emails this rule sent about a record, by action key, as the org logged them in an
+    EmailMessage (Enhanced Email) related to the record, the key marker in its body. Where
+    the org logs emails as Tasks instead, :func:`worker_tasks` finds them."""
+    out: dict[str, Record] = {}
+    for email in snapshot.children(schema.EMAIL_MESSAGE, schema.RELATED_TO_ID, record_id):
+        for key in keys_in_text(email.text(schema.TEXT_BODY)):
+            if key.startswith(f"{rule_id}:") and key.endswith(f":{record_id}"):
+                out[key] = email
     return out
 
 
@@ -347,11 +367,14 @@ class Emit:
         reason: str,
         step_key: str | None = None,
     ) -> SendEmail:
+        """An email logged on the record, its action key at the end of the body: Salesforce
+        keeps the body in the logged Task or EmailMessage, where the key is found again."""
+        meta = self._meta(step_id, step_key, reason)
         return SendEmail(
-            **self._meta(step_id, step_key, reason),
+            **meta,
             to_address=to_address,
             subject=subject,
-            body=body,
+            body=with_key_marker(body, meta["key"]),
             log_on_id=self.record.id,
         )
 

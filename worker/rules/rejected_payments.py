@@ -57,6 +57,7 @@ from worker.rules.kit import (
     phone_to_call,
     render,
     template_placeholders,
+    worker_emails,
     worker_tasks,
 )
 
@@ -228,6 +229,8 @@ class RejectedPaymentsSettings(RuleSettings):
             self.sobject: fields,
             schema.TASK: {self.outcome_field, self.response_task_field, schema.COMPLETED_DATE},
             schema.CASE_COMMENT: set(),
+            # Emails the worker sent, where the org logs them as EmailMessages.
+            schema.EMAIL_MESSAGE: set(schema.EMAIL_MESSAGE_FIELDS),
         }
 
     def writes(self) -> dict[str, set[str]]:
@@ -276,7 +279,7 @@ class _Case:
     as_of: dt.date
     dues: tuple[dt.date, ...]  # due date of attempt n at index n - 1
     close_due: dt.date
-    tasks: dict[str, Record]  # the worker's Tasks on the case, by action key
+    tasks: dict[str, Record]  # the worker's Tasks and logged emails on the case, by action key
     attempts: dict[int, Record]  # attempt number -> the worker's call Task
     logged: frozenset[int]
     values: dict[str, object]
@@ -319,7 +322,9 @@ def decide(
     day0 = cal.add(created, 0)
     dues = tuple(cal.add(day0, d) for d in s.attempt_offsets)
     close_due = cal.add(day0, s.window_business_days)
-    tasks = worker_tasks(snapshot, record.id, RULE_ID, org)
+    tasks = worker_tasks(snapshot, record.id, RULE_ID, org) | worker_emails(
+        snapshot, record.id, RULE_ID
+    )
     attempts = {
         n: tasks[emit.key(f"attempt-{n}")]
         for n in range(1, s.max_attempts + 1)

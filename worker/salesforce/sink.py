@@ -13,7 +13,12 @@ Writes (:meth:`SalesforceSink.write`):
   custom fields), the action key sits in the text as ``[sop-worker <key>]`` and the sink
   first looks for an existing record carrying it (a queryAll on the parents: long text
   cannot be filtered in SOQL) before a plain ``POST composite/sobjects`` create.
-- ``SendEmail``: ``POST actions/standard/emailSimple``, many inputs per call.
+- ``SendEmail``: ``POST actions/standard/emailSimple``, many inputs per call, each with
+  ``logEmailOnSend`` on its ``log_on_id`` record and the action key marker at the end of
+  the body. Salesforce logs the email in the same transaction that sends it: a Task whose
+  description holds the body, or with Enhanced Email an EmailMessage whose ``TextBody``
+  does. Before sending, the sink looks for that log (like a keyed create): an email found
+  there went out already and is not sent again.
 - ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
 
 Idempotent composites (updates, upserts) are sent apart from creating ones, so a lost
@@ -73,7 +78,7 @@ from worker.errors import ApiLimitError, AuthError, RetriableError, SalesforceEr
 from worker.mapping import OrgMapping
 from worker.ports import ApiUsage
 from worker.records import format_sf_datetime, parse_sf_datetime
-from worker.rules.kit import key_marker, keys_in_text
+from worker.rules.kit import key_marker, keys_in_text, with_key_marker
 from worker.salesforce.client import SalesforceClient, SubRequest, SubResponse
 from worker.salesforce.errors import (
     UNKNOWN_OUTCOME,
@@ -244,9 +249,10 @@ class SalesforceSink:
             elif isinstance(action, ConvertLead):
                 converts.append((i, action))
         creates = [p for p in records if p.operation is Operation.CREATE]
-        if creates:
+        if creates or emails:
             existing = self._find_keyed(
                 [(p.index, p.action, p.sobject, p.parents) for p in creates]
+                + [item for i, a in emails for item in _logged_email_lookups(i, a)]
             )
             for p in creates:
                 if p.index in existing:
@@ -256,7 +262,17 @@ class SalesforceSink:
                         sf_id=existing[p.index],
                         message="already in Salesforce (found by its key marker); not created again",
                     )
+            for i, a in emails:
+                if i in existing:
+                    state.results[i] = ActionResult(
+                        a.key,
+                        Outcome.APPLIED,
+                        sf_id=existing[i],
+                        message="already sent: Salesforce logged it (found by its key marker); "
+                        "not sent again",
+                    )
             records = [p for p in records if state.results[p.index] is None]
+            emails = [(i, a) for i, a in emails if state.results[i] is None]
         # Notes before the state they go with: a run that stops halfway leaves the step
         # visibly undone (no Task, case still open), so the next run plans it again and
         # the notes already written are found by their keys.
@@ -284,6 +300,14 @@ class SalesforceSink:
             return self._prepare_comment(index, action)
         if isinstance(action, ConvertLead) and action.target.id in self._converted:
             return _converted_lead(action)
+        if isinstance(action, SendEmail) and not action.log_on_id:
+            return ActionResult(
+                action.key,
+                Outcome.FAILED,
+                error_code="EMAIL_NOT_LOGGED",
+                message="an email must be logged on a record (log_on_id), or a lost database "
+                "could send it again; not sent",
+            )
         if isinstance(action, (SendEmail, ConvertLead)):
             return None
         return ActionResult(
@@ -339,9 +363,7 @@ class SalesforceSink:
             record[self.task_key_field] = action.key
             operation = Operation.UPSERT
         else:
-            marker = key_marker(action.key)
-            if marker not in description:
-                description = f"{description}\n\n{marker}" if description else marker
+            description = with_key_marker(description, action.key)
             operation = Operation.CREATE
         record[schema.DESCRIPTION] = _cut_keeping_marker(
             description,
@@ -356,11 +378,9 @@ class SalesforceSink:
 
     def _prepare_comment(self, index: int, action: AddCaseComment) -> PreparedRecord:
         notes: list[str] = []
-        marker = key_marker(action.key)
-        body = action.body if marker in action.body else f"{action.body}\n\n{marker}"
         body = _cut_keeping_marker(
-            body,
-            marker,
+            with_key_marker(action.body, action.key),
+            key_marker(action.key),
             schema.COMMENT_BODY_MAX_BYTES,
             unit="bytes",
             notes=notes,
@@ -656,10 +676,12 @@ class SalesforceSink:
     # -- reconcile ------------------------------------------------------------------------------
     def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
         """For actions left ``SENT``: what the org shows. A Task upserted on its key field,
-        or created with its key marker, is APPLIED when the org has it; an update when the
-        target holds every value it was to write; a conversion when the Lead is converted.
-        The others are safe to send again (None). An email cannot be checked and is not sent
-        again (SKIPPED), since a duplicate email reaches a person."""
+        or created with its key marker, is APPLIED when the org has it; an email when the
+        org logged it (a Task or EmailMessage on its ``log_on_id`` record, the key marker in
+        the body); an update when the target holds every value it was to write; a
+        conversion when the Lead is converted. The others are safe to send again (None): an
+        email Salesforce did not log was not sent, since the log is written in the same
+        transaction as the send and Salesforce sends only once that transaction commits."""
         before = self._client.api_calls()
         try:
             out: list[ActionResult | None] = [None] * len(actions)
@@ -679,20 +701,25 @@ class SalesforceSink:
                     keyed.append((i, action, schema.TASK, parents))
                 elif isinstance(action, AddCaseComment):
                     keyed.append((i, action, schema.CASE_COMMENT, (action.target.id,)))
+                elif isinstance(action, SendEmail) and action.log_on_id:
+                    keyed.extend(_logged_email_lookups(i, action))
                 elif isinstance(action, SendEmail):
+                    # Sent unlogged (a plan from before emails were logged): nothing to check.
                     out[i] = ActionResult(
                         action.key,
                         Outcome.SKIPPED,
                         error_code=UNKNOWN_OUTCOME,
-                        message="the email may have been sent; not sent again to avoid a duplicate",
+                        message="the email may have been sent and was not logged; not sent "
+                        "again to avoid a duplicate",
                     )
                 elif isinstance(action, ConvertLead):
                     leads.setdefault(action.target.id, []).append(i)
             found = self._find_keyed(keyed)
             for i, sf_id in found.items():
-                out[i] = ActionResult(
-                    actions[i].key, Outcome.APPLIED, sf_id=sf_id, message="found by its key marker"
-                )
+                message = "found by its key marker"
+                if isinstance(actions[i], SendEmail):
+                    message = "sent: Salesforce logged it (found by its key marker)"
+                out[i] = ActionResult(actions[i].key, Outcome.APPLIED, sf_id=sf_id, message=message)
             for key, sf_id in self._tasks_by_key(list(upserted)).items():
                 for i in upserted[key]:
                     out[i] = ActionResult(
@@ -753,6 +780,8 @@ class SalesforceSink:
                     lookup_parents.setdefault(prepared.sobject, set()).update(prepared.parents)
             elif prepared is None and isinstance(action, SendEmail):
                 emails += 1
+                for _, _, sobject, parents in _logged_email_lookups(i, action):
+                    lookup_parents.setdefault(sobject, set()).update(parents)
             elif prepared is None and isinstance(action, ConvertLead):
                 converts.append(action)
         for (_, operation), n in counts.items():
@@ -777,8 +806,8 @@ class SalesforceSink:
         self, items: Sequence[tuple[int, Action, str, tuple[str, ...]]]
     ) -> dict[int, str]:
         """Index -> id of an existing record (deleted ones included) carrying the action's
-        key marker. Long text cannot be filtered in SOQL, so the parents' Tasks/Comments
-        are read and the markers matched here."""
+        key marker. Long text cannot be filtered in SOQL, so the parents' Tasks, Comments
+        or EmailMessages are read and the markers matched here."""
         parents: dict[str, set[str]] = {}
         for _, _, sobject, ps in items:
             parents.setdefault(sobject, set()).update(ps)
@@ -790,7 +819,11 @@ class SalesforceSink:
             return {}
         by_key: dict[str, str] = {}
         for row in every_row(self._client, soqls, all_rows=True, kind="lookup"):
-            text = row.get(schema.DESCRIPTION) or row.get(schema.COMMENT_BODY)
+            text = (
+                row.get(schema.DESCRIPTION)
+                or row.get(schema.COMMENT_BODY)
+                or row.get(schema.TEXT_BODY)
+            )
             for key in keys_in_text(text if isinstance(text, str) else None):
                 by_key.setdefault(key, str(row.get(schema.ID)))
         return {i: by_key[a.key] for i, a, _, _ in items if a.key in by_key}
@@ -908,6 +941,14 @@ def _marker_query(sobject: str, parent_ids: tuple[str, ...]) -> str:
                 ),
             )
         )
+    if sobject == schema.EMAIL_MESSAGE:
+        return select(
+            Select(
+                schema.EMAIL_MESSAGE,
+                (schema.ID, schema.TEXT_BODY),
+                (Condition(schema.RELATED_TO_ID, "IN", parent_ids),),
+            )
+        )
     return select(
         Select(
             schema.CASE_COMMENT,
@@ -915,6 +956,15 @@ def _marker_query(sobject: str, parent_ids: tuple[str, ...]) -> str:
             (Condition(schema.PARENT_ID, "IN", parent_ids),),
         )
     )
+
+
+def _logged_email_lookups(
+    index: int, action: SendEmail
+) -> list[tuple[int, Action, str, tuple[str, ...]]]:
+    """Where the org logs an email sent with ``logEmailOnSend``: a Task on the record
+    (Enhanced Email off) or an EmailMessage related to it (Enhanced Email on)."""
+    parents = (action.log_on_id,) if action.log_on_id else ()
+    return [(index, action, schema.TASK, parents), (index, action, schema.EMAIL_MESSAGE, parents)]
 
 
 def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRecord]]]:
@@ -1037,11 +1087,15 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _email_input(action: SendEmail) -> dict[str, str]:
-    data = {
+def _email_input(action: SendEmail) -> dict[str, Any]:
+    """The emailSimple input: logged on ``log_on_id`` (a Task, or an EmailMessage with
+    Enhanced Email), the action key at the end of the body so the log carries it."""
+    data: dict[str, Any] = {
         "emailAddresses": action.to_address,
         "emailSubject": action.subject,
-        "emailBody": action.body,
+        "emailBody": with_key_marker(action.body, action.key),
+        "logEmailOnSend": True,
+        "relatedRecordId": action.log_on_id,
     }
     if action.sender_type:
         data["senderType"] = action.sender_type
