@@ -74,6 +74,12 @@ def broken(tmp_path: Path, old: str, new: str) -> Path:
             "not a country with a phone numbering plan: 'Narnia'",
         ),
         (
+            "follow_up_every_days = 2",
+            'follow_up_every_days = 2\nassignment_rule_steps = ["return_to_queue"]',
+            "rules.payment_followup",
+            "assignment_rule_steps: not a step of this rule: return_to_queue",
+        ),
+        (
             "[rules.payment_followup]\n",
             "[rules.payment_followups]\n",
             "rules.payment_followups",

@@ -70,6 +70,9 @@ class Action:
     target: RecordRef
     reason: str
     key: str
+    # Let the org's active assignment rules run on this write (``Sforce-Auto-Assign: TRUE``);
+    # off unless the rule's mapping lists the step in ``assignment_rule_steps``.
+    auto_assign: bool = False
 
     def summary(self) -> str:
         """One line saying what the action does, for tables."""

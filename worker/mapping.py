@@ -149,6 +149,12 @@ class RuleSettings(StrictModel):
     enabled: bool = True
     sop_file: str = Field(description="The SOP document this rule implements.")
     steps: dict[str, str] = Field(description="Step id -> the SOP's own label for the step.")
+    assignment_rule_steps: tuple[str, ...] = Field(
+        default=(),
+        description="Step ids whose record writes let the org's active assignment rules "
+        "reassign the record (Sforce-Auto-Assign: TRUE), e.g. a 'return to queue' step. "
+        "Every other write is sent with Sforce-Auto-Assign: FALSE.",
+    )
 
     @model_validator(mode="after")
     def _all_steps_labelled(self) -> RuleSettings:
@@ -158,6 +164,12 @@ class RuleSettings(StrictModel):
         unknown = [s for s in self.steps if self.required_steps and s not in self.required_steps]
         if unknown:
             raise ValueError(f"steps: unknown step(s) {', '.join(unknown)}")
+        not_steps = [s for s in self.assignment_rule_steps if s not in self.steps]
+        if not_steps:
+            raise ValueError(
+                f"assignment_rule_steps: not a step of this rule: {', '.join(not_steps)} "
+                f"(steps: {', '.join(self.steps)})"
+            )
         return self
 
     def needs(self) -> dict[str, set[str]]:

@@ -250,3 +250,15 @@ def test_declarations_match_what_the_rule_does_on_the_demo_org(mapping: LoadedMa
     assert seen.writes == settings.writes()
     assert seen.values  # the close-out sets Payment_Status__c and Closed_Reason__c
     assert undeclared(seen, settings.picklist_values(), mapping) == {}
+
+
+def test_only_the_steps_the_mapping_lists_let_assignment_rules_run(
+    mapping: LoadedMapping,
+) -> None:
+    default = evaluate({OPP: opp()}, day(60), mapping)
+    assert not any(a.auto_assign for a in default.actions)
+    opted = evaluate({OPP: opp()}, day(60), mapping, assignment_rule_steps=("final",))
+    assert {a.key.split(":")[1]: a.auto_assign for a in opted.actions} == {
+        "final": True,
+        "final-log": False,
+    }

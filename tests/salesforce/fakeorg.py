@@ -16,6 +16,16 @@ It answers the REST resources the gateway uses with the real API's shapes:
   EmailMessage (the body in ``TextBody``) and a Task without the body as its activity;
   SOAP ``convertLead``; Bulk API 2.0 query jobs.
 
+Assignment rules, as a production org runs them: :meth:`FakeOrg.assign` activates a rule
+for Lead, Case or Account, and ``default_case_owner`` is the Support Settings' Default Case
+Owner. Every REST create or update of such a record runs the rule unless its request says
+``Sforce-Auto-Assign: FALSE`` (absent means TRUE); a Case with no active rule goes to the
+Default Case Owner. A Composite subrequest is governed by its own ``httpHeaders`` only (it
+inherits just ``Accept``, ``Authorization`` and ``Content-Type``, which it may not set).
+With ``task_trigger_updates_case`` a Task written on a Case updates that Case (a trigger),
+under the header of the Task's request. Each reassignment is kept in ``reassigned``.
+SOAP calls run no assignment rule without an ``AssignmentRuleHeader``.
+
 Every instance call is counted (``calls``, ``calls_by_kind``) and answered with a
 ``Sforce-Limit-Info`` header; when the daily allowance is spent it answers
 ``REQUEST_LIMIT_EXCEEDED``. Faults are injected with :meth:`FakeOrg.fail` (an HTTP error,
@@ -461,6 +471,10 @@ class FakeOrg:
         # The org's Enhanced Email setting: logged emails become EmailMessages, not Tasks.
         self.enhanced_email = False
         self.composite_sizes: list[int] = []
+        self.assignment_rules: dict[str, str] = {}  # sObject -> owner its active rule assigns
+        self.default_case_owner: str | None = None
+        self.task_trigger_updates_case = False
+        self.reassigned: list[tuple[str, Any, str]] = []  # (record Id, owner before, after)
         self._cursors: dict[str, _Cursor] = {}
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
@@ -594,6 +608,12 @@ class FakeOrg:
         """The next ``times`` writes of this record fail with UNABLE_TO_LOCK_ROW."""
         self.locks[record_id] = times
 
+    def assign(self, sobject: str, owner_id: str) -> None:
+        """An active assignment rule: each Lead/Case/Account written through REST without
+        ``Sforce-Auto-Assign: FALSE`` is given to ``owner_id`` (a user or a queue)."""
+        assert sobject in ASSIGNABLE, sobject
+        self.assignment_rules[sobject] = owner_id
+
     def validate(self, rule: Callable[[str, Mapping[str, Any]], tuple[str, str] | None]) -> None:
         """A validation rule: (sobject, record after the write) -> (errorCode, message)."""
         self.validations.append(rule)
@@ -683,7 +703,7 @@ class FakeOrg:
             if soap:
                 status, body, headers = self._soap(body_text)
             else:
-                status, body, headers = self._route(method, path, query, body_text)
+                status, body, headers = self._route(method, path, query, body_text, request.headers)
         except SoqlError as exc:
             status, body, headers = 400, [{"message": exc.message, "errorCode": exc.code}], {}
         if fault is not None and fault.drop:
@@ -712,7 +732,12 @@ class FakeOrg:
 
     # -- routing ------------------------------------------------------------------------------------
     def _route(
-        self, method: str, path: str, query: Mapping[str, str], body: str
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: str,
+        headers: Mapping[str, str],
     ) -> tuple[int, Any, dict[str, str]]:
         if path.rstrip("/") == "/services/data":
             return (
@@ -736,11 +761,16 @@ class FakeOrg:
             return self._composite(payload)
         if rest.startswith("jobs/query"):
             return self._bulk(method, rest, query, payload)
-        status, out = self._resource(method, rest, query, payload)
+        status, out = self._resource(method, rest, query, payload, headers)
         return status, out, {}
 
     def _resource(
-        self, method: str, rest: str, query: Mapping[str, str], payload: Any
+        self,
+        method: str,
+        rest: str,
+        query: Mapping[str, str],
+        payload: Any,
+        headers: Mapping[str, str],
     ) -> tuple[int, Any]:
         """Everything a composite subrequest may also reach."""
         if method == "GET" and rest in ("query", "queryAll"):
@@ -767,10 +797,12 @@ class FakeOrg:
         if method == "GET" and match:
             return self._describe(match.group(1))
         if rest == "composite/sobjects" and method in ("POST", "PATCH"):
-            return self._collection(method, None, payload)
+            return self._collection(method, None, payload, _auto_assign(headers))
         match = re.fullmatch(r"composite/sobjects/(\w+)/(\w+)", rest)
         if method == "PATCH" and match:
-            return self._collection("UPSERT", (match.group(1), match.group(2)), payload)
+            return self._collection(
+                "UPSERT", (match.group(1), match.group(2)), payload, _auto_assign(headers)
+            )
         if method == "POST" and rest == "actions/standard/emailSimple":
             return self._email(payload)
         return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
@@ -1034,6 +1066,22 @@ class FakeOrg:
                 ],
                 {},
             )
+        for sub in subs:
+            sub_headers = sub.get("httpHeaders") or {}
+            if not isinstance(sub_headers, Mapping) or any(
+                str(h).lower() in INHERITED_HEADERS for h in sub_headers
+            ):
+                return (
+                    400,
+                    [
+                        {
+                            "errorCode": "INVALID_HEADER",
+                            "message": "a subrequest inherits Accept, Authorization and "
+                            "Content-Type from the composite request and may not set them",
+                        }
+                    ],
+                    {},
+                )
         self.composite_sizes.append(len(subs))
         out = []
         for sub in subs:
@@ -1042,7 +1090,13 @@ class FakeOrg:
             rest = parts.path[len(prefix) :].strip("/") if parts.path.startswith(prefix) else "?"
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             try:
-                status, body = self._resource(str(sub.get("method")), rest, query, sub.get("body"))
+                status, body = self._resource(
+                    str(sub.get("method")),
+                    rest,
+                    query,
+                    sub.get("body"),
+                    sub.get("httpHeaders") or {},
+                )
             except SoqlError as exc:
                 status, body = 400, [{"message": exc.message, "errorCode": exc.code}]
             out.append(
@@ -1056,7 +1110,9 @@ class FakeOrg:
         return 200, {"compositeResponse": out}, {}
 
     # -- collections -----------------------------------------------------------------------------------
-    def _collection(self, op: str, upsert: tuple[str, str] | None, payload: Any) -> tuple[int, Any]:
+    def _collection(
+        self, op: str, upsert: tuple[str, str] | None, payload: Any, auto_assign: bool
+    ) -> tuple[int, Any]:
         records = payload.get("records") if isinstance(payload, Mapping) else None
         if not isinstance(records, list):
             return 400, [{"errorCode": "JSON_PARSER_ERROR", "message": "records is required"}]
@@ -1101,7 +1157,7 @@ class FakeOrg:
                 )
             else:
                 rid, record, created = s
-                self._commit(rid, record)
+                self._commit(rid, record, auto_assign=auto_assign)
                 item: dict[str, Any] = {"id": rid, "success": True, "errors": []}
                 if upsert is not None:
                     item["created"] = created
@@ -1243,7 +1299,7 @@ class FakeOrg:
         merged["attributes"] = {"type": sobject}
         return rid, merged, created
 
-    def _commit(self, rid: str, record: dict[str, Any]) -> None:
+    def _commit(self, rid: str, record: dict[str, Any], *, auto_assign: bool) -> None:
         sobject = record.pop("attributes")["type"]
         stamp = self.stamp()
         base = self._load(sobject, rid)
@@ -1257,6 +1313,25 @@ class FakeOrg:
         if sobject == "Task":
             record["IsClosed"] = record.get("Status") == "Completed"
         self.records[sobject][rid] = record
+        if auto_assign:
+            self._run_assignment(sobject, record)
+        what = record.get("WhatId")
+        if sobject == "Task" and self.task_trigger_updates_case and isinstance(what, str):
+            case = self.records["Case"].get(what)
+            if case is not None:  # the trigger's update runs under the Task request's header
+                case["SystemModstamp"] = case["LastModifiedDate"] = self.stamp()
+                if auto_assign:
+                    self._run_assignment("Case", case)
+
+    def _run_assignment(self, sobject: str, record: dict[str, Any]) -> None:
+        owner = self.assignment_rules.get(sobject)
+        if owner is None and sobject == "Case":
+            owner = self.default_case_owner  # even with no active rule
+        if owner is None or sobject not in ASSIGNABLE or record.get("OwnerId") == owner:
+            return
+        self.reassigned.append((record["Id"], record.get("OwnerId"), owner))
+        record["OwnerId"] = owner
+        record.pop("Owner", None)  # the nested parent named the previous owner
 
     # -- email ------------------------------------------------------------------------------------------
     def _email(self, payload: Any) -> tuple[int, Any]:
@@ -1535,6 +1610,17 @@ class FakeOrg:
             if rid.startswith(prefix) and self._load(sobject, rid) is not None:
                 return sobject
         raise KeyError(rid)
+
+
+ASSIGNABLE = ("Account", "Case", "Lead")  # the objects Sforce-Auto-Assign governs
+INHERITED_HEADERS = frozenset({"accept", "authorization", "content-type"})
+
+
+def _auto_assign(headers: Mapping[str, Any]) -> bool:
+    """Whether a request runs assignment rules: unless ``Sforce-Auto-Assign`` is FALSE
+    (case-insensitive; absent means TRUE, an AssignmentRule Id runs that rule)."""
+    value = next((v for k, v in headers.items() if str(k).lower() == "sforce-auto-assign"), None)
+    return value is None or str(value).strip().upper() != "FALSE"
 
 
 def path_is_public(path: str) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from . import demo_seed
-from .fakeorg import FakeOrg
+from .fakeorg import ASSIGNABLE, FakeOrg
 from .httpsorg import Call, HttpsOrg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -334,6 +334,38 @@ def test_run_applies_the_plan_once_and_a_second_run_writes_nothing(
     assert second.returncode == EXIT_OK, second.stderr[-2000:]
     assert live.writes() == []
     assert live.server.calls, "the second run did not read the org"
+
+
+# == assignment rules: active in the org, yet no owner moves ======================================
+QUEUE = "00GDmR000000009AAA"
+
+
+def owners(org: FakeOrg) -> dict[str, Any]:
+    return {r["Id"]: r.get("OwnerId") for obj in ASSIGNABLE for r in org.of(obj)}
+
+
+def test_a_run_in_an_org_with_assignment_rules_moves_no_owner(
+    tmp_path: Path, local_plan: dict[str, Any]
+) -> None:
+    with live_org(tmp_path / "assign") as live:
+        org = live.org
+        for sobject in ASSIGNABLE:
+            org.assign(sobject, QUEUE)
+        org.default_case_owner = QUEUE
+        org.task_trigger_updates_case = True  # a Task on a Case updates the Case
+        before = owners(org)
+        result = live.cli("run")
+        assert result.returncode == EXIT_OK, result.stderr[-2000:]
+        assert_applied_once(org, local_plan["actions"])
+        set_by_worker = {
+            a["target"]["id"]
+            for a in local_plan["actions"]
+            if any(c["field"] == "OwnerId" for c in a.get("changes", []))
+        }
+        after = owners(org)
+        moved = {rid: (was, after[rid]) for rid, was in before.items() if after[rid] != was}
+        assert {k: v for k, v in moved.items() if k not in set_by_worker} == {}
+        assert org.reassigned == []
 
 
 # == (c) SIGKILL between the write reaching Salesforce and the SQLite commit ======================

@@ -127,3 +127,77 @@ def test_emailsimple_logs_only_what_is_asked_to_be_logged(
     else:
         assert org.of("EmailMessage") == []
         assert task["Description"].endswith("Body:\nBody [k]")
+
+
+QUEUE = "00G000000000009AAA"
+PERSON = "005000000000000777"
+
+
+def _lead_update(rid: str) -> dict[str, Any]:
+    return {"records": [{"attributes": {"type": "Lead"}, "Id": rid, "City": "Reno"}]}
+
+
+def test_assignment_rules_run_unless_the_request_says_false(org: FakeOrg) -> None:
+    org.assign("Lead", QUEUE)
+    lead = org.add("Lead", LastName="L", OwnerId=PERSON)
+    plain = call(org, "PATCH", f"{V}/composite/sobjects", json=_lead_update(lead))
+    assert plain.json()[0]["success"] is True
+    assert org.get(lead)["OwnerId"] == QUEUE  # type: ignore[index]  # absent means TRUE
+    org.edit(lead, OwnerId=PERSON)
+    token = org.issue_token()
+    kept = requests.patch(
+        INSTANCE + f"{V}/composite/sobjects",
+        headers={"Authorization": f"Bearer {token}", "Sforce-Auto-Assign": "false"},
+        json=_lead_update(lead),
+        timeout=5,
+    )
+    assert kept.json()[0]["success"] is True
+    assert org.get(lead)["OwnerId"] == PERSON  # type: ignore[index]
+    assert org.reassigned == [(lead, PERSON, QUEUE)]
+
+
+def test_a_case_goes_to_the_default_case_owner_without_an_active_rule(org: FakeOrg) -> None:
+    org.default_case_owner = QUEUE
+    case = org.add("Case", Subject="s", OwnerId=PERSON)
+    body = {"records": [{"attributes": {"type": "Case"}, "Id": case, "Status": "Working"}]}
+    call(org, "PATCH", f"{V}/composite/sobjects", json=body)
+    assert org.get(case)["OwnerId"] == QUEUE  # type: ignore[index]
+
+
+def test_subrequests_follow_their_own_headers_not_the_composite_calls(org: FakeOrg) -> None:
+    org.assign("Lead", QUEUE)
+    org.task_trigger_updates_case = True
+    org.default_case_owner = QUEUE
+    lead = org.add("Lead", LastName="L", OwnerId=PERSON)
+    case = org.add("Case", Subject="s", OwnerId=PERSON)
+    task = {"attributes": {"type": "Task"}, "Subject": "x", "WhatId": case, "Status": "Completed"}
+
+    def sub(ref: str, method: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
+        out = {"method": method, "url": f"{V}/composite/sobjects", "referenceId": ref}
+        return {**out, "body": body, "httpHeaders": headers} if headers else {**out, "body": body}
+
+    token = org.issue_token()
+    answer = requests.post(
+        INSTANCE + f"{V}/composite",
+        headers={"Authorization": f"Bearer {token}", "Sforce-Auto-Assign": "FALSE"},
+        json={
+            "compositeRequest": [
+                sub("lead", "PATCH", _lead_update(lead)),  # the call's header is not inherited
+                sub("task", "POST", {"records": [task]}, **{"Sforce-Auto-Assign": "FALSE"}),
+            ]
+        },
+        timeout=5,
+    )
+    assert [r["httpStatusCode"] for r in answer.json()["compositeResponse"]] == [200, 200]
+    assert org.get(lead)["OwnerId"] == QUEUE  # type: ignore[index]
+    assert org.get(case)["OwnerId"] == PERSON  # type: ignore[index]  # the trigger kept FALSE
+    untouched = dict(task, Subject="y")
+    call(org, "POST", f"{V}/composite/sobjects", json={"records": [untouched]})
+    assert org.get(case)["OwnerId"] == QUEUE  # type: ignore[index]  # the trigger ran it
+    refused = call(
+        org,
+        "POST",
+        f"{V}/composite",
+        json={"compositeRequest": [sub("t", "POST", {"records": [task]}, Accept="text/xml")]},
+    )
+    assert refused.status_code == 400

@@ -657,6 +657,69 @@ def test_a_lost_conversion_gets_its_values_at_reconcile_unless_someone_edited_it
     assert "not set" in (found[1].message or "")  # type: ignore[union-attr]
 
 
+# -- assignment rules ----------------------------------------------------------------------------------
+QUEUE = "00G000000000009AAA"
+REP = "005000000000000777"
+
+
+def sent_bodies(org: FakeOrg) -> list[tuple[dict[str, str], Any]]:
+    """(headers, body) of every request the org received."""
+    assert org._mock is not None
+    return [(dict(c.request.headers), c.request.body) for c in org._mock.calls]
+
+
+def test_no_write_lets_an_assignment_rule_move_a_record(org: FakeOrg) -> None:
+    org.assign("Lead", QUEUE)
+    org.assign("Case", QUEUE)
+    org.default_case_owner = QUEUE
+    org.task_trigger_updates_case = True
+    lead, to_convert = (org.add("Lead", LastName=n, Company=n, OwnerId=REP) for n in ("A", "B"))
+    case = org.add("Case", Subject="Rejected payment", Status="New", OwnerId=REP)
+    actions: list[Action] = [
+        update("Lead", lead, "u-lead", Status="Working - Contacted"),
+        comment(case, "c-case"),
+        dataclasses.replace(task(case, "t-case"), target=RecordRef("Case", case)),
+        CloseRecord(
+            **META,
+            target=RecordRef("Case", case),
+            key="close-case",
+            changes=(FieldChange("Status", "New", "Closed"),),
+        ),
+        convert(to_convert, "convert"),
+        email("e", "a@example.com"),
+    ]
+    results = sink_for(org).write(actions)
+    assert {r.outcome for r in results} == {Outcome.APPLIED}
+    assert org.reassigned == []
+    assert {org.get(rid)["OwnerId"] for rid in (lead, case, to_convert)} == {REP}  # type: ignore[index]
+    # Every write carried the header where Salesforce reads it: the request, or for a
+    # Composite, each subrequest that writes; SOAP in its AssignmentRuleHeader.
+    for headers, body in sent_bodies(org):
+        text = body.decode() if isinstance(body, bytes) else str(body or "")
+        if "convertLead" in text:
+            assert "<urn:useDefaultRule>false</urn:useDefaultRule>" in text
+        elif '"compositeRequest"' in text:
+            for sub in json.loads(text)["compositeRequest"]:
+                expected = {} if sub["method"] == "GET" else {"Sforce-Auto-Assign": "FALSE"}
+                assert sub.get("httpHeaders", {}) == expected
+        elif text:
+            assert headers.get("Sforce-Auto-Assign") == "FALSE"
+
+
+def test_a_step_that_opts_in_lets_the_assignment_rule_run(org: FakeOrg) -> None:
+    org.assign("Case", QUEUE)
+    kept, returned = (org.add("Case", Subject=n, OwnerId=REP) for n in ("kept", "returned"))
+    to_queue = dataclasses.replace(update("Case", returned, "back", Status="New"), auto_assign=True)
+    actions: list[Action] = [update("Case", kept, "stay", Status="Working"), to_queue]
+    sink = sink_for(org)
+    assert sink.estimate_write_calls(actions) == 1  # two collections, one composite
+    results = sink.write(actions)
+    assert {r.outcome for r in results} == {Outcome.APPLIED}
+    assert org.get(kept)["OwnerId"] == REP  # type: ignore[index]
+    assert org.get(returned)["OwnerId"] == QUEUE  # type: ignore[index]
+    assert org.calls_by_kind == {"composite": 1}
+
+
 # -- dry run ---------------------------------------------------------------------------------------------
 def test_a_read_only_sink_cannot_write(org: FakeOrg) -> None:
     opp = org.add("Opportunity", Name="a")

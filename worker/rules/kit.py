@@ -263,6 +263,7 @@ class Emit:
             "target": self.target,
             "reason": reason,
             "key": self.key(step_key or step_id),
+            "auto_assign": step_id in self.settings.assignment_rule_steps,
         }
 
     def task(

@@ -18,6 +18,11 @@ What it guarantees, whoever calls it:
   call is counted (:meth:`api_calls`, :meth:`calls_by_kind`); :meth:`check_budget` stops new
   work below the reserve; once Salesforce says the daily allowance is spent, every further
   request fails fast with :class:`~worker.errors.ApiLimitError` without touching the network.
+- **Assignment rules**: every REST request that may write carries ``Sforce-Auto-Assign:
+  FALSE`` (absent, Salesforce runs the org's active Lead/Case/Account assignment rules and
+  moves Cases to the Default Case Owner), and so does every non-GET Composite subrequest,
+  since subrequests inherit only ``Accept``, ``Authorization`` and ``Content-Type`` from the
+  composite call. A subrequest that sets the header itself (a step that opts in) keeps it.
 - **Dry run**: a ``read_only`` client refuses anything but GET (``DryRunWriteError``), save a
   Composite whose subrequests are all GETs (reads batched five to a call cost the same).
 - **Secrets**: headers and bodies are never logged; errors carry status, errorCode, message
@@ -68,6 +73,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_WAIT: wait_base = tenacity.wait_random_exponential(multiplier=1, max=60)
 COMPOSITE_MAX_SUBREQUESTS = 25
 LIMIT_HEADER = "Sforce-Limit-Info"
+AUTO_ASSIGN_HEADER = "Sforce-Auto-Assign"
+NO_AUTO_ASSIGN: Mapping[str, str] = {AUTO_ASSIGN_HEADER: "FALSE"}
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 _SESSION_CODES = frozenset({"INVALID_SESSION_ID", "INVALID_AUTH_HEADER"})
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
@@ -78,12 +85,16 @@ BodyFactory = Callable[[str], str]
 
 @dataclass(frozen=True)
 class SubRequest:
-    """One subrequest of a Composite call; ``url`` is a ``/services/data/...`` path."""
+    """One subrequest of a Composite call; ``url`` is a ``/services/data/...`` path.
+
+    ``headers`` go into the subrequest's own ``httpHeaders``: a subrequest does not inherit
+    the composite call's headers (save ``Accept``, ``Authorization``, ``Content-Type``)."""
 
     method: str
     url: str
     reference_id: str
     body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -93,6 +104,11 @@ class SubRequest:
         }
         if self.body is not None:
             out["body"] = self.body
+        headers = dict(self.headers)
+        if self.method.upper() != "GET":
+            headers = {**NO_AUTO_ASSIGN, **headers}
+        if headers:
+            out["httpHeaders"] = headers
         return out
 
 
@@ -275,6 +291,9 @@ class SalesforceClient:
             raise DryRunWriteError(f"dry run: refused {method} {_path_of(path)}")
         if self._limit_error is not None:
             raise self._limit_error
+        headers = dict(headers or {})
+        if path.startswith("/services/data/") and method != "GET" and not _reads_only(path, json):
+            headers = {**NO_AUTO_ASSIGN, **headers}
         call = _Call(
             method=method,
             path=path,
@@ -283,7 +302,7 @@ class SalesforceClient:
             data=data,
             body_factory=body_factory,
             params=params,
-            headers=dict(headers or {}),
+            headers=headers,
             idempotent=method in _IDEMPOTENT_METHODS if idempotent is None else idempotent,
             error_parser=error_parser,
             ok_statuses=ok_statuses,

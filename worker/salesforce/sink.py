@@ -79,7 +79,12 @@ from worker.mapping import OrgMapping
 from worker.ports import ApiUsage
 from worker.records import format_sf_datetime, parse_sf_datetime
 from worker.rules.kit import key_marker, keys_in_text, with_key_marker
-from worker.salesforce.client import SalesforceClient, SubRequest, SubResponse
+from worker.salesforce.client import (
+    AUTO_ASSIGN_HEADER,
+    SalesforceClient,
+    SubRequest,
+    SubResponse,
+)
 from worker.salesforce.errors import (
     UNKNOWN_OUTCOME,
     Disposition,
@@ -136,6 +141,12 @@ class PreparedRecord:
     record: Mapping[str, Any]
     notes: tuple[str, ...] = ()
     parents: tuple[str, ...] = ()  # where to look for the key marker (CREATE only)
+
+    @property
+    def group(self) -> tuple[str, Operation, bool]:
+        """Records of one group share a collection: one sObject, one operation, and one
+        ``Sforce-Auto-Assign`` value (a subrequest's header covers all its records)."""
+        return (self.sobject, self.operation, self.action.auto_assign)
 
 
 @dataclass
@@ -465,13 +476,17 @@ class SalesforceSink:
     def _subrequest(self, j: int, chunk: Sequence[PreparedRecord]) -> SubRequest:
         first = chunk[0]
         body = {"allOrNone": False, "records": [p.record for p in chunk]}
+        # The client sends Sforce-Auto-Assign: FALSE on every write; a step whose mapping
+        # lists it in assignment_rule_steps lets the org's assignment rules run instead.
+        headers = {AUTO_ASSIGN_HEADER: "TRUE"} if first.action.auto_assign else {}
         if first.operation is Operation.UPSERT:
             url = self._client.data_path(
                 f"composite/sobjects/{first.sobject}/{self.task_key_field}"
             )
-            return SubRequest("PATCH", url, f"c{j}", body)
+            return SubRequest("PATCH", url, f"c{j}", body, headers)
         method = "POST" if first.operation is Operation.CREATE else "PATCH"
-        return SubRequest(method, self._client.data_path("composite/sobjects"), f"c{j}", body)
+        url = self._client.data_path("composite/sobjects")
+        return SubRequest(method, url, f"c{j}", body, headers)
 
     def _apply_results(
         self, chunk: Sequence[PreparedRecord], response: SubResponse, state: _WriteState
@@ -767,15 +782,14 @@ class SalesforceSink:
     def estimate_write_calls(self, actions: Sequence[Action]) -> int:
         """API calls :meth:`write` will make (no retries; lookups paged once)."""
         chunks: dict[bool, int] = {True: 0, False: 0}
-        counts: dict[tuple[str, Operation], int] = {}
+        counts: dict[tuple[str, Operation, bool], int] = {}
         lookup_parents: dict[str, set[str]] = {}
         emails = 0
         converts: list[ConvertLead] = []
         for i, action in enumerate(actions):
             prepared = self.prepare(i, action)
             if isinstance(prepared, PreparedRecord):
-                key = (prepared.sobject, prepared.operation)
-                counts[key] = counts.get(key, 0) + 1
+                counts[prepared.group] = counts.get(prepared.group, 0) + 1
                 if prepared.operation is Operation.CREATE and prepared.parents:
                     lookup_parents.setdefault(prepared.sobject, set()).update(prepared.parents)
             elif prepared is None and isinstance(action, SendEmail):
@@ -784,7 +798,7 @@ class SalesforceSink:
                     lookup_parents.setdefault(sobject, set()).update(parents)
             elif prepared is None and isinstance(action, ConvertLead):
                 converts.append(action)
-        for (_, operation), n in counts.items():
+        for (_, operation, _), n in counts.items():
             chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
         lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
         return (
@@ -968,17 +982,17 @@ def _logged_email_lookups(
 
 
 def _composites(records: Sequence[PreparedRecord]) -> list[list[list[PreparedRecord]]]:
-    """Records -> composites (<=5 collections) of chunks (<=200 records, one sObject and
-    operation). Idempotent chunks and creating chunks never share a composite; creates go
+    """Records -> composites (<=5 collections) of chunks (<=200 records of one
+    :attr:`PreparedRecord.group`). Idempotent chunks and creating chunks never share a composite; creates go
     first, CaseComments first among them."""
-    groups: dict[tuple[str, Operation], list[PreparedRecord]] = {}
+    groups: dict[tuple[str, Operation, bool], list[PreparedRecord]] = {}
     for p in records:
-        groups.setdefault((p.sobject, p.operation), []).append(p)
+        groups.setdefault(p.group, []).append(p)
     out: list[list[list[PreparedRecord]]] = []
     for idempotent in (False, True):
         chunks = [
             chunk
-            for (_, op), group in sorted(
+            for (_, op, _), group in sorted(
                 groups.items(), key=lambda kv: kv[0][0] != schema.CASE_COMMENT
             )
             if op.idempotent is idempotent

@@ -2,7 +2,8 @@
 
 REST has no convertLead resource and simple-salesforce has no helper, so this module
 builds the envelope (``POST /services/Soap/u/<version>``, the session id in
-``SessionHeader``, every value XML-escaped) and parses the answer: one
+``SessionHeader``, ``AssignmentRuleHeader`` with ``useDefaultRule`` false so no assignment
+rule runs on what the conversion writes, every value XML-escaped) and parses the answer: one
 ``LeadConvertResult`` per ``LeadConvert`` in request order, and the ``LimitInfoHeader``
 that carries API usage on SOAP calls. A SOAP fault (HTTP 500) is turned into the same
 error classes as REST errors, by its ``exceptionCode``.
@@ -81,7 +82,9 @@ def convert_lead_envelope(session_id: str, converts: Sequence[LeadConvertRequest
         f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:urn="{PARTNER_NS}">'
         "<soapenv:Header><urn:SessionHeader>"
         f"<urn:sessionId>{escape(session_id)}</urn:sessionId>"
-        "</urn:SessionHeader></soapenv:Header>"
+        "</urn:SessionHeader>"
+        "<urn:AssignmentRuleHeader><urn:useDefaultRule>false</urn:useDefaultRule>"
+        "</urn:AssignmentRuleHeader></soapenv:Header>"
         "<soapenv:Body><urn:convertLead>" + "".join(items) + "</urn:convertLead></soapenv:Body>"
         "</soapenv:Envelope>"
     )
