@@ -63,7 +63,8 @@ def task(
         owner_id=None,
         what_id=parent,
         who_id=who,
-        fields={"Status": "Not Started", "Priority": "Normal", **fields},
+        # As the rules' tasks carry it: TaskSubtype is createable but not updateable.
+        fields={"Status": "Not Started", "Priority": "Normal", "TaskSubtype": "Task", **fields},
     )
 
 
@@ -263,13 +264,50 @@ def test_task_upsert_twice_makes_one_task(org: FakeOrg) -> None:
     assert first[0].sf_id == second[0].sf_id
 
 
+def test_an_upsert_that_finds_its_task_leaves_it_as_it_is(org: FakeOrg) -> None:
+    """Two runs racing, or a database lost mid-write: the Task exists, a person has worked
+    it since. Sending it again is a success that changes nothing, not a failure."""
+    opp = org.add("Opportunity", Name="a")
+    done = org.add(
+        "Task",
+        WhatId=opp,
+        Subject="Follow up",
+        Status="Completed",
+        TaskSubtype="Call",
+        **{KEY_FIELD: "k1"},
+    )
+    before = dict(org.get(done) or {})
+    sink = sink_for(org)
+    actions: list[Action] = [task(opp, "k1"), task(opp, "k2")]
+    assert sink.estimate_write_calls(actions) == 1  # the common case spends no lookup
+    results = sink.write(actions)
+    assert outcomes(results) == [("applied", None), ("applied", None)]
+    assert results[0].sf_id == done
+    assert "already in Salesforce" in (results[0].message or "")
+    assert org.get(done) == before  # the person's Status stays
+    assert len(org.of("Task")) == 2
+    assert org.calls_by_kind == {"composite": 2}  # the write, then one key lookup
+
+
+def test_a_create_only_field_the_user_cannot_set_still_fails(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a")
+    fields = dict(org.schema["Task"])
+    fields["TaskSubtype"] = dataclasses.replace(fields["TaskSubtype"], createable=False)
+    org.schema["Task"] = fields  # field-level security: not even createable
+    (result,) = sink_for(org).write([task(opp, "k1")])
+    assert outcomes([result]) == [("failed", "INVALID_FIELD_FOR_INSERT_UPDATE")]
+    assert "TaskSubtype" in (result.message or "")
+    assert org.of("Task") == []
+
+
 def test_lost_answer_to_an_upsert_is_replayed_without_duplicate(org: FakeOrg) -> None:
     opp = org.add("Opportunity", Name="a")
     org.fail(kind="composite", drop=True)  # applied, then the answer is lost
     results = sink_for(org).write([task(opp, "k1")])
     assert outcomes(results) == [("applied", None)]
     assert len(org.of("Task")) == 1
-    assert org.calls_by_kind == {"composite": 2}
+    # the write, its replay (refused: the Task exists), the lookup finding it by its key
+    assert org.calls_by_kind == {"composite": 3}
 
 
 @pytest.mark.parametrize("kind", ["comment", "task"])

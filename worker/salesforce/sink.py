@@ -9,7 +9,11 @@ Writes (:meth:`SalesforceSink.write`):
 - ``UpdateRecord``/``CloseRecord``: ``PATCH composite/sobjects``.
 - ``CreateTask`` with the mapping's Task key field: ``PATCH
   composite/sobjects/Task/<KeyField>`` (upsert on the action key): replaying it can never
-  make a duplicate. Without the field, and for ``AddCaseComment`` (CaseComment takes no
+  make a duplicate. An upsert that matches a Task the org already holds is refused by
+  Salesforce (``INVALID_FIELD_FOR_INSERT_UPDATE``: ``TaskSubtype`` is createable, not
+  updateable); the refused keys are then looked up (one query per 200) and a Task found is
+  that action applied before: APPLIED, left unchanged. This costs nothing in the common
+  case (a new Task), where a lookup before every upsert would cost a call per write. Without the field, and for ``AddCaseComment`` (CaseComment takes no
   custom fields), the action key sits in the text as ``[sop-worker <key>]`` and the sink
   first looks for an existing record carrying it (a queryAll on the parents: long text
   cannot be filtered in SOQL) before a plain ``POST composite/sobjects`` create.
@@ -118,6 +122,10 @@ MAX_255 = schema.SUBJECT_MAX_CHARS
 KEY_PREFIXES: Mapping[str, str] = schema.KEY_PREFIXES
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
+# An upsert that matched an existing record and carried a field that can be set on create
+# only (TaskSubtype): Salesforce refuses the update. Also the answer when field-level
+# security forbids a field, so the key lookup decides which it was.
+NOT_UPDATEABLE = "INVALID_FIELD_FOR_INSERT_UPDATE"
 
 
 class Operation(StrEnum):
@@ -154,6 +162,7 @@ class _WriteState:
     results: list[ActionResult | None]
     sent_any: bool = False
     last_error: dict[int, RecordFailure] = field(default_factory=dict)
+    refused_upserts: list[PreparedRecord] = field(default_factory=list)  # see NOT_UPDATEABLE
 
 
 class SalesforceSink:
@@ -434,6 +443,29 @@ class SalesforceSink:
                     p.index, RecordFailure("UNKNOWN_ERROR", "retries exhausted")
                 )
                 state.results[p.index] = _failed(p, err.code, err.describe())
+        self._settle_refused_upserts(state)
+
+    def _settle_refused_upserts(self, state: _WriteState) -> None:
+        """Upserts refused with NOT_UPDATEABLE: a Task the org already holds under the key
+        is this action, applied before (two runs racing, a retry after a lost answer, a
+        database lost mid-write): a success, and the Task is left as a person may have
+        worked it since. Without such a Task the refusal stands (field-level security)."""
+        refused, state.refused_upserts = state.refused_upserts, []
+        if not refused:
+            return
+        found = self._tasks_by_key([p.action.key for p in refused])
+        for p in refused:
+            sf_id = found.get(p.action.key)
+            if sf_id:
+                state.results[p.index] = ActionResult(
+                    p.action.key,
+                    Outcome.APPLIED,
+                    sf_id=sf_id,
+                    message="already in Salesforce (found by its key field); left as it is",
+                )
+            else:
+                err = state.last_error[p.index]
+                state.results[p.index] = _failed(p, err.code, err.describe())
 
     def _send_round(
         self, records: Sequence[PreparedRecord], state: _WriteState
@@ -525,6 +557,9 @@ class SalesforceSink:
             if first.disposition is Disposition.RETRY:
                 state.last_error[p.index] = first
                 retry.append(p)
+            elif p.operation is Operation.UPSERT and first.code == NOT_UPDATEABLE:
+                state.last_error[p.index] = first
+                state.refused_upserts.append(p)
             else:
                 state.results[p.index] = _failed(p, first.code, first.describe())
                 if first.code == CONVERTED_LEAD:
