@@ -141,21 +141,24 @@ def test_reserve_reached_before_sending_leaves_actions_planned(app: App) -> None
     assert set(sink.written) == {a.key for a in first.plan.actions}
 
 
-def test_a_lost_answer_is_reconciled_not_written_again(app: App) -> None:
+def test_a_lost_answer_is_reconciled_in_the_same_run_not_written_again(app: App) -> None:
     sink = with_sink(app, [("lose",)])
     first = app.pipeline.run("r1", AS_OF, write=True)
     assert first.plan is not None
-    assert sum(n for (_, o), n in first.outcomes.items() if o == "unknown") == len(
-        first.plan.actions
-    )
-    assert ledger(app)[Outcome.SENT] == len(first.plan.actions)
+    # Before the run ended it asked the org what became of every write whose answer was
+    # lost: what the org shows is settled now; only the rest stays sent, and says so.
+    found = [r for r in app.store.audit_rows(run_id="r1") if r.event == "reconciled"]
+    assert found
+    assert {r.outcome for r in found} == {Outcome.APPLIED.value}
+    assert 0 < first.unknown < len(first.plan.actions)
+    assert first.unknown + len(found) == len(first.plan.actions)
+    assert ledger(app)[Outcome.SENT] == first.unknown
+    assert first.status == "unknown"
+    assert run_status(app, "r1") == "unknown"
 
     second = app.pipeline.run("r2", AS_OF, write=True)
     assert max(sink.written.values()) == 1
     assert ledger(app)[Outcome.SENT] == 0
-    # Creates were found in the org by their key; updates are safe to send again.
-    found = [r for r in app.store.audit_rows(run_id="r2") if r.event == "reconciled"]
-    assert any(r.outcome == Outcome.APPLIED.value for r in found)
     assert second.failed == 0
 
 

@@ -1,7 +1,9 @@
 """The ``sop-worker`` command line: a thin click layer over :mod:`worker.app`.
 
 Exit codes: 0 ok; 1 some actions failed; 2 usage, configuration or authentication error;
-3 another run holds the lock; 4 stopped early on the API budget reserve (the next run resumes).
+3 another run holds the lock; 4 stopped early on the API budget reserve (the next run resumes);
+5 the outcome of some writes is unknown after the run's own reconcile (the next run
+reconciles them).
 One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr.
 """
 
@@ -38,7 +40,7 @@ from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings
 from worker.store import Store
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger()
 
@@ -64,12 +66,15 @@ class _Group(click.Group):
 
 def exit_code(result: RunReport) -> int:
     """Authentication lost mid-run needs a person (2); failed actions need a look (1); a
-    stop on the API reserve resumes by itself next run (4)."""
+    stop on the API reserve resumes by itself next run (4); writes whose answer was lost
+    and that the org does not show yet are reconciled by the next run (5)."""
     if result.stop_reason == STOPPED_AUTH:
         return EXIT_CONFIG
     if result.failed:
         return EXIT_FAILED
-    return EXIT_STOPPED if result.stop_reason else EXIT_OK
+    if result.stop_reason:
+        return EXIT_STOPPED
+    return EXIT_UNKNOWN if result.unknown else EXIT_OK
 
 
 def _settings_options(func: F) -> F:
@@ -141,7 +146,8 @@ def cli() -> None:
     rules as of a date, and writes the resulting plan back exactly once, recording every
     change in an audit log. Exit codes: 0 ok, 1 some actions failed, 2 usage,
     configuration or authentication error, 3 another run holds the lock, 4 stopped early
-    on the API budget reserve (the next run resumes).
+    on the API budget reserve (the next run resumes), 5 the outcome of some writes is
+    unknown after the run's own reconcile (the next run reconciles them).
     """
 
 
@@ -326,8 +332,8 @@ def audit(
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @_format_option("table", "jsonl")
 def runs(limit: int, fmt: str, **kwargs: Any) -> None:
-    """Recent runs, newest first: status (ok, failed, stopped, running, error), actions by
-    rule and outcome, API calls and seconds."""
+    """Recent runs, newest first: status (ok, failed, unknown, stopped, running, error),
+    actions by rule and outcome, API calls and seconds."""
     settings = _settings(kwargs)
     with Store.open(settings.db_path) as store:
         found = store.runs(limit=limit)

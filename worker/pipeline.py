@@ -17,6 +17,10 @@ Exactly-once, step by step:
 4. ``apply``: targets whose SystemModstamp changed since they were read are conflicts (a
    person edited them); the rest are written in batches, each batch marked ``sent`` with
    an intent audit row before the write and its outcomes recorded after.
+5. Before the run ends, writes whose answer was lost are reconciled against the org as in
+   step 1, and those found applied get their follow-up writes (a converted lead's new
+   opportunity its mapped values). Only what is still unknown stays ``sent`` for the next
+   run, and the run's status says ``unknown``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from worker.actions import (
     Outcome,
     SendEmail,
 )
-from worker.errors import ApiLimitError, AuthError
+from worker.errors import ApiLimitError, AuthError, SalesforceError
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import ObjectQuery, Page, Sink, Source
@@ -58,6 +62,7 @@ WRITE_BATCH = 1000  # one composite request of five 200-record collections
 # Salesforce ends a request after 10 minutes: until then, one whose answer was lost may still
 # commit. An email whose log the org does not show yet is sent again only after that.
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
+UNKNOWN = "unknown"  # an outcome (and a run status): the answer to a write was lost
 
 
 @dataclass
@@ -83,11 +88,24 @@ class RunReport:
     def status(self) -> str:
         if self.stop_reason:
             return "stopped"
-        return "failed" if self.failed else "ok"
+        if self.failed:
+            return "failed"
+        return UNKNOWN if self.unknown else "ok"
 
     @property
     def failed(self) -> int:
         return sum(n for (_, outcome), n in self.outcomes.items() if outcome == Outcome.FAILED)
+
+    @property
+    def unknown(self) -> int:
+        """Writes whose answer was lost and which the run's own reconcile could not settle."""
+        return sum(n for (_, outcome), n in self.outcomes.items() if outcome == UNKNOWN)
+
+    def recount(self, rule: str, was: str, now: str) -> None:
+        self.outcomes[(rule, was)] -= 1
+        self.outcomes[(rule, now)] += 1
+        if self.outcomes[(rule, was)] <= 0:
+            del self.outcomes[(rule, was)]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -165,29 +183,26 @@ class Pipeline:
 
     # -- 1. reconcile ---------------------------------------------------------------------------
     def reconcile(self, report: RunReport) -> None:
+        """Ledger rows left ``sent`` (by a run that died, or whose answers were lost): what
+        the org shows is recorded; what it does not show is planned again."""
         pending = self.store.ledger_entries(status=Outcome.SENT)
         if not pending:
             return
         actions = [e.action for e in pending]
-        found = self.sink.reconcile(actions)
+        settled, unknown = self._settle(actions, report)
         now = self.clock()
-        settled = [r for r in found if r is not None]
-        by_key = {a.key: a for a in actions}
-        self.store.record_results(by_key, settled, report.run_id, now, event="reconciled")
+        updated = {e.key: e.updated_at for e in pending}
         in_flight = {
-            e.key
-            for e, r in zip(pending, found, strict=True)
-            if r is None
-            and isinstance(e.action, SendEmail)
-            and now - dt.datetime.fromisoformat(e.updated_at) < REQUEST_TIME_LIMIT
+            a.key
+            for a in unknown
+            if isinstance(a, SendEmail)
+            and now - dt.datetime.fromisoformat(updated[a.key]) < REQUEST_TIME_LIMIT
         }
         if in_flight:
             log.warning("ledger.email_may_be_in_flight", keys=sorted(in_flight))
-        unknown = [
-            a for a, r in zip(actions, found, strict=True) if r is None and a.key not in in_flight
-        ]
+        unknown = [a for a in unknown if a.key not in in_flight]
         self.store.record_results(
-            by_key,
+            {a.key: a for a in unknown},
             [
                 ActionResult(a.key, Outcome.PLANNED, message="outcome unknown; safe to resend")
                 for a in unknown
@@ -197,6 +212,44 @@ class Pipeline:
             event="reconciled",
         )
         log.info("ledger.reconciled", applied=len(settled), resend=len(unknown))
+
+    def _settle(
+        self, actions: Sequence[Action], report: RunReport
+    ) -> tuple[list[ActionResult], list[Action]]:
+        """Ask the org what became of these actions (the sink completes the follow-up
+        writes of those found applied) and record what it shows. Returns (the results
+        found, the actions the org shows no trace of)."""
+        found = self.sink.reconcile(actions)
+        settled = [r for r in found if r is not None]
+        self.store.record_results(
+            {a.key: a for a in actions}, settled, report.run_id, self.clock(), event="reconciled"
+        )
+        return settled, [a for a, r in zip(actions, found, strict=True) if r is None]
+
+    def _finish_lost(self, lost: Sequence[Action], report: RunReport) -> None:
+        """This run's own lost answers, checked before it ends. What the org shows is
+        settled now, follow-ups included; the rest stays ``sent`` (outcome ``unknown``) for
+        the next run's reconcile, which plans again what did not happen."""
+        if not lost:
+            return
+        by_key = {a.key: a for a in lost}
+        try:
+            settled, unknown = self._settle(lost, report)
+        except (ApiLimitError, AuthError):
+            raise  # the run stops; the next one reconciles
+        except SalesforceError as exc:
+            log.error("apply.reconcile_failed", unknown=len(lost), error=str(exc))
+            return
+        for result in settled:
+            report.recount(by_key[result.key].rule, UNKNOWN, _outcome_label(result.outcome))
+        log.info("apply.reconciled", settled=len(settled), unknown=len(unknown))
+        for action in unknown:
+            log.error(
+                "action.outcome_still_unknown",
+                key=action.key,
+                message="its answer was lost and the org shows no trace of it yet; the next "
+                "run checks again",
+            )
 
     # -- 2. pull ----------------------------------------------------------------------------
     def pull(self, report: RunReport, run_start: dt.datetime) -> None:
@@ -323,6 +376,7 @@ class Pipeline:
         self.store.record_planned(todo, report.run_id, now)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
+        lost: list[Action] = []
         start = 0
         for batch in _batches(todo, WRITE_BATCH):
             start += len(batch)
@@ -338,6 +392,7 @@ class Pipeline:
                 ]
             self.store.record_results(by_key, results, report.run_id, self.clock())
             self._count(results, by_key, report)
+            lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
             not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
             if not_sent:
                 # The sink stopped (API reserve reached, session lost): start nothing new.
@@ -350,18 +405,14 @@ class Pipeline:
                     not_sent=len(todo) - start + len(not_sent),
                 )
                 return
+        self._finish_lost(lost, report)
 
     @staticmethod
     def _count(
         results: Sequence[ActionResult], by_key: Mapping[str, Action], report: RunReport
     ) -> None:
         for result in results:
-            outcome = result.outcome.value
-            if result.outcome is Outcome.SENT:
-                outcome = "unknown"  # reconciled against the org at the start of the next run
-            elif result.outcome is Outcome.PLANNED:
-                outcome = "not_sent"
-            report.outcomes[(by_key[result.key].rule, outcome)] += 1
+            report.outcomes[(by_key[result.key].rule, _outcome_label(result.outcome))] += 1
             if result.outcome is Outcome.FAILED:
                 log.warning(
                     "action.failed",
@@ -469,6 +520,14 @@ class Pipeline:
                 summary = report.summary()
                 self.store.finish_run(report.run_id, status or report.status, summary, self.clock())
                 log.info("run.summary", **summary)
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    """How a run counts an outcome: a write still ``sent`` when the sink answers is one
+    whose answer was lost; ``planned`` is one the sink did not send (it stopped)."""
+    if outcome is Outcome.SENT:
+        return UNKNOWN
+    return "not_sent" if outcome is Outcome.PLANNED else outcome.value
 
 
 def _batches(actions: Sequence[Action], size: int) -> Iterator[list[Action]]:

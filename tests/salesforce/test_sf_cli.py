@@ -39,7 +39,7 @@ DEFAULT_MAPPING = ROOT / "mappings" / "default.toml"
 KEY_FIELD = "SOP_Worker_Key__c"
 MARKER = re.compile(r"\[sop-worker ([^\]\s]+)\]")
 CLI_TIMEOUT = 60.0
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
 
 
 # -- running the CLI ---------------------------------------------------------------------------
@@ -552,7 +552,7 @@ def test_a_validation_error_fails_that_action_only(
 
 # == a lost answer (no kill): the write was applied, the worker never heard back ==================
 @pytest.mark.parametrize("lost", ["case_comments", "convert_lead"])
-def test_a_lost_answer_to_a_create_is_reconciled_not_resent(
+def test_a_lost_answer_is_reconciled_and_finished_in_the_same_run(
     live: LiveOrg, local_plan: dict[str, Any], lost: str
 ) -> None:
     org = live.org
@@ -571,26 +571,74 @@ def test_a_lost_answer_to_a_create_is_reconciled_not_resent(
     live.server.after_write = None
     assert dropped, "no such write was made"
     assert first.returncode == EXIT_OK, first.stderr[-2000:]
-    unknown = [r for r in live.audit() if r["error_code"] == "UNKNOWN_OUTCOME"]
+    # Nothing was created twice, and before the run ended it found what its lost answers
+    # were about and finished their follow-ups: a converted lead's new opportunity has its
+    # mapped values now, not after the next run.
+    twice = [k for k, n in written(live.writes()).items() if n > 1]
+    assert twice == [], "a create whose answer was lost was sent again"
+    assert_no_duplicates(org)
+    assert_applied_once(org, local_plan["actions"])
+    rows = live.audit()
+    unknown = {r["key"] for r in rows if r["error_code"] == "UNKNOWN_OUTCOME"}
     assert unknown, "the lost answer was not recorded as an unknown outcome"
+    reconciled = {
+        r["key"] for r in rows if r["event"] == "reconciled" and r["outcome"] == "applied"
+    }
+    assert reconciled == unknown
+    left = not_applied(rows, local_plan)
+    assert not left, _listing(left)
+    (run,) = runs(live)
+    assert run["status"] == "ok"
+    assert not [k for k in run["summary"]["actions"] if k.endswith(":unknown")]
 
     live.server.reset_calls()
     second = live.cli("run")
     assert second.returncode == EXIT_OK, second.stderr[-2000:]
-    # Nothing is created again; a conversion found done still gets its new opportunity's
-    # mapped values (an update), as the lost answer kept the first run from sending them.
-    resent = [c for c in live.writes() if c.kind == "soap" or "POST" in c.subrequest_methods()]
-    assert resent == [], "a create whose answer was lost was sent again"
-    if lost == "case_comments":
-        assert live.writes() == []
+    assert live.writes() == []
+
+
+def runs(live: LiveOrg) -> list[dict[str, Any]]:
+    result = live.cli("runs", "--format", "jsonl")
+    assert result.returncode == EXIT_OK, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_a_lost_answer_the_org_cannot_confirm_yet_exits_5_and_the_next_run_finishes_it(
+    live: LiveOrg, local_plan: dict[str, Any]
+) -> None:
+    org = live.org
+
+    def lose_the_answer_and_the_reads(call: Call) -> bool:
+        if call.kind != "soap":
+            return False
+        # The conversion happened; its answer is lost and the org answers no query after it.
+        org.fail(kind="composite", write=False, status=503, times=1000)
+        return True
+
+    live.server.after_write = lose_the_answer_and_the_reads
+    first = live.cli("run")
+    live.server.after_write = None
+    assert first.returncode == EXIT_UNKNOWN, first.stderr[-2000:]
+    conversions = [a for a in local_plan["actions"] if a["kind"] == "convert_lead"]
+    (run,) = runs(live)
+    assert run["status"] == "unknown"
+    rules = {a["rule"] for a in conversions}
+    assert {k: n for k, n in run["summary"]["actions"].items() if k.endswith(":unknown")} == {
+        f"{rule}:unknown": sum(a["rule"] == rule for a in conversions) for rule in rules
+    }
+    assert "apply.reconcile_failed" in first.stderr
+    help_text = live.cli("--help").stdout
+    assert "5 the outcome of some writes is" in " ".join(help_text.split())
+
+    for fault in org.faults:
+        fault.times = 0  # the org answers again
+    live.server.reset_calls()
+    second = live.cli("run")
+    assert second.returncode == EXIT_OK, second.stderr[-2000:]
+    assert [c for c in live.writes() if c.kind == "soap"] == []  # reconciled, not resent
     assert_no_duplicates(org)
     assert_applied_once(org, local_plan["actions"])
-    rows = live.audit()
-    reconciled = {
-        r["key"] for r in rows if r["event"] == "reconciled" and r["outcome"] == "applied"
-    }
-    assert reconciled == {r["key"] for r in unknown}
-    left = not_applied(rows, local_plan)
+    left = not_applied(live.audit(), local_plan)
     assert not left, _listing(left)
 
 
