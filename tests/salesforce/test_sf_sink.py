@@ -713,6 +713,7 @@ def test_no_write_lets_an_assignment_rule_move_a_record(org: FakeOrg) -> None:
     org.task_trigger_updates_case = True
     lead, to_convert = (org.add("Lead", LastName=n, Company=n, OwnerId=REP) for n in ("A", "B"))
     case = org.add("Case", Subject="Rejected payment", Status="New", OwnerId=REP)
+    account = org.add("Account", Name="Acme", OwnerId=REP)
     actions: list[Action] = [
         update("Lead", lead, "u-lead", Status="Working - Contacted"),
         comment(case, "c-case"),
@@ -724,12 +725,12 @@ def test_no_write_lets_an_assignment_rule_move_a_record(org: FakeOrg) -> None:
             changes=(FieldChange("Status", "New", "Closed"),),
         ),
         convert(to_convert, "convert"),
-        email("e", "a@example.com"),
+        email("e", "a@example.com", account),
     ]
     results = sink_for(org).write(actions)
     assert {r.outcome for r in results} == {Outcome.APPLIED}
     assert org.reassigned == []
-    assert {org.get(rid)["OwnerId"] for rid in (lead, case, to_convert)} == {REP}  # type: ignore[index]
+    assert {org.get(rid)["OwnerId"] for rid in (lead, case, to_convert, account)} == {REP}  # type: ignore[index]
     # Every write carried the header where Salesforce reads it: the request, or for a
     # Composite, each subrequest that writes; SOAP in its AssignmentRuleHeader.
     for headers, body in sent_bodies(org):
