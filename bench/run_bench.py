@@ -22,7 +22,7 @@ then deleted.
 Records are split Opportunity 40% / Lead 40% / Case 20%; actions Task upserts 40% /
 Opportunity updates 40% / CaseComments 20% (the example of SALESFORCE-NOTES section D).
 The cycle: pull every object (pages committed to the SQLite file as they arrive), re-read
-the update targets' SystemModstamp (conflict check), write every action.
+every action's target (SystemModstamp, IsClosed: the conflict check), write every action.
 
 API calls are counted by the worker's client (``SalesforceClient.api_calls()`` and
 ``calls_by_kind()``, the client's own kinds) and cross-checked, after the reads, the stamp
@@ -36,9 +36,10 @@ collection chunks:
 - ``c_min`` = ceil(P/5) + ceil(W/5): the composite floor;
 - ``c_plain`` = P + W: one call per page and per chunk.
 
-The floors count neither the stamp re-read nor the key-marker lookup (one composite each
-at these sizes), so a small N that reads through REST pages lands a call or two above
-``min_api_calls``; Bulk API 2.0 (above ``--bulk-threshold`` rows per object) lands below.
+The floors count neither the stamp re-read (one query per object and 200 distinct targets,
+five to a composite) nor the key-marker lookup, so a small N that reads through REST pages
+lands a call or two above ``min_api_calls``; Bulk API 2.0 (above ``--bulk-threshold`` rows
+per object) lands below.
 
 The last line is one JSON object: records, actions, api_calls, min_api_calls, c_min,
 c_plain, calls_by_kind, seconds (the cycle, from the client's creation to the last
@@ -276,9 +277,8 @@ def cycle(
         read_server = cross_check(fake, client, "the reads")
 
         actions = build_actions(fake.ids, m)
-        targets = [a.target.id for a in actions if isinstance(a, UpdateRecord)]
         before = api_kinds(client)
-        sink.current_stamps(targets)
+        sink.current_state([a.target for a in actions])
         stamp_kinds = minus(api_kinds(client), before)
         stamp_server = cross_check(fake, client, "the stamp re-read")
         estimate = sink.estimate_write_calls(actions)
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         f"SQLite file {result['sqlite_mb']} MB"
     )
     print(f"  reads : {result['read_calls']}  (REST pages floor P = {fl['pages']})")
-    print(f"  stamps: {result['stamp_calls']} (SystemModstamp re-read of the update targets)")
+    print(f"  stamps: {result['stamp_calls']} (re-read of every action's target)")
     print(
         f"  writes: {result['write_calls']} incl. key-marker lookups "
         f"(estimate_write_calls said {result['write_estimate']})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def test_plan_file_round_trip_and_stale_apply(demo_copy: Path, tmp_path: Path) -
     assert invoke("plan", *org_args(demo_copy, db), "--out", str(plan_file)).exit_code == 0
     saved = json.loads(plan_file.read_text())
     assert saved["schema"] == "sop-worker/plan"
-    assert saved["version"] == 1
+    assert saved["version"] == 2
     # A person edits one planned target after the plan was made.
     target = next(a for a in saved["actions"] if a["kind"] in ("update", "close"))
     opp_file = demo_copy / "records" / "payment_followup-opportunities.json"
@@ -128,6 +129,66 @@ def test_plan_file_round_trip_and_stale_apply(demo_copy: Path, tmp_path: Path) -
     again = invoke("apply", *org_args(demo_copy, db), str(plan_file))
     assert again.exit_code == 0
     assert {r.key for r in store.audit_rows(outcome="applied")} == applied
+
+
+def test_a_plan_applies_only_to_the_org_it_was_made_on(demo_copy: Path, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    result = invoke("plan", *org_args(demo_copy, tmp_path / "a.db"), "--out", str(plan_file))
+    assert result.exit_code == 0, result.output
+    saved = json.loads(plan_file.read_text())
+    assert saved["org"] == {
+        "id": "00DDmU000000001MBA",
+        "name": "SOP Worker demo org",
+        "user_id": None,
+        "username": None,
+    }
+    # A copy of the org under another Organization Id (a sandbox refresh, say), same mapping.
+    other = tmp_path / "acme"
+    shutil.copytree(demo_copy, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest.update(name="ACME PRODUCTION", org_id="00DAc0000000001")
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    refused = invoke("apply", *org_args(other, tmp_path / "b.db"), str(plan_file))
+    assert refused.exit_code == 2
+    for named in ("'SOP Worker demo org'", "00DDmU000000001MBA", "'ACME PRODUCTION'"):
+        assert named in refused.output
+    assert "00DAc0000000001" in refused.output  # shown in its 18-character form
+    assert not (tmp_path / "local-orgs").exists()  # nothing written
+    assert Store.open(tmp_path / "b.db").audit_rows() == []
+    # On the org it was made on, the same file applies.
+    same = invoke("apply", *org_args(demo_copy, tmp_path / "a.db"), str(plan_file))
+    assert same.exit_code == 0, same.output
+
+
+def test_runs_and_audit_rows_name_the_org(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    assert invoke("run", *org_args(demo_copy, db)).exit_code == 0
+    runs = invoke("runs", "--db-path", str(db), "--format", "jsonl")
+    (row,) = [json.loads(line) for line in runs.stdout.splitlines()]
+    assert row["org_id"] == row["summary"]["org_id"] == "00DDmU000000001MBA"
+    audit = invoke("audit", "--db-path", str(db), "--format", "jsonl")
+    rows = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert rows
+    assert {r["org_id"] for r in rows} == {"00DDmU000000001MBA"}
+
+
+@pytest.mark.parametrize(
+    ("org_id", "message"),
+    [(None, "org_id: Field required"), ("001DmC000000001AAA", "an Organization Id starts")],
+)
+def test_a_local_org_names_its_organization_id(
+    demo_copy: Path, tmp_path: Path, org_id: str | None, message: str
+) -> None:
+    manifest = json.loads((demo_copy / "manifest.json").read_text())
+    manifest.pop("org_id")
+    if org_id:
+        manifest["org_id"] = org_id
+    (demo_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("plan", *org_args(demo_copy, tmp_path / "w.db"))
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "manifest.json" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_second_run_while_locked_exits_3(demo_copy: Path, tmp_path: Path) -> None:
@@ -176,7 +237,12 @@ def test_rules_lists_sop_files_and_steps() -> None:
         (None, "no such plan file"),
         ("not json", "cannot read plan"),
         ('{"schema": "sop-worker/plan", "version": 99}', "plan file version 99"),
-        ('{"schema": "sop-worker/plan", "version": 1}', "plan file is malformed"),
+        ('{"schema": "sop-worker/plan", "version": 2}', "plan file is malformed"),
+        ('{"schema": "sop-worker/plan", "version": 2, "org": "SOP Worker demo org"}', "malformed"),
+        (
+            '{"schema": "sop-worker/plan", "version": 1, "org": "SOP Worker demo org"}',
+            "version 1 does not record the Id of the org",
+        ),
     ],
 )
 def test_a_bad_plan_file_exits_2_saying_why(

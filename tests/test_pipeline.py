@@ -29,7 +29,7 @@ from worker.app import App, open_app
 from worker.errors import ApiLimitError
 from worker.localorg import LocalOrg
 from worker.plan import Plan, build_plan
-from worker.ports import ApiUsage, ObjectQuery, Page
+from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page, TargetState
 from worker.records import RecordRef
 from worker.rules.base import Evaluation, Verdict
 from worker.settings import load_settings
@@ -68,8 +68,8 @@ class FlakySink:
             for a in actions[cut:]
         ]
 
-    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
-        return self.org.current_stamps(target_ids)
+    def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
+        return self.org.current_state(targets)
 
     def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
         return self.org.reconcile(actions)
@@ -164,7 +164,7 @@ def test_a_lost_answer_is_reconciled_in_the_same_run_not_written_again(app: App)
 
 def test_an_unexpected_error_is_the_runs_status(app: App) -> None:
     class Broken(FlakySink):
-        def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+        def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
             raise RuntimeError("disk on fire")
 
     assert isinstance(app.pipeline.sink, LocalOrg)
@@ -181,7 +181,7 @@ def _evaluation(rule: str, target: RecordRef, *actions: Action) -> Evaluation:
 def _plan(evaluations: Sequence[Evaluation], ledger: Mapping[str, Outcome]) -> Plan:
     return build_plan(
         evaluations,
-        org="demo",
+        org=OrgIdentity("00DDmU000000001MBA", "demo"),
         mapping="m.toml",
         as_of=AS_OF,
         generated_at=dt.datetime(2026, 11, 23, tzinfo=dt.UTC),
@@ -274,6 +274,9 @@ class UnorderedSource:
 
     def __init__(self, *, stop_after_first: bool) -> None:
         self.stop_after_first = stop_after_first
+
+    def identity(self) -> OrgIdentity:
+        return OrgIdentity("00DDmU000000001MBA", "unordered")
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
         def opp(n: int, stamp: str) -> dict[str, Any]:

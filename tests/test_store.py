@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from worker.actions import ActionResult, CreateTask, Outcome
 from worker.app import keep_lease
@@ -50,6 +51,30 @@ def test_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     assert store.pending_migrations() == []
     store.close()
     assert Store.open(path).version == len(MIGRATIONS)  # reopening migrates nothing
+
+
+def test_a_database_from_before_org_ids_keeps_its_history_and_gains_them(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    old = sqlite_utils.Database(str(path))
+    MIGRATIONS[0](old)
+    old.execute("PRAGMA user_version = 1")
+    old.table("runs").insert({"run_id": "r0", "started_at": NOW.isoformat(), "status": "ok"})
+    old.table("audit").insert({"run_id": "r0", "key": "k0", "outcome": "applied"}, pk="id")
+    old.conn.commit()
+    old.conn.close()
+    store = Store.open(path)
+    assert store.version == len(MIGRATIONS)
+    ((row,),) = [store.audit_rows(run_id="r0")]
+    assert (row.key, row.org_id) == ("k0", None)  # written before the org was recorded
+    action = task_action()
+    store.begin_run("r1", "run", NOW.date(), NOW)
+    store.set_run_org("r1", "00DDmU000000001MBA")
+    store.mark_sent([action], "r1", NOW)
+    assert [r.org_id for r in store.audit_rows(run_id="r1")] == ["00DDmU000000001MBA"]
+    assert {r["run_id"]: r["org_id"] for r in store.runs()} == {
+        "r0": None,
+        "r1": "00DDmU000000001MBA",
+    }
 
 
 def test_save_page_upserts_and_deletes() -> None:

@@ -180,10 +180,6 @@ ACTION_TYPES: dict[ActionKind, type[Action]] = {
     for cls in (UpdateRecord, CloseRecord, CreateTask, AddCaseComment, SendEmail, ConvertLead)
 }
 
-# Actions that change an existing record: its SystemModstamp is read again just before the
-# write, and a record a person changed since it was read is a conflict, not overwritten.
-CHANGES_A_RECORD: tuple[type[Action], ...] = (UpdateRecord, ConvertLead)
-
 
 @dataclass(frozen=True)
 class ActionResult:

@@ -248,18 +248,15 @@ def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
 def apply(plan_file: Path, **kwargs: Any) -> None:
     """Apply exactly the actions of a saved plan file.
 
-    Each target is checked first: one changed since it was planned is skipped as a
-    conflict; keys already applied are never applied again.
+    Only on the org the plan was made on (its Organization Id): another org exits 2.
+    Each target is read again first: one deleted, converted, closed or otherwise changed
+    since it was planned is a conflict, not written; keys already applied are never
+    applied again.
     """
     settings = _settings(kwargs)
     saved = Plan.read(plan_file)
     run_id = new_run_id()
     with open_app(settings, write=True) as app, run_lock(app, run_id):
-        if saved.org != app.mapping.common.org.name:
-            raise ConfigError(
-                f"{plan_file} was planned for org {saved.org!r}, "
-                f"not {app.mapping.common.org.name!r}"
-            )
         result = app.pipeline.apply_plan_file(run_id, saved)
     report.print_summary(result.summary(), _console())
     sys.exit(exit_code(result))

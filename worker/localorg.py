@@ -2,8 +2,10 @@
 
 Layout of an org folder::
 
-    manifest.json          {"name", "as_of", "description"}: as_of is the org's own "today",
-                           the default as-of date whenever this org is used
+    manifest.json          {"name", "org_id", "as_of", "description"}: org_id is the org's
+                           Organization Id (00D...), which plans, runs and audit rows
+                           record (a plan applies only to its org); as_of is the org's own
+                           "today", the default as-of date whenever this org is used
     records/*.json         REST query responses ({"totalSize", "done", "records": [...]}),
                            each record typed by attributes.type, any number of files
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from worker import schema
 from worker.actions import (
@@ -36,8 +38,8 @@ from worker.actions import (
     UpdateRecord,
 )
 from worker.errors import ConfigError
-from worker.ports import ApiUsage, ObjectQuery, Page
-from worker.records import format_sf_datetime, parse_sf_datetime
+from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page, TargetState
+from worker.records import RecordRef, format_sf_datetime, id18, parse_sf_datetime
 from worker.rules.kit import key_marker, with_key_marker
 
 MANIFEST = "manifest.json"
@@ -48,8 +50,22 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    org_id: str
     as_of: dt.date
     description: str = ""
+
+    @field_validator("org_id")
+    @classmethod
+    def _organization_id(cls, value: str) -> str:
+        if not value.startswith(schema.ORGANIZATION_ID_PREFIX):
+            raise ValueError(
+                f"an Organization Id starts with {schema.ORGANIZATION_ID_PREFIX}: {value!r}"
+            )
+        return id18(value)
+
+    def identity(self) -> OrgIdentity:
+        """The org; no user, since nobody signs in to a folder."""
+        return OrgIdentity(self.org_id, self.name)
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -347,6 +363,10 @@ class LocalOrg:
             )
             yield Page(query.sobject, rows, deleted)
 
+    def identity(self) -> OrgIdentity:
+        """The org named in the manifest (the working copy is a copy of the same org)."""
+        return read_manifest(self.folder).identity()
+
     def api_calls(self) -> int:
         return 0
 
@@ -354,10 +374,14 @@ class LocalOrg:
         return None
 
     # -- sink --------------------------------------------------------------------------------
-    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
-        wanted = set(target_ids)
+    def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
+        wanted = {t.id for t in targets}
         return {
-            str(raw[schema.ID]): raw.get(schema.SYSTEM_MODSTAMP)
+            str(raw[schema.ID]): TargetState(
+                raw.get(schema.SYSTEM_MODSTAMP),
+                closed=raw.get(schema.IS_CLOSED) is True,
+                converted=raw.get(schema.IS_CONVERTED) is True,
+            )
             for raw in iter_raw_records(self.folder)
             if raw.get(schema.ID) in wanted and not raw.get(schema.IS_DELETED)
         }

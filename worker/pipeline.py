@@ -14,13 +14,18 @@ Exactly-once, step by step:
    live source widens it by an overlap window); each page is committed, then its watermark,
    never past the run's start.
 3. ``plan``: rules over the cached snapshot; keys the ledger already applied are left out.
-4. ``apply``: targets whose SystemModstamp changed since they were read are conflicts (a
-   person edited them); the rest are written in batches, each batch marked ``sent`` with
-   an intent audit row before the write and its outcomes recorded after.
+4. ``apply``: every action's target (the record the rule acted on) is read again once,
+   before the first write; a target deleted, converted, or closed or otherwise changed
+   since it was read (its SystemModstamp moved) makes its actions conflicts, planned afresh
+   next cycle. The rest are written in batches, each batch marked ``sent`` with an intent
+   audit row before the write and its outcomes recorded after.
 5. Before the run ends, writes whose answer was lost are reconciled against the org as in
    step 1, and those found applied get their follow-up writes (a converted lead's new
    opportunity its mapped values). Only what is still unknown stays ``sent`` for the next
    run, and the run's status says ``unknown``.
+
+Every run, plan and audit row records the org it was made on (:meth:`Pipeline.org`), and a
+saved plan is applied only to that org.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ import structlog
 
 from worker import schema
 from worker.actions import (
-    CHANGES_A_RECORD,
     STOPPED_API_LIMIT,
     STOPPED_AUTH,
     Action,
@@ -48,10 +52,10 @@ from worker.actions import (
     Outcome,
     SendEmail,
 )
-from worker.errors import ApiLimitError, AuthError, SalesforceError
+from worker.errors import ApiLimitError, AuthError, ConfigError, SalesforceError
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
-from worker.ports import ObjectQuery, Page, Sink, Source
+from worker.ports import ObjectQuery, OrgIdentity, Page, Sink, Source, TargetState
 from worker.records import Record, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
@@ -79,6 +83,7 @@ class RunReport:
     stop_reason: str | None = None  # STOPPED_API_LIMIT or STOPPED_AUTH
     seconds: float = 0.0
     plan: Plan | None = None
+    org: OrgIdentity | None = None
 
     def stop(self, reason: str, message: str) -> None:
         if self.stop_reason is None:
@@ -110,6 +115,7 @@ class RunReport:
     def summary(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
+            "org_id": self.org.org_id if self.org else None,
             "as_of": self.as_of.isoformat(),
             "dry_run": self.dry_run,
             "records_read": dict(sorted(self.records_read.items())),
@@ -180,6 +186,10 @@ class Pipeline:
         self.mapping = mapping
         self.rules = [r for r in rules if mapping.rules.get(r.id) and mapping.rules[r.id].enabled]
         self.clock = clock
+
+    def org(self) -> OrgIdentity:
+        """The org the source reads: what plans, runs and audit rows record."""
+        return self.source.identity()
 
     # -- 1. reconcile ---------------------------------------------------------------------------
     def reconcile(self, report: RunReport) -> None:
@@ -313,7 +323,7 @@ class Pipeline:
         keys += [s.key for e in evaluations for s in e.skipped]
         plan = build_plan(
             evaluations,
-            org=self.mapping.common.org.name,
+            org=self.org(),
             mapping=self.mapping.path,
             as_of=as_of,
             generated_at=self.clock(),
@@ -424,37 +434,28 @@ class Pipeline:
                 log.warning("action.outcome_unknown", key=result.key, message=result.message)
 
     def _drop_conflicts(self, actions: list[Action], report: RunReport) -> list[Action]:
-        """Updates whose target changed since it was read are conflicts, not overwrites."""
-        checked = [a for a in actions if isinstance(a, CHANGES_A_RECORD)]
-        if not checked:
+        """Every action's target is read again before anything is written: one deleted,
+        converted, or closed or otherwise changed since it was read (its SystemModstamp
+        moved) is a ``conflict``, not written, and planned afresh next cycle.
+
+        The check is made once, before the first write of this apply: the worker's own
+        writes in it (a step's notes, then its Task or state change on the same record)
+        never look like a person's edit, and one record's actions stand or fall together.
+        """
+        if not actions:
             return actions
-        current = self.sink.current_stamps(sorted({a.target.id for a in checked}))
-        conflicts: list[ActionResult] = []
-        for action in checked:
-            now_stamp = current.get(action.target.id)
-            if action.target.id not in current:
-                conflicts.append(
-                    ActionResult(
-                        action.key,
-                        Outcome.CONFLICT,
-                        error_code="ENTITY_IS_DELETED",
-                        message="the record no longer exists",
-                    )
-                )
-            elif action.target.stamp and now_stamp != action.target.stamp:
-                conflicts.append(
-                    ActionResult(
-                        action.key,
-                        Outcome.CONFLICT,
-                        error_code="RECORD_CHANGED",
-                        message=f"changed in Salesforce after it was read (SystemModstamp "
-                        f"{action.target.stamp} -> {now_stamp}); re-planned next cycle",
-                    )
-                )
+        targets = {a.target.id: a.target for a in actions}
+        current = self.sink.current_state(list(targets.values()))
+        conflicts = [
+            found
+            for action in actions
+            if (found := _conflict(action, current.get(action.target.id))) is not None
+        ]
         if conflicts:
             by_key = {a.key: a for a in actions}
             self.store.record_results(by_key, conflicts, report.run_id, self.clock())
             self._count(conflicts, by_key, report)
+            log.info("apply.conflicts", actions=len(conflicts))
         skip = {r.key for r in conflicts}
         return [a for a in actions if a.key not in skip]
 
@@ -463,6 +464,7 @@ class Pipeline:
         report = RunReport(run_id=run_id, as_of=as_of, dry_run=not write)
         run_start = self.clock()
         with self._recorded(report, "run" if write else "dry-run", run_start):
+            self._record_org(report)
             if write:
                 self.reconcile(report)
             if pull:
@@ -485,12 +487,24 @@ class Pipeline:
         return report
 
     def apply_plan_file(self, run_id: str, plan: Plan) -> RunReport:
-        """Apply exactly a saved plan (after the same conflict checks), without planning."""
+        """Apply exactly a saved plan (after the same conflict checks), without planning.
+        A plan made on another org is refused before anything is read or written."""
+        here = self.org()
+        if not plan.org.same_org(here):
+            raise ConfigError(
+                f"the plan was made on org {plan.org.label()}, not on this org "
+                f"{here.label()}: make the plan on this org and apply that"
+            )
         report = RunReport(run_id=run_id, as_of=plan.as_of, dry_run=False, plan=plan)
         with self._recorded(report, "apply", self.clock()):
+            self._record_org(report)
             self.reconcile(report)
             self.apply(plan, report)
         return report
+
+    def _record_org(self, report: RunReport) -> None:
+        report.org = self.org()
+        self.store.set_run_org(report.run_id, report.org.org_id)
 
     @contextmanager
     def _recorded(self, report: RunReport, kind: str, started_at: dt.datetime) -> Iterator[None]:
@@ -528,6 +542,31 @@ def _outcome_label(outcome: Outcome) -> str:
     if outcome is Outcome.SENT:
         return UNKNOWN
     return "not_sent" if outcome is Outcome.PLANNED else outcome.value
+
+
+def _conflict(action: Action, now: TargetState | None) -> ActionResult | None:
+    """Why the action's target no longer is the record it was planned on, if it is not."""
+    target = action.target
+    what = f"the {target.sobject}"
+    if now is None:
+        return ActionResult(
+            action.key,
+            Outcome.CONFLICT,
+            error_code="ENTITY_IS_DELETED",
+            message=f"{what} was deleted after it was read; not written",
+        )
+    moved = f"SystemModstamp {target.stamp} -> {now.stamp}"
+    if now.converted:
+        code, message = "LEAD_CONVERTED", f"{what} is converted (IsConverted); not written"
+    elif target.stamp is None or now.stamp == target.stamp:
+        return None
+    elif now.closed:
+        code, message = "RECORD_CLOSED", f"{what} was closed after it was read ({moved})"
+    else:
+        code, message = "RECORD_CHANGED", f"changed in Salesforce after it was read ({moved})"
+    return ActionResult(
+        action.key, Outcome.CONFLICT, error_code=code, message=f"{message}; re-planned next cycle"
+    )
 
 
 def _batches(actions: Sequence[Action], size: int) -> Iterator[list[Action]]:

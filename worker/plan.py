@@ -10,7 +10,10 @@ A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN
 
 .. code-block:: text
 
-    {"schema": "sop-worker/plan", "version": 1, "org": str, "mapping": str,
+    {"schema": "sop-worker/plan", "version": 2,
+     "org": {"id": "00D... (18 characters)", "name": str,
+             "user_id": str | null, "username": str | null},
+     "mapping": str,
      "as_of": "YYYY-MM-DD", "generated_at": ISO datetime,
      "actions":    [action, ...],                  # to apply, in order
      "skipped":    [{"action": action, "why": str}, ...],   # steps missed, not done late
@@ -22,6 +25,13 @@ A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN
 where ``action`` is :meth:`worker.actions.Action.to_dict` output: ``kind``, ``rule``,
 ``sop``, ``step``, ``target`` {sobject, id, name, stamp}, ``reason``, ``key`` and the
 kind's own fields.
+
+``org`` is the org the plan was made on, read from the org itself (its Organization Id)
+or from a local org's manifest, with the user the worker signed in as (null for a local
+org; ``username`` null where knowing it would cost an API call). ``apply`` applies a plan
+only to that org, compared by Organization Id (never by ``name``, the mapping's label).
+Version 1 plans named the org by the mapping's label only, which a sandbox and production
+can share: they are refused, with a message saying to plan again.
 """
 
 from __future__ import annotations
@@ -43,11 +53,12 @@ from worker.actions import (
     action_from_dict,
 )
 from worker.errors import PlanFileError
-from worker.records import RecordRef
+from worker.ports import OrgIdentity
+from worker.records import RecordRef, id18
 from worker.rules.base import Evaluation, SkippedStep, Verdict
 
 PLAN_SCHEMA = "sop-worker/plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ class RecordProblem:
 
 @dataclass(frozen=True)
 class Plan:
-    org: str
+    org: OrgIdentity
     mapping: str
     as_of: dt.date
     generated_at: dt.datetime
@@ -82,7 +93,12 @@ class Plan:
         return {
             "schema": PLAN_SCHEMA,
             "version": PLAN_VERSION,
-            "org": self.org,
+            "org": {
+                "id": self.org.org_id,
+                "name": self.org.name,
+                "user_id": self.org.user_id,
+                "username": self.org.username,
+            },
             "mapping": self.mapping,
             "as_of": self.as_of.isoformat(),
             "generated_at": self.generated_at.isoformat(),
@@ -110,14 +126,26 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         if data.get("schema") != PLAN_SCHEMA:
             raise PlanFileError("not a sop-worker plan file (no 'schema': 'sop-worker/plan')")
+        if data.get("version") == 1:
+            raise PlanFileError(
+                "plan file version 1 does not record the Id of the org it was made on, so "
+                "this worker cannot tell it from another org's plan: make the plan again "
+                "(sop-worker plan --out FILE)"
+            )
         if data.get("version") != PLAN_VERSION:
             raise PlanFileError(
                 f"plan file version {data.get('version')!r}; this worker reads version "
                 f"{PLAN_VERSION}: plan again"
             )
         try:
+            org = data["org"]
             return cls(
-                org=data["org"],
+                org=OrgIdentity(
+                    org_id=id18(org["id"]),
+                    name=str(org["name"]),
+                    user_id=org.get("user_id"),
+                    username=org.get("username"),
+                ),
                 mapping=data["mapping"],
                 as_of=dt.date.fromisoformat(data["as_of"]),
                 generated_at=dt.datetime.fromisoformat(data["generated_at"]),
@@ -211,7 +239,7 @@ def resolve_precedence(
 def build_plan(
     evaluations: Sequence[Evaluation],
     *,
-    org: str,
+    org: OrgIdentity,
     mapping: str,
     as_of: dt.date,
     generated_at: dt.datetime,

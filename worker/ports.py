@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.actions import Action, ActionResult
+from worker.records import RecordRef
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,45 @@ class ApiUsage:
         return max(self.limit - self.used, 0)
 
 
+@dataclass(frozen=True)
+class OrgIdentity:
+    """Which org a source reads, and as whom: what a plan records and ``apply`` checks.
+
+    ``org_id`` is the Organization Id in its 18-character form (``00D...``); ``name`` the
+    org's label (a local org's manifest name, else the mapping's ``org.name``). The user is
+    recorded as far as it is known without spending an API call on it.
+    """
+
+    org_id: str
+    name: str
+    user_id: str | None = None
+    username: str | None = None
+
+    def same_org(self, other: OrgIdentity) -> bool:
+        return self.org_id[:15] == other.org_id[:15]
+
+    def label(self) -> str:
+        return f"{self.name!r} ({self.org_id})"
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """A record as the org has it just before a write: its SystemModstamp, and whether it is
+    closed (``IsClosed`` of a Case, Opportunity or Task) or converted (a Lead's
+    ``IsConverted``)."""
+
+    stamp: str | None
+    closed: bool = False
+    converted: bool = False
+
+
 class Source(Protocol):
     @property
     def name(self) -> str: ...
+
+    def identity(self) -> OrgIdentity:
+        """The org this source reads, from the org itself (cached after the first call)."""
+        ...
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
         """Yield pages for every query; the caller commits each page before the next."""
@@ -79,8 +116,9 @@ class Sink(Protocol):
     @property
     def name(self) -> str: ...
 
-    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
-        """SystemModstamp of each target as the org has it now (missing id = deleted)."""
+    def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
+        """Each target as the org has it now, by Id; a target missing from the answer is
+        deleted (or was never there)."""
         ...
 
     def write(self, actions: Sequence[Action]) -> list[ActionResult]:

@@ -36,6 +36,23 @@ class RecordRef:
         return f"{self.sobject} {self.name or self.id}"
 
 
+_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def id18(record_id: str) -> str:
+    """The 18-character form of a Salesforce Id. A 15-character Id is case-sensitive; the
+    three characters Salesforce appends say, five characters each, which are upper case."""
+    if len(record_id) == 18 and record_id.isalnum():
+        return record_id
+    if len(record_id) != 15 or not record_id.isalnum():
+        raise ValueError(f"not a Salesforce Id (15 or 18 letters and digits): {record_id!r}")
+    suffix = ""
+    for start in range(0, 15, 5):
+        chunk = record_id[start : start + 5]
+        suffix += _ID_SUFFIX[sum(1 << i for i, ch in enumerate(chunk) if "A" <= ch <= "Z")]
+    return record_id + suffix
+
+
 def parse_sf_datetime(value: str) -> dt.datetime:
     """Parse Salesforce's datetime format (``2026-09-23T14:05:00.000+0000``) to aware UTC."""
     text = value.strip()

@@ -65,7 +65,7 @@ def plan_csv(plan: Plan) -> str:
 
 def print_plan(plan: Plan, console: Console) -> None:
     table = Table(
-        title=f"Plan for {plan.org} as of {plan.as_of} ({len(plan.actions)} actions)",
+        title=f"Plan for {plan.org.label()} as of {plan.as_of} ({len(plan.actions)} actions)",
         show_lines=True,
         expand=True,
     )
@@ -182,7 +182,17 @@ def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
 def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
     """Recent runs, newest first: when, what kind, how it ended, what it did and spent."""
     table = Table(title=f"Runs ({len(runs)})", expand=True)
-    for name in ("Run", "Started", "Mode", "As of", "Status", "Actions", "API calls", "Seconds"):
+    for name in (
+        "Run",
+        "Org",
+        "Started",
+        "Mode",
+        "As of",
+        "Status",
+        "Actions",
+        "API calls",
+        "Seconds",
+    ):
         table.add_column(name, overflow="fold")
     for run in runs:
         summary = json.loads(run.get("summary") or "{}")
@@ -192,6 +202,7 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
             status += f"\n{summary['stopped']}"
         table.add_row(
             str(run["run_id"]),
+            str(run.get("org_id") or ""),
             str(run.get("started_at") or "")[:19],
             str(run.get("mode") or ""),
             str(run.get("as_of") or ""),

@@ -44,6 +44,15 @@ IS_CONVERTED = "IsConverted"
 RELATED_TO_ID = "RelatedToId"
 TEXT_BODY = "TextBody"
 
+# What says a record is finished, read again with its SystemModstamp just before a write:
+# a target closed or converted since it was read is a conflict (see worker.pipeline).
+STATE_FIELDS = {
+    CASE: (IS_CLOSED,),
+    OPPORTUNITY: (IS_CLOSED,),
+    TASK: (IS_CLOSED,),
+    LEAD: (IS_CONVERTED,),
+}
+
 # Limits the platform enforces on what the worker writes.
 SUBJECT_MAX_CHARS = 255
 COMMENT_BODY_MAX_BYTES = 4000
@@ -52,12 +61,15 @@ TASK_DESCRIPTION_MAX_CHARS = 32000
 # Id prefixes (key prefixes) the worker needs to tell a Lead from a Contact in WhoId.
 LEAD_ID_PREFIX = "00Q"
 CONTACT_ID_PREFIX = "003"
+# ... and to check the org and user a session or a plan names.
+ORGANIZATION_ID_PREFIX = "00D"
+USER_ID_PREFIX = "005"
 
 # Key prefixes of the standard objects the worker touches (fixed by the platform).
 KEY_PREFIXES = {
     "001": "Account",
     CONTACT_ID_PREFIX: "Contact",
-    "005": "User",
+    USER_ID_PREFIX: "User",
     "006": OPPORTUNITY,
     LEAD_ID_PREFIX: LEAD,
     "00T": TASK,

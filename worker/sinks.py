@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from worker.actions import Action, ActionResult
 from worker.errors import DryRunWriteError
-from worker.ports import ApiUsage
+from worker.ports import ApiUsage, TargetState
+from worker.records import RecordRef
 
 
 class DryRunSink:
@@ -25,7 +26,7 @@ class DryRunSink:
         self._estimate = estimate
         self._usage = usage
 
-    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
+    def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
         raise DryRunWriteError("dry run: apply-time checks are never reached")
 
     def write(self, actions: Sequence[Action]) -> list[ActionResult]:

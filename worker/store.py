@@ -6,10 +6,10 @@ Only this module touches the database. Tables:
   retention filter on (``system_modstamp``, ``name``, ``what_id``, ``who_id``, ``parent_id``).
 - ``watermarks``: per sObject, the highest SystemModstamp safely cached and the hash of the
   field list it was read with (a changed field list means a full re-read).
-- ``runs``: one row per run with its summary.
+- ``runs``: one row per run with its summary and the Id of the org it ran on.
 - ``ledger``: one row per action key: planned -> sent -> applied | failed | conflict | skipped.
 - ``audit``: append-only; an ``intent`` row before each write and an ``outcome`` row after,
-  in the same transaction as the ledger change.
+  in the same transaction as the ledger change, each with the run's org Id.
 - ``run_lock``: a lease with an expiry, so two runs never overlap and a dead run's lease
   can be taken over.
 
@@ -119,7 +119,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1,)
+def _v2(db: sqlite_utils.Database) -> None:
+    """The Id of the org each run read and wrote, on its run and on each audit row."""
+    db.table("runs").add_column("org_id", str)
+    db.table("audit").add_column("org_id", str)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ class AuditRow:
     error_code: str | None
     message: str | None
     reason: str | None
+    org_id: str | None = None  # None on rows written before the org was recorded
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, actor: str = "sop-worker") -> None:
         self.db = db
         self.actor = actor
+        self._run_orgs: dict[str, str | None] = {}
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -366,6 +374,17 @@ class Store:
             }
         )
 
+    def set_run_org(self, run_id: str, org_id: str) -> None:
+        """The org the run reads and writes; its audit rows carry the same Id."""
+        self.db.table("runs").update(run_id, {"org_id": org_id})
+        self._run_orgs[run_id] = org_id
+
+    def _run_org(self, run_id: str) -> str | None:
+        if run_id not in self._run_orgs:
+            row = self.db.execute("SELECT org_id FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            self._run_orgs[run_id] = row[0] if row else None
+        return self._run_orgs[run_id]
+
     def finish_run(
         self, run_id: str, status: str, summary: Mapping[str, Any], now: dt.datetime
     ) -> None:
@@ -509,6 +528,7 @@ class Store:
                 "error_code": result.error_code if result else None,
                 "message": result.message if result else None,
                 "reason": action.reason,
+                "org_id": self._run_org(run_id),
             },
             pk="id",
         )

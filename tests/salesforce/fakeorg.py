@@ -69,8 +69,9 @@ from .fakesoql import Query, SoqlError, get_path, parse
 
 INSTANCE = "https://fake-org.my.salesforce.com"
 LOGIN = "https://login.salesforce.com"
-ORG_ID = "00DFAKE0000000001"
+ORG_ID = "00DFAKE000000012DA"  # 18 characters, as the identity URL and UserInfo give it
 LIMIT_HEADER = "Sforce-Limit-Info"
+USERINFO = "/services/oauth2/userinfo"
 USER_ID = "005000000000000001"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
@@ -149,6 +150,13 @@ _SYSTEM = (
 TASK_STATUSES = ("Not Started", "In Progress", "Completed")
 TASK_DESCRIPTION_MAX = 32000
 EMAIL_BODY_MAX = 32000  # EmailMessage TextBody / HtmlBody
+# The picklist values whose CaseStatus / OpportunityStage / TaskStatus row has IsClosed: the
+# record's read-only IsClosed follows its Status or StageName, as in a new org.
+CLOSED_VALUES = {
+    "Case": ("Status", ("Closed",)),
+    "Opportunity": ("StageName", ("Closed Won", "Closed Lost")),
+    "Task": ("Status", ("Completed",)),
+}
 CONVERTED_STATUSES = ("Closed - Converted", "Qualified")
 METADATA = (
     Path(__file__).resolve().parents[2]
@@ -265,6 +273,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Subject"),
             _f("CaseNumber", updateable=False, createable=False),
             _f("Status", "picklist", picklist=case_statuses),
+            _f("IsClosed", "boolean", updateable=False, createable=False),
             _f("ContactEmail", "email", updateable=False, createable=False),
             _f("ContactPhone", "phone", length=40, updateable=False, createable=False),
             _ref("ContactId", "Contact", "Contact"),
@@ -534,7 +543,7 @@ class FakeOrg:
         return SalesforceSettings(_env_file=None, **values)
 
     def issue_token(self) -> str:
-        token = f"{ORG_ID}!AQ{secrets.token_urlsafe(24)}"
+        token = f"{ORG_ID[:15]}!AQ{secrets.token_urlsafe(24)}"
         self.tokens.add(token)
         return token
 
@@ -564,6 +573,8 @@ class FakeOrg:
         if sobject == "Lead":
             record["IsConverted"] = False
         record.update(fields)
+        if "IsClosed" not in fields:
+            _derive_closed(sobject, record)
         self.records[sobject][rid] = record
         return rid
 
@@ -587,6 +598,8 @@ class FakeOrg:
         sobject = self._sobject_of(record_id)
         record = self._materialize(sobject, record_id)
         record.update(fields)
+        if "IsClosed" not in fields:
+            _derive_closed(sobject, record)
         record["SystemModstamp"] = record["LastModifiedDate"] = self.stamp()
 
     def delete(self, record_id: str) -> None:
@@ -739,6 +752,8 @@ class FakeOrg:
         body: str,
         headers: Mapping[str, str],
     ) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and path == USERINFO:
+            return 200, self._userinfo(), {}
         if path.rstrip("/") == "/services/data":
             return (
                 200,
@@ -869,6 +884,21 @@ class FakeOrg:
         if new_refresh:
             body["refresh_token"] = new_refresh
         return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def _userinfo(self) -> dict[str, Any]:
+        """OpenID Connect UserInfo for the session's user (the integration user)."""
+        return {
+            "sub": f"{self.login_url}/id/{ORG_ID}/{USER_ID}",
+            "user_id": USER_ID,
+            "organization_id": ORG_ID,
+            "preferred_username": self.credentials.username,
+            "nickname": "worker",
+            "name": "SOP Worker Integration",
+            "email": self.credentials.username,
+            "email_verified": True,
+            "active": True,
+            "user_type": "STANDARD",
+        }
 
     def _jwt_ok(self, assertion: str) -> bool:
         c = self.credentials
@@ -1310,8 +1340,7 @@ class FakeOrg:
                 record.setdefault("IsConverted", False)
         record["Id"] = rid
         record["SystemModstamp"] = record["LastModifiedDate"] = stamp
-        if sobject == "Task":
-            record["IsClosed"] = record.get("Status") == "Completed"
+        _derive_closed(sobject, record)
         self.records[sobject][rid] = record
         if auto_assign:
             self._run_assignment(sobject, record)
@@ -1623,6 +1652,12 @@ def _auto_assign(headers: Mapping[str, Any]) -> bool:
     return value is None or str(value).strip().upper() != "FALSE"
 
 
+def _derive_closed(sobject: str, record: dict[str, Any]) -> None:
+    if sobject in CLOSED_VALUES:
+        field_name, closed = CLOSED_VALUES[sobject]
+        record["IsClosed"] = record.get(field_name) in closed
+
+
 def path_is_public(path: str) -> bool:
     # /services/data/ (the versions list) answers without a session.
     return path.rstrip("/") == "/services/data"
@@ -1636,6 +1671,8 @@ def _is_synthetic_id(rid: str, count: int) -> bool:
 def _kind(method: str, path: str) -> str:
     if path.startswith("/services/Soap/"):
         return "soap"
+    if path == USERINFO:
+        return "userinfo"
     rest = re.sub(r"^/services/data/v[\d.]+/?", "", path).strip("/")
     if path.rstrip("/") == "/services/data":
         return "versions"

@@ -12,12 +12,15 @@ import responses
 import tenacity
 from structlog.testing import capture_logs
 
-from worker.errors import AuthError
-from worker.salesforce.auth import OAuthAuthenticator, jwt_audience
+from worker.errors import AuthError, FatalApiError
+from worker.ports import OrgIdentity
+from worker.records import id18
+from worker.salesforce.auth import OAuthAuthenticator, identity_ids, jwt_audience
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.settings import AuthMode
+from worker.salesforce.source import SalesforceSource
 
-from .fakeorg import INSTANCE, LOGIN, FakeOrg
+from .fakeorg import INSTANCE, LOGIN, ORG_ID, USER_ID, FakeOrg
 from .sfhelpers import Sleeps, make_client, settings
 
 
@@ -234,3 +237,56 @@ def test_requests_honours_a_custom_ca_bundle_and_timeouts(
     sent = org._mock.calls[-1].request
     assert sent.req_kwargs["verify"] == str(bundle)  # type: ignore[attr-defined]
     assert sent.req_kwargs["timeout"] == (3.0, 7.0)  # type: ignore[attr-defined]
+
+
+# -- which org and user a session belongs to -----------------------------------------------------
+def test_an_oauth_session_says_its_org_and_user_without_a_call(
+    org: FakeOrg, rsa_keys: tuple[bytes, bytes]
+) -> None:
+    private, public = rsa_keys
+    org.credentials.jwt_public_key = public
+    client = oauth_client(org, username=org.credentials.username, private_key=private.decode())
+    found = client.identity("ACME")
+    assert found == OrgIdentity(ORG_ID, "ACME", USER_ID, org.credentials.username)
+    assert client.api_calls() == 0  # from the token response's identity URL
+    assert org.calls == []
+
+
+def test_a_flow_that_signs_in_by_no_name_leaves_the_username_out(org: FakeOrg) -> None:
+    client = oauth_client(
+        org, client_secret=org.credentials.client_secret, login_url=org.credentials.my_domain
+    )
+    assert client.identity("ACME") == OrgIdentity(ORG_ID, "ACME", USER_ID, None)
+    assert client.api_calls() == 0
+
+
+def test_a_ready_token_asks_userinfo_once_and_counts_it(org: FakeOrg) -> None:
+    client = make_client(org)
+    source = SalesforceSource(client, org_name="ACME")
+    found = source.identity()
+    assert found == OrgIdentity(ORG_ID, "ACME", USER_ID, org.credentials.username)
+    assert source.identity() is found  # asked once per run
+    assert client.calls_by_kind() == {"identity": 1}
+    assert source.api_calls() == client.api_calls() == 1
+    assert org.calls_by_kind == {"userinfo": 1}
+
+
+def test_an_answer_without_an_org_id_is_an_error(org: FakeOrg) -> None:
+    client = make_client(org)
+    org.fail(kind="userinfo", status=200, body={"user_id": USER_ID})
+    with pytest.raises(FatalApiError, match="did not say which org"):
+        client.identity("ACME")
+
+
+@pytest.mark.parametrize(
+    ("url", "ids"),
+    [
+        (f"{LOGIN}/id/{ORG_ID}/{USER_ID}", (ORG_ID, USER_ID)),
+        (f"{LOGIN}/id/{ORG_ID[:15]}/{USER_ID[:15]}", (ORG_ID, id18(USER_ID[:15]))),
+        (f"{LOGIN}/id/{USER_ID}/{ORG_ID}", (None, None)),
+        ("not a url", (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_identity_urls(url: str | None, ids: tuple[str | None, str | None]) -> None:
+    assert identity_ids(url) == ids

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from . import demo_seed
-from .fakeorg import ASSIGNABLE, FakeOrg
+from .fakeorg import ASSIGNABLE, ORG_ID, USER_ID, FakeOrg
 from .httpsorg import Call, HttpsOrg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,6 +290,25 @@ def test_plan_over_https_equals_the_local_org_plan_and_writes_nothing(
     assert all(c.path.endswith("/composite") for c in posts)
     assert {m for c in posts for m in c.subrequest_methods()} == {"GET"}
     assert plan["cost"]["remaining_daily"] == live.org.daily_limit - live.org.used
+    # The plan names the org signed in to (a ready token: asked of UserInfo) and its user.
+    assert plan["org"] == {
+        "id": ORG_ID,
+        "name": "SOP Worker demo org",  # the mapping's org.name
+        "user_id": USER_ID,
+        "username": live.org.credentials.username,
+    }
+
+
+def test_a_plan_made_on_another_org_is_refused_with_exit_2(
+    live: LiveOrg, local_plan: dict[str, Any]
+) -> None:
+    plan_file = live.folder / "offline-plan.json"
+    plan_file.write_text(json.dumps(local_plan), encoding="utf-8")
+    result = live.cli("apply", str(plan_file))
+    assert result.returncode == EXIT_CONFIG, result.stderr[-2000:]
+    assert local_plan["org"]["id"] in result.stderr
+    assert ORG_ID in result.stderr
+    assert live.writes() == []
 
 
 def test_tls_is_verified_and_a_private_ca_is_trusted_through_requests_ca_bundle(

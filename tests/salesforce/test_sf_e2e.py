@@ -7,7 +7,7 @@ import datetime as dt
 
 from worker.actions import Outcome
 from worker.ports import ObjectQuery
-from worker.records import Record
+from worker.records import Record, RecordRef
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
 
@@ -36,8 +36,8 @@ def test_two_cycles_and_a_rerun_without_state(org: FakeOrg) -> None:
     assert sorted(r.id for r in records if r.sobject == "Opportunity") == sorted(opps)
     seen = {r.id: r.ref().stamp for r in records}
     org.edit(opps[2], NextStep="a person typed this")  # between read and write
-    now = sink.current_stamps(opps)
-    fresh = [o for o in opps if now[o] == seen[o]]
+    now = sink.current_state([RecordRef("Opportunity", o) for o in opps])
+    fresh = [o for o in opps if now[o].stamp == seen[o]]
     assert fresh == opps[:2]  # the edited one is a conflict: not overwritten
     actions = [task(o, f"k:{o}") for o in fresh] + [
         update("Opportunity", o, f"u:{o}", NextStep="worker") for o in fresh

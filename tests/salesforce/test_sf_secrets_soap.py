@@ -100,11 +100,12 @@ def test_soap_fault_becomes_the_matching_error() -> None:
 
 def test_soap_session_rejected_without_renewal(org: FakeOrg) -> None:
     lead = org.add("Lead", LastName="L", Company="Acme")
-    sink = sink_for(org)
-    sink.current_stamps([lead])
-    org.expire_sessions()
     from worker.actions import ConvertLead
     from worker.records import RecordRef
+
+    sink = sink_for(org)
+    sink.current_state([RecordRef("Lead", lead)])
+    org.expire_sessions()
 
     from .test_sf_sink import META
 
@@ -138,7 +139,7 @@ def test_soap_call_renews_an_expired_session_and_rebuilds_the_envelope(
     client = oauth_client(org, username=org.credentials.username, private_key=private.decode())
     lead = org.add("Lead", LastName="L", Company="Acme")
     sink = SalesforceSink(client)
-    sink.current_stamps([lead])
+    sink.current_state([RecordRef("Lead", lead)])
     org.expire_sessions()
     action = ConvertLead(
         **META, target=RecordRef("Lead", lead), key="c", converted_status="Qualified"

@@ -120,19 +120,24 @@ def test_updates_upserts_and_comments_in_few_calls(org: FakeOrg) -> None:
 def test_the_plans_cost_is_what_applying_spends(org: FakeOrg) -> None:
     opps = [org.add("Opportunity", Name=f"O{i}") for i in range(450)]
     leads = [org.add("Lead", LastName=f"L{i}") for i in range(30)]
+    cases = [org.add("Case", Subject=f"C{i}") for i in range(201)]
     actions: list[Action] = [
         update("Opportunity", rid, f"u{i}", NextStep="x") for i, rid in enumerate(opps)
     ]
     actions += [
         update("Lead", rid, f"l{i}", Status="Working - Contacted") for i, rid in enumerate(leads)
     ]
-    actions += [task(opps[0], "t0")]
+    # Tasks are re-checked on their target too: the Cases they were planned on.
+    actions += [
+        dataclasses.replace(task(rid, f"t{i}"), target=RecordRef("Case", rid))
+        for i, rid in enumerate(cases)
+    ]
     sink = sink_for(org)
     estimate = sink.estimate_calls(actions)
-    sink.current_stamps([a.target.id for a in actions if isinstance(a, UpdateRecord)])
+    sink.current_state([a.target for a in actions])
     sink.write(actions)
-    # stamps: 3 + 1 id queries in one composite; writes: 3 + 1 + 1 chunks in one composite
-    assert estimate == org.call_count == 2
+    # stamps: 3 + 1 + 2 id queries, two composites; writes: 3 + 1 + 2 chunks, two composites
+    assert estimate == org.call_count == 4
 
 
 @pytest.mark.parametrize(
@@ -428,8 +433,9 @@ def test_a_converted_lead_is_never_updated(org: FakeOrg) -> None:
     lead = org.add("Lead", LastName="L", Company="Acme")
     org.edit(lead, IsConverted=True)
     sink = sink_for(org)
-    stamps = sink.current_stamps([lead])
-    assert stamps[lead] == org.get(lead)["SystemModstamp"]  # type: ignore[index]
+    state = sink.current_state([RecordRef("Lead", lead)])
+    assert state[lead].stamp == org.get(lead)["SystemModstamp"]  # type: ignore[index]
+    assert state[lead].converted
     calls = org.call_count
     (result,) = sink.write([update("Lead", lead, "k", Status="Working - Contacted")])
     assert (result.outcome, result.error_code) == (Outcome.FAILED, "CANNOT_UPDATE_CONVERTED_LEAD")
@@ -448,27 +454,30 @@ def test_a_converted_lead_unknown_to_the_sink_fails_from_salesforce(org: FakeOrg
 
 
 # -- conflicts ---------------------------------------------------------------------------------------------
-def test_current_stamps_in_one_call(org: FakeOrg) -> None:
-    opp = org.add("Opportunity", Name="a")
+def test_current_state_in_one_call(org: FakeOrg) -> None:
+    opp = org.add("Opportunity", Name="a", StageName="Prospecting")
+    won = org.add("Opportunity", Name="b", StageName="Closed Won")
     lead = org.add("Lead", LastName="L")
-    case = org.add("Case", Subject="c")
+    case = org.add("Case", Subject="c", Status="New")
+    closed = org.add("Case", Subject="e", Status="Closed")
     gone = org.add("Case", Subject="d")
     org.delete(gone)
+    refs = [RecordRef("Opportunity", r) for r in (opp, won)] + [RecordRef("Lead", lead)]
+    refs += [RecordRef("Case", r) for r in (case, closed, gone, "500000000000404AAA")]
     sink = sink_for(org)
-    before = sink.current_stamps([opp, lead, case, gone, "500000000000404AAA"])
-    assert before[opp] == org.get(opp)["SystemModstamp"]  # type: ignore[index]
-    assert before[gone] is None
-    assert before["500000000000404AAA"] is None
+    before = sink.current_state(refs)
+    assert before[opp].stamp == org.get(opp)["SystemModstamp"]  # type: ignore[index]
+    assert (before[opp].closed, before[won].closed) == (False, True)
+    assert (before[case].closed, before[closed].closed) == (False, True)
+    assert not before[lead].converted
+    assert gone not in before
+    assert "500000000000404AAA" not in before
     assert org.calls_by_kind == {"composite": 1}
     org.edit(opp, NextStep="a person typed this")
-    assert sink.current_stamps([opp])[opp] != before[opp]
-
-
-def test_current_stamps_looks_up_unknown_prefixes_once(org: FakeOrg) -> None:
-    sink = sink_for(org)
-    with pytest.raises(ValueError, match="key prefix"):
-        sink.current_stamps(["a0Z000000000001AAA"])
-    assert org.calls_by_kind == {"describe": 1}
+    org.edit(case, Status="Closed")  # IsClosed follows the status, as in Salesforce
+    after = sink.current_state(refs[:1] + refs[3:4])
+    assert after[opp].stamp != before[opp].stamp
+    assert after[case].closed
 
 
 # -- budget --------------------------------------------------------------------------------------------
@@ -476,7 +485,7 @@ def test_budget_reached_before_anything_was_sent_raises(org: FakeOrg) -> None:
     opp = org.add("Opportunity", Name="a")
     org.daily_limit, org.used = 100, 90
     sink = sink_for(org)
-    sink.current_stamps([opp])  # learns usage: 91/100
+    sink.current_state([RecordRef("Opportunity", opp)])  # learns usage: 91/100
     with pytest.raises(ApiLimitError):
         sink.write([update("Opportunity", opp, "k", NextStep="x")])
     assert org.calls_by_kind == {"composite": 1}
@@ -763,7 +772,7 @@ def test_a_step_that_opts_in_lets_the_assignment_rule_run(org: FakeOrg) -> None:
 def test_a_read_only_sink_cannot_write(org: FakeOrg) -> None:
     opp = org.add("Opportunity", Name="a")
     sink = sink_for(org, read_only=True)
-    assert sink.current_stamps([opp])[opp] is not None  # reads still work
+    assert opp in sink.current_state([RecordRef("Opportunity", opp)])  # reads still work
     with pytest.raises(DryRunWriteError):
         sink.write([update("Opportunity", opp, "k", NextStep="x")])
     assert org.writes() == []

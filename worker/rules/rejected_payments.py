@@ -64,9 +64,6 @@ from worker.rules.kit import (
 RULE_ID = "rejected_payments"
 STEPS = ("first_call", "callback", "log", "email", "close")
 
-# The platform's key prefix of User Ids: a Case owned by a queue cannot own a call Task.
-_USER_ID_PREFIX = "005"
-
 # Placeholders each template may use: the values this rule fills in.
 _BASE = frozenset(
     {
@@ -382,7 +379,7 @@ def decide(
             next_step=s.step_label(_next_step(case)),
         )
     owner = record.text(schema.OWNER_ID) or ""
-    if not owner.startswith(_USER_ID_PREFIX):
+    if not owner.startswith(schema.USER_ID_PREFIX):  # a queue cannot own a call Task
         raise RecordError(record.id, schema.OWNER_ID, f"owner {owner!r} is not a user")
 
     # Close-out: window over, the last attempt made on an earlier day, no response.

@@ -31,7 +31,9 @@ import requests
 import structlog
 from pydantic import SecretStr
 
+from worker import schema
 from worker.errors import AuthError, ConfigError
+from worker.records import id18
 from worker.salesforce.errors import certificate_rejected, parse_error_body, untrusted_certificate
 from worker.salesforce.settings import (
     AuthMode,
@@ -49,11 +51,16 @@ JWT_LIFETIME = dt.timedelta(minutes=3)  # Salesforce accepts at most 3 minutes
 
 @dataclass(frozen=True)
 class Grant:
-    """A usable session: the bearer token and the org URL it is valid for."""
+    """A usable session: the bearer token and the org URL it is valid for, and, when the
+    token response said (its ``id``, the identity URL ``.../id/<org Id>/<user Id>``), the
+    org and user it belongs to; ``username`` when the flow signs in by name."""
 
     access_token: SecretStr
     instance_url: str
     mode: AuthMode
+    org_id: str | None = None
+    user_id: str | None = None
+    username: str | None = None
 
 
 class Authenticator(Protocol):
@@ -139,7 +146,16 @@ class OAuthAuthenticator:
             raise AuthError(str(exc)) from None
         self._handle_rotation(body.get("refresh_token"))
         log.info("salesforce.auth", mode=self.mode.value, instance=urlsplit(instance).netloc)
-        return Grant(SecretStr(token), instance, self.mode)
+        org_id, user_id = identity_ids(body.get("id"))
+        by_name = self.mode in (AuthMode.JWT, AuthMode.PASSWORD)
+        return Grant(
+            SecretStr(token),
+            instance,
+            self.mode,
+            org_id=org_id,
+            user_id=user_id,
+            username=self._settings.username if by_name else None,
+        )
 
     # -- flows ---------------------------------------------------------------------------
     def _request_body(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -213,6 +229,29 @@ class OAuthAuthenticator:
         self._store_refresh_token(new_token)
         self._refresh_token = SecretStr(new_token)
         log.info("salesforce.refresh_token_rotated", stored=True)
+
+
+def identity_ids(identity_url: Any) -> tuple[str | None, str | None]:
+    """(org Id, user Id) from an identity URL ``https://login.salesforce.com/id/<org>/<user>``;
+    (None, None) when it is missing or not of that form."""
+    if not isinstance(identity_url, str):
+        return None, None
+    parts = urlsplit(identity_url).path.strip("/").split("/")
+    if len(parts) != 3 or parts[0] != "id":
+        return None, None
+    return session_ids(parts[1], parts[2])
+
+
+def session_ids(org_id: Any, user_id: Any) -> tuple[str | None, str | None]:
+    """An org Id (``00D...``) and a user Id (``005...``) in their 18-character form, or
+    (None, None) unless both are Ids of those kinds."""
+    try:
+        org, user = id18(str(org_id)), id18(str(user_id))
+    except ValueError:
+        return None, None
+    if org.startswith(schema.ORGANIZATION_ID_PREFIX) and user.startswith(schema.USER_ID_PREFIX):
+        return org, user
+    return None, None
 
 
 def jwt_audience(login_url: str) -> str:

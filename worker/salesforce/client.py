@@ -55,8 +55,8 @@ from worker.errors import (
     RetriableError,
     SalesforceError,
 )
-from worker.ports import ApiUsage
-from worker.salesforce.auth import Authenticator, Grant, build_authenticator
+from worker.ports import ApiUsage, OrgIdentity
+from worker.salesforce.auth import Authenticator, Grant, build_authenticator, session_ids
 from worker.salesforce.errors import (
     REJECTED_UNPROCESSED_STATUSES,
     UnknownOutcomeError,
@@ -75,6 +75,7 @@ COMPOSITE_MAX_SUBREQUESTS = 25
 LIMIT_HEADER = "Sforce-Limit-Info"
 AUTO_ASSIGN_HEADER = "Sforce-Auto-Assign"
 NO_AUTO_ASSIGN: Mapping[str, str] = {AUTO_ASSIGN_HEADER: "FALSE"}
+USERINFO_PATH = "/services/oauth2/userinfo"  # OpenID Connect UserInfo, on the org's own host
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 _SESSION_CODES = frozenset({"INVALID_SESSION_ID", "INVALID_AUTH_HEADER"})
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
@@ -200,6 +201,24 @@ class SalesforceClient:
     @property
     def instance_url(self) -> str:
         return self._current()[0].instance_url
+
+    def identity(self, label: str) -> OrgIdentity:
+        """The org and user of the session, named ``label``. The OAuth flows' token response
+        says which (its identity URL): no call. A ready access token says nothing, so the
+        org's OpenID Connect UserInfo endpoint is asked: one call, counted as ``identity``."""
+        grant = self._current()[0]
+        if grant.org_id:
+            return OrgIdentity(grant.org_id, label, grant.user_id, grant.username)
+        body = self.get_json(USERINFO_PATH, kind="identity")
+        info = body if isinstance(body, Mapping) else {}
+        org_id, user_id = session_ids(info.get("organization_id"), info.get("user_id"))
+        if org_id is None:
+            raise FatalApiError(
+                "the UserInfo endpoint did not say which org this session belongs to",
+                url=USERINFO_PATH,
+            )
+        username = info.get("preferred_username")
+        return OrgIdentity(org_id, label, user_id, username if isinstance(username, str) else None)
 
     # -- accounting ---------------------------------------------------------------------------
     def api_calls(self) -> int:

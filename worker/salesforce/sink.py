@@ -66,7 +66,6 @@ import structlog
 
 from worker import schema
 from worker.actions import (
-    CHANGES_A_RECORD,
     STOPPED_API_LIMIT,
     STOPPED_AUTH,
     Action,
@@ -80,8 +79,8 @@ from worker.actions import (
 )
 from worker.errors import ApiLimitError, AuthError, RetriableError, SalesforceError
 from worker.mapping import OrgMapping
-from worker.ports import ApiUsage
-from worker.records import format_sf_datetime, parse_sf_datetime
+from worker.ports import ApiUsage, TargetState
+from worker.records import RecordRef, format_sf_datetime, parse_sf_datetime
 from worker.rules.kit import key_marker, keys_in_text, with_key_marker
 from worker.salesforce.client import (
     AUTO_ASSIGN_HEADER,
@@ -117,9 +116,6 @@ EMAILS_PER_CALL = 100
 CONVERTS_PER_CALL = 100
 TEXT_255_FIELDS = frozenset({schema.SUBJECT, "NextStep"})
 MAX_255 = schema.SUBJECT_MAX_CHARS
-
-# Standard objects' key prefixes; other objects are looked up once in the global describe.
-KEY_PREFIXES: Mapping[str, str] = schema.KEY_PREFIXES
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 # An upsert that matched an existing record and carried a field that can be set on create
@@ -177,8 +173,6 @@ class SalesforceSink:
         self.task_key_field = task_key_field.strip()
         self._calls = 0
         self._converted: set[str] = set()
-        self._prefixes: dict[str, str] = dict(KEY_PREFIXES)
-        self._global_describe_done = False
         self._stopped: ApiLimitError | AuthError | None = None
 
     def api_calls(self) -> int:
@@ -188,36 +182,37 @@ class SalesforceSink:
         return self._client.usage()
 
     # -- conflict detection -------------------------------------------------------------------
-    def current_stamps(self, target_ids: Sequence[str]) -> Mapping[str, str | None]:
-        """SystemModstamp of each id now; None when the record is gone. Converted Leads
-        seen here are remembered so no update is sent to them."""
+    def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
+        """Each target's SystemModstamp now, with ``IsClosed``/``IsConverted`` where its
+        object has them: one query per object and 200 Ids, five queries a call. A target
+        missing from the answer is deleted. Converted Leads seen here are remembered, so no
+        update is sent to them."""
         before = self._client.api_calls()
         try:
-            by_object: dict[str, list[str]] = {}
-            for rid in dict.fromkeys(target_ids):
-                by_object.setdefault(self._sobject_of(rid), []).append(rid)
-            soqls = []
-            for sobject, ids in by_object.items():
-                fields = [schema.ID, schema.SYSTEM_MODSTAMP]
-                if sobject == schema.LEAD:
-                    fields.append(schema.IS_CONVERTED)
-                for chunk in _chunks(ids, IDS_PER_QUERY):
-                    soqls.append(
-                        select(
-                            Select(
-                                sobject, tuple(fields), (Condition(schema.ID, "IN", tuple(chunk)),)
-                            )
-                        )
+            soqls = [
+                select(
+                    Select(
+                        sobject,
+                        (schema.ID, schema.SYSTEM_MODSTAMP, *schema.STATE_FIELDS.get(sobject, ())),
+                        (Condition(schema.ID, "IN", tuple(chunk)),),
                     )
-            found: dict[str, str | None] = {}
+                )
+                for sobject, ids in _ids_by_object(targets).items()
+                for chunk in _chunks(ids, IDS_PER_QUERY)
+            ]
+            # Salesforce answers with 18-character Ids; a target may hold a 15-character one.
+            found: dict[str, TargetState] = {}
             for row in every_row(self._client, soqls, all_rows=False, kind="stamps"):
                 rid = str(row.get(schema.ID))
-                found[rid] = row.get(schema.SYSTEM_MODSTAMP)
-                if row.get(schema.IS_CONVERTED) is True:
+                state = TargetState(
+                    row.get(schema.SYSTEM_MODSTAMP),
+                    closed=row.get(schema.IS_CLOSED) is True,
+                    converted=row.get(schema.IS_CONVERTED) is True,
+                )
+                if state.converted:
                     self._converted.add(rid)
-            # Salesforce answers with 18-character ids; callers may hold 15-character ones.
-            by_prefix15 = {k[:15]: v for k, v in found.items()}
-            return {rid: found.get(rid, by_prefix15.get(rid[:15])) for rid in target_ids}
+                found[rid[:15]] = state
+            return {t.id: found[t.id[:15]] for t in targets if t.id[:15] in found}
         finally:
             self._calls += self._client.api_calls() - before
 
@@ -805,13 +800,10 @@ class SalesforceSink:
             self._calls += self._client.api_calls() - before
 
     def estimate_calls(self, actions: Sequence[Action]) -> int:
-        """API calls applying these actions will spend: re-reading the changed records'
-        SystemModstamp (:meth:`current_stamps`), then :meth:`estimate_write_calls`."""
-        targets: dict[str, set[str]] = {}
-        for action in actions:
-            if isinstance(action, CHANGES_A_RECORD):
-                targets.setdefault(action.target.sobject, set()).add(action.target.id)
-        queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in targets.values())
+        """API calls applying these actions will spend: re-reading every target
+        (:meth:`current_state`), then :meth:`estimate_write_calls`."""
+        by_object = _ids_by_object([a.target for a in actions])
+        queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in by_object.values())
         return composites_for(queries) + self.estimate_write_calls(actions)
 
     def estimate_write_calls(self, actions: Sequence[Action]) -> int:
@@ -959,19 +951,6 @@ class SalesforceSink:
                 out[requested.get(rid[:15], rid)] = (str(sf_id), str(opp_id) if untouched else None)
         return out
 
-    def _sobject_of(self, record_id: str) -> str:
-        prefix = record_id[:3]
-        if prefix not in self._prefixes and not self._global_describe_done:
-            self._global_describe_done = True
-            body = self._client.get_json(self._client.data_path("sobjects/"), kind="describe")
-            for item in body.get("sobjects", []) if isinstance(body, Mapping) else []:
-                kp, name = item.get("keyPrefix"), item.get("name")
-                if isinstance(kp, str) and isinstance(name, str):
-                    self._prefixes.setdefault(kp, name)
-        if prefix not in self._prefixes:
-            raise ValueError(f"no sObject has the key prefix of {record_id!r}")
-        return self._prefixes[prefix]
-
 
 # -- helpers -------------------------------------------------------------------------------------
 def _marker_query(sobject: str, parent_ids: tuple[str, ...]) -> str:
@@ -1041,6 +1020,14 @@ def _opportunity_update(index: int, action: ConvertLead, opportunity_id: str) ->
     record: dict[str, Any] = {"attributes": {"type": schema.OPPORTUNITY}, schema.ID: opportunity_id}
     record.update({k: _json_value(v) for k, v in action.opportunity_values.items()})
     return PreparedRecord(index, action, schema.OPPORTUNITY, Operation.UPDATE, record)
+
+
+def _ids_by_object(targets: Sequence[RecordRef]) -> dict[str, list[str]]:
+    """The targets' distinct Ids per sObject, in first-seen order."""
+    out: dict[str, dict[str, None]] = {}
+    for target in targets:
+        out.setdefault(target.sobject, {})[target.id] = None
+    return {sobject: list(ids) for sobject, ids in out.items()}
 
 
 def _chunks(items: Sequence[T], size: int) -> list[list[T]]:

@@ -27,13 +27,14 @@ import io
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 import structlog
 
 from worker import schema
 from worker.errors import FatalApiError
-from worker.ports import ApiUsage, ObjectQuery, Page
+from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.reads import QUERIES_PER_COMPOSITE, QueryPage, first_pages, next_page
 from worker.salesforce.soql import incremental_select
@@ -54,9 +55,18 @@ class SalesforceSource:
 
     name = "salesforce"
 
-    def __init__(self, client: SalesforceClient) -> None:
+    def __init__(self, client: SalesforceClient, *, org_name: str | None = None) -> None:
         self._client = client
         self._calls = 0
+        self._org_name = org_name
+        self._identity: OrgIdentity | None = None
+
+    def identity(self) -> OrgIdentity:
+        """The org signed in to, labelled with the mapping's ``org.name`` (else its host)."""
+        if self._identity is None:
+            label = self._org_name or urlsplit(self._client.instance_url).netloc
+            self._identity = self._metered(self._client.identity, label)
+        return self._identity
 
     def api_calls(self) -> int:
         return self._calls

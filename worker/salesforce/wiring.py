@@ -48,7 +48,7 @@ def open_salesforce(mapping: LoadedMapping, *, write: bool, state_dir: Path) -> 
     settings = load_salesforce_settings()
     check_auth_config(settings)
     client = _client(settings, state_dir, read_only=not write)
-    source = SalesforceSource(client)
+    source = SalesforceSource(client, org_name=mapping.common.org.name)
     sink = SalesforceSink(client, task_key_field=mapping.common.org.task_key_field)
     if write:
         return source, sink
