@@ -34,6 +34,8 @@ from worker.records import RecordRef
 from worker.rules.base import Evaluation, Verdict
 from worker.settings import load_settings
 
+from .conftest import execute
+
 AS_OF = dt.date(2026, 11, 23)
 
 
@@ -305,10 +307,8 @@ class UnorderedSource:
 
 
 def opportunity_watermark(app: App) -> dt.datetime | None:
-    row = app.store.db.execute(
-        "SELECT last_modstamp FROM watermarks WHERE sobject = 'Opportunity'"
-    ).fetchone()
-    return dt.datetime.fromisoformat(row[0].replace("+0000", "+00:00")) if row else None
+    rows = execute(app.store, "SELECT last_modstamp FROM watermarks WHERE sobject = 'Opportunity'")
+    return dt.datetime.fromisoformat(rows[0][0].replace("+0000", "+00:00")) if rows else None
 
 
 def test_an_unordered_read_moves_the_watermark_only_once_it_is_complete(app: App) -> None:

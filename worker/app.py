@@ -7,7 +7,6 @@ dry run. Everything it builds is handed down; nothing below reads settings or th
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreError
 from worker.localorg import LocalOrg, read_manifest
 from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline
@@ -66,7 +65,11 @@ class App:
 
 
 def _endpoints(
-    settings: WorkerSettings, mapping: LoadedMapping, write: bool, clock: Callable[[], dt.datetime]
+    settings: WorkerSettings,
+    mapping: LoadedMapping,
+    store: Store,
+    write: bool,
+    clock: Callable[[], dt.datetime],
 ) -> tuple[Source, Sink]:
     if settings.local_org:
         org = LocalOrg(
@@ -78,7 +81,7 @@ def _endpoints(
         return org, (org if write else DryRunSink())
     from worker.salesforce.wiring import open_salesforce  # only needed for a live org
 
-    return open_salesforce(mapping, write=write, state_dir=settings.db_path.parent)
+    return open_salesforce(mapping, write=write, store=store, state_dir=settings.legacy_state_dir)
 
 
 @contextmanager
@@ -88,9 +91,9 @@ def open_app(
     mapping, rules = load_rules_and_mapping(settings)
     if settings.local_org and not settings.local_org.is_dir():
         raise ConfigError(f"WORKER_LOCAL_ORG: {settings.local_org} is not a folder")
-    store = Store.open(settings.db_path)
+    store = Store.open(settings.store_target)
     try:
-        source, sink = _endpoints(settings, mapping, write, clock)
+        source, sink = _endpoints(settings, mapping, store, write, clock)
         pipeline = Pipeline(
             store=store, source=source, sink=sink, mapping=mapping, rules=rules, clock=clock
         )
@@ -108,7 +111,7 @@ def run_lock(app: App, run_id: str) -> Iterator[None]:
     stop = threading.Event()
     beat = threading.Thread(
         target=keep_lease,
-        args=(app.settings.db_path, run_id, ttl, app.clock, stop),
+        args=(app.settings.store_target, run_id, ttl, app.clock, stop),
         name="lease",
         daemon=True,
     )
@@ -122,21 +125,21 @@ def run_lock(app: App, run_id: str) -> Iterator[None]:
 
 
 def keep_lease(
-    db_path: Path,
+    target: str | Path,
     holder: str,
     ttl: dt.timedelta,
     clock: Callable[[], dt.datetime],
     stop: threading.Event,
 ) -> None:
-    """Renew the lease until ``stop`` is set (its own SQLite connection: a thread of its own)."""
-    store = Store.open(db_path)
+    """Renew the lease until ``stop`` is set (its own connection: a thread of its own)."""
+    store = Store.open(target)
     try:
         while not stop.wait(ttl.total_seconds() / 3):
             try:
                 if not store.renew_lock(holder, clock(), ttl):
                     log.error("run.lease_lost", holder=holder)
                     return
-            except sqlite3.OperationalError as exc:  # busy: try again at the next beat
+            except StoreError as exc:  # busy or unreachable: try again at the next beat
                 log.warning("run.lease_not_renewed", problem=str(exc))
     finally:
         store.close()

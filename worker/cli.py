@@ -38,7 +38,7 @@ from worker.pipeline import RunReport
 from worker.plan import Plan
 from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings
-from worker.store import Store
+from worker.store import Store, copy_store, resolve_store_arg
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
 F = TypeVar("F", bound=Callable[..., Any])
@@ -307,7 +307,7 @@ def audit(
 ) -> None:
     """Show the audit log: every intent and outcome, with before/after values and errorCodes."""
     settings = _settings(kwargs)
-    with Store.open(settings.db_path) as store:
+    with Store.open(settings.store_target) as store:
         rows = store.audit_rows(
             record_id=record_id,
             rule=rule,
@@ -332,7 +332,7 @@ def runs(limit: int, fmt: str, **kwargs: Any) -> None:
     """Recent runs, newest first: status (ok, failed, unknown, stopped, running, error),
     actions by rule and outcome, API calls and seconds."""
     settings = _settings(kwargs)
-    with Store.open(settings.db_path) as store:
+    with Store.open(settings.store_target) as store:
         found = store.runs(limit=limit)
     if fmt == "jsonl":
         for run in found:
@@ -381,7 +381,10 @@ def doctor(fmt: str, **kwargs: Any) -> None:
     mapping, all_rules = load_rules_and_mapping(settings)
     from worker.salesforce.wiring import check_org  # only needed for a live org
 
-    findings, checked = check_org(mapping, all_rules, state_dir=settings.db_path.parent)
+    with Store.open(settings.store_target) as store:
+        findings, checked = check_org(
+            mapping, all_rules, store=store, state_dir=settings.legacy_state_dir
+        )
     if fmt == "json":
         click.echo(report.findings_json(findings), nl=False)
     else:
@@ -400,7 +403,7 @@ def purge(dry_run: bool, **kwargs: Any) -> None:
     mapping, _ = load_rules_and_mapping(settings)
     now = dt.datetime.now(dt.UTC)
     keep = mapping.retention
-    with Store.open(settings.db_path) as store:
+    with Store.open(settings.store_target) as store:
         removed = store.purge(
             lambda sobject: now - keep.kept_for(sobject),
             now - dt.timedelta(days=keep.audit_days),
@@ -409,6 +412,38 @@ def purge(dry_run: bool, **kwargs: Any) -> None:
     verb = "would remove" if dry_run else "removed"
     for what, count in sorted(removed.items()):
         click.echo(f"{what}: {verb} {count}")
+
+
+@cli.group()
+def db() -> None:
+    """The worker's database: migrate it, copy it between SQLite and PostgreSQL."""
+
+
+@db.command()
+@_settings_options
+def migrate(**kwargs: Any) -> None:
+    """Create or upgrade the database's tables (also done at every start; a Heroku release
+    phase runs this). Two processes migrating at once migrate once."""
+    settings = _settings(kwargs)
+    with Store.open(settings.store_target) as store:
+        click.echo(f"{store.url}: schema version {store.version}, up to date")
+
+
+@db.command()
+@_settings_options
+@click.argument("source")
+@click.argument("target")
+def copy(source: str, target: str, **kwargs: Any) -> None:
+    """Copy the whole store (runs, ledger, audit, cache, watermarks, stored secrets) from
+    SOURCE to TARGET: each a SQLite file path or a postgresql:// URL ("env:DATABASE_URL"
+    reads the URL from the environment, keeping its password out of the shell history).
+    TARGET must hold no runs or audit rows yet."""
+    _settings(kwargs)
+    with Store.open(resolve_store_arg(source)) as src, Store.open(resolve_store_arg(target)) as dst:
+        counts = copy_store(src, dst)
+        click.echo(f"copied {src.url} -> {dst.url}")
+    for table, n in counts.items():
+        click.echo(f"{table}: {n}")
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
     SopWorkerError
     ├── ConfigError               bad settings, mapping or plan file: exit 2, fix the input
     │   ├── MappingError          names the mapping file and the key path
-    │   └── PlanFileError         a plan file that cannot be read or is of another schema
+    │   ├── PlanFileError         a plan file that cannot be read or is of another schema
+    │   └── StoreError            the database cannot be opened or reached (nothing is lost)
     ├── LockHeldError             another run holds the lease: exit 3, try later
     ├── RecordError               one malformed record: record it, skip it, keep going
     ├── TemplateError             a script/email placeholder has no value: skip that record
@@ -41,6 +42,11 @@ class MappingError(ConfigError):
         self.problems = list(problems)
         lines = [f"{path}: {key}: {msg}" if key else f"{path}: {msg}" for key, msg in problems]
         super().__init__("invalid mapping file\n  " + "\n  ".join(lines))
+
+
+class StoreError(ConfigError):
+    """The database cannot be opened, read or reached. The CLI exits 2; a run stopped by it
+    loses nothing (the ledger changes in whole transactions; what was sent is reconciled)."""
 
 
 class LockHeldError(SopWorkerError):

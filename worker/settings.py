@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -28,7 +28,14 @@ class WorkerSettings(BaseSettings):
 
     db_path: Path = Field(
         default=Path("var/sop-worker.db"),
-        description="SQLite file: record cache, ledger, audit log (created with mode 0600).",
+        description="SQLite file: record cache, ledger, audit log (created with mode 0600). "
+        "Not used when DATABASE_URL is set.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="PostgreSQL for the whole store (postgres:// or postgresql://, Heroku's "
+        "convention). Unset: SQLite at WORKER_DB_PATH.",
     )
     mapping: Path = Field(
         default=Path("mappings/default.toml"),
@@ -58,6 +65,16 @@ class WorkerSettings(BaseSettings):
         ge=30,
         description="Run lease length; a lease older than this (its process died) is taken over.",
     )
+
+    @property
+    def store_target(self) -> str | Path:
+        """Where the store is: DATABASE_URL, else the SQLite file."""
+        return self.database_url.get_secret_value() if self.database_url else self.db_path
+
+    @property
+    def legacy_state_dir(self) -> Path | None:
+        """The folder beside a SQLite file, where older versions kept state files."""
+        return None if self.database_url else self.db_path.parent
 
     @field_validator("log_level", mode="before")
     @classmethod

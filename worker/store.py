@@ -1,20 +1,30 @@
-"""The SQLite file: record cache, sync watermarks, runs, the action ledger and the audit log.
+"""The worker's database: record cache, sync watermarks, runs, the action ledger, the audit log,
+the run lease and the store's secrets, on SQLite (embedded, the default) or PostgreSQL.
 
-Only this module touches the database. Tables:
+Only this module touches the database, through SQLAlchemy Core: one code path for both
+backends (the tables and migrations are in :mod:`worker.migrations`). Tables:
 
-- ``cache_<sObject>``: one row per record: raw REST JSON plus the columns lookups and
-  retention filter on (``system_modstamp``, ``name``, ``what_id``, ``who_id``, ``parent_id``).
+- ``records``: one row per cached record: raw REST JSON (JSONB on PostgreSQL) plus the
+  columns lookups and retention filter on (``sobject``, ``system_modstamp``, ``name``,
+  ``what_id``, ``who_id``, ``parent_id``).
 - ``watermarks``: per sObject, the highest SystemModstamp safely cached and the hash of the
   field list it was read with (a changed field list means a full re-read).
 - ``runs``: one row per run with its summary and the Id of the org it ran on.
 - ``ledger``: one row per action key: planned -> sent -> applied | failed | conflict | skipped.
 - ``audit``: append-only; an ``intent`` row before each write and an ``outcome`` row after,
   in the same transaction as the ledger change, each with the run's org Id.
-- ``run_lock``: a lease with an expiry, so two runs never overlap and a dead run's lease
-  can be taken over.
+- ``run_lock``: a lease with an expiry, so two runs never overlap (on one host or many: the
+  row is in the shared database) and a dead run's lease can be taken over.
+- ``store_secrets``: a rotated OAuth refresh token (see :mod:`worker.salesforce.tokens`).
 
-The schema version is SQLite's ``user_version``; :data:`MIGRATIONS` upgrades forward.
-The file is created with mode 0600 and opened in WAL mode.
+Where: :func:`database_url` turns ``DATABASE_URL`` (``postgres://`` or ``postgresql://``)
+or the SQLite path into a SQLAlchemy URL. A SQLite file is created with mode 0600 and opened
+in WAL mode; every write transaction on it starts with ``BEGIN IMMEDIATE`` (writers queue on
+the busy timeout instead of failing halfway). A transaction whose connection drops (a
+PostgreSQL restart, a failover) is run again on a new connection: it was rolled back whole,
+so it never lands twice or half. A database that stays unreachable is a
+:class:`~worker.errors.StoreError` (exit 2); the ledger it leaves is consistent and the next
+run reconciles what was sent.
 """
 
 from __future__ import annotations
@@ -22,110 +32,57 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import socket
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import sqlite_utils
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
 from worker import schema
 from worker.actions import Action, ActionResult, Outcome, UpdateRecord, action_from_dict
-from worker.errors import ConfigError, LockHeldError, RecordError
+from worker.errors import LockHeldError, RecordError, StoreError
+from worker.migrations import MIGRATION_LOCK_ID, MIGRATIONS, SCHEMA_VERSION, TABLES
 from worker.ports import Page
 from worker.records import Record, Snapshot, parse_sf_datetime
 
-_SOBJECT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,80}$")
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+RECORDS, WATERMARKS, RUNS = TABLES["records"], TABLES["watermarks"], TABLES["runs"]
+LEDGER, AUDIT, RUN_LOCK = TABLES["ledger"], TABLES["audit"], TABLES["run_lock"]
+SECRETS = TABLES["store_secrets"]
+CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
+RECONNECTS = 3  # attempts of one transaction whose connection dropped
 
 
-def _v1(db: sqlite_utils.Database) -> None:
-    db.table("watermarks").create(
-        {"sobject": str, "last_modstamp": str, "fields_hash": str, "updated_at": str},
-        pk="sobject",
-    )
-    db.table("runs").create(
-        {
-            "run_id": str,
-            "started_at": str,
-            "finished_at": str,
-            "mode": str,
-            "as_of": str,
-            "status": str,
-            "summary": str,
-        },
-        pk="run_id",
-    )
-    db.table("ledger").create(
-        {
-            "key": str,
-            "run_id": str,
-            "rule": str,
-            "sop": str,
-            "step": str,
-            "kind": str,
-            "target_id": str,
-            "target_name": str,
-            "status": str,
-            "sf_id": str,
-            "error_code": str,
-            "message": str,
-            "action": str,
-            "planned_at": str,
-            "updated_at": str,
-        },
-        pk="key",
-    )
-    db.table("ledger").create_index(["status"])
-    db.table("ledger").create_index(["target_id"])
-    db.table("audit").create(
-        {
-            "id": int,
-            "run_id": str,
-            "ts": str,
-            "actor": str,
-            "event": str,
-            "key": str,
-            "rule": str,
-            "sop": str,
-            "step": str,
-            "kind": str,
-            "record_id": str,
-            "record_name": str,
-            "before": str,
-            "after": str,
-            "outcome": str,
-            "error_code": str,
-            "message": str,
-            "reason": str,
-        },
-        pk="id",
-    )
-    for cols in (["record_id"], ["rule"], ["run_id"], ["ts"], ["outcome"]):
-        db.table("audit").create_index(cols)
-    db.table("run_lock").create(
-        {
-            "name": str,
-            "holder": str,
-            "pid": int,
-            "host": str,
-            "acquired_at": str,
-            "expires_at": str,
-        },
-        pk="name",
-    )
+def database_url(target: str | Path) -> sa.URL:
+    """``postgres://`` / ``postgresql://`` (Heroku's ``DATABASE_URL``) on psycopg 3, any
+    other SQLAlchemy URL as given, else a SQLite file path (``:memory:`` included)."""
+    text = str(target)
+    if "://" not in text:
+        return sa.URL.create("sqlite", database=text)
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError:
+        raise StoreError("DATABASE_URL is not a database URL") from None
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if not url.drivername.startswith(("postgresql", "sqlite")):
+        raise StoreError(
+            f"DATABASE_URL: {url.drivername!r} is not supported (postgresql:// or a SQLite path)"
+        )
+    return url
 
 
-def _v2(db: sqlite_utils.Database) -> None:
-    """The Id of the org each run read and wrote, on its run and on each audit row."""
-    db.table("runs").add_column("org_id", str)
-    db.table("audit").add_column("org_id", str)
-
-
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_v1, _v2)
+def shown(url: sa.URL) -> str:
+    """The URL as it may be shown: never its password."""
+    return url.render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)
@@ -163,51 +120,41 @@ class LedgerEntry:
 
 
 class Store:
-    """Typed access to the worker's SQLite file."""
+    """Typed access to the worker's database."""
 
-    def __init__(self, db: sqlite_utils.Database, actor: str = "sop-worker") -> None:
-        self.db = db
+    def __init__(self, engine: Engine, actor: str = "sop-worker") -> None:
+        self.engine = engine
         self.actor = actor
+        self.backend = engine.dialect.name  # "sqlite" or "postgresql"
         self._run_orgs: dict[str, str | None] = {}
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        target = Path(path)
-        if str(target) != ":memory:":
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
-            except OSError as exc:
-                raise ConfigError(
-                    f"WORKER_DB_PATH: cannot create {target}: {exc.strerror}"
-                ) from None
-        old_umask = os.umask(0o077)  # the -wal and -shm files get the same 0600 mode
+    def open(cls, target: str | Path | sa.URL) -> Store:
+        """Open (creating and migrating as needed) the database at a path or URL."""
+        url = target if isinstance(target, sa.URL) else database_url(target)
+        if url.drivername.startswith("sqlite"):
+            engine = _sqlite_engine(url)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        store = cls(engine)
         try:
-            db = sqlite_utils.Database(str(target))
-            if str(target) != ":memory:":
-                db.enable_wal()
-            store = cls(db)
             store.migrate()
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(
-                f"WORKER_DB_PATH: {target} cannot be used as the worker's database ({exc}). "
-                "Move it aside to start a new one: the cache is read again from the org, and "
-                "the keys the worker writes into Salesforce keep it from repeating an action"
-            ) from None
-        finally:
-            os.umask(old_umask)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
     def memory(cls) -> Store:
-        store = cls(sqlite_utils.Database(memory=True))
-        store.migrate()
-        return store
+        return cls.open(":memory:")
+
+    @property
+    def url(self) -> str:
+        return shown(self.engine.url)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -215,251 +162,308 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- transactions -----------------------------------------------------------------------
+    def transaction(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run ``work`` in one transaction, again on a new connection if the connection
+        dropped (the first attempt was rolled back whole); a database that stays out of
+        reach, or cannot be used, is a :class:`StoreError`."""
+        for attempt in range(1, RECONNECTS + 1):
+            try:
+                with self.engine.connect() as conn:
+                    if write:
+                        conn.execution_options(sop_worker_write=True)
+                    with conn.begin():
+                        return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated and attempt < RECONNECTS:
+                    log.warning("store.reconnect", attempt=attempt, backend=self.backend)
+                    continue
+                raise self._error(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: sa.exc.DBAPIError) -> StoreError:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        if self.backend == "sqlite":
+            where = f"WORKER_DB_PATH: {self.engine.url.database}"
+            if "malformed" in detail or "not a database" in detail:
+                return StoreError(
+                    f"{where} is damaged or is not a SQLite database ({detail}). Keep the file "
+                    "(it holds the audit log): restore it from a backup, or recover what it "
+                    "holds with `sqlite3 FILE .recover | sqlite3 NEW_FILE` and point "
+                    "WORKER_DB_PATH at the new file"
+                )
+            return StoreError(f"{where}: {detail}")
+        return StoreError(
+            f"DATABASE_URL: the database at {self.url} cannot be used ({detail}); nothing "
+            "was lost: the next run reconciles what this one sent"
+        )
+
+    # -- migrations -------------------------------------------------------------------------
     @property
     def version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return self.transaction(_schema_version, write=False)
 
     def pending_migrations(self) -> list[int]:
         return list(range(self.version + 1, len(MIGRATIONS) + 1))
 
-    def migrate(self) -> None:
-        """Bring the schema up to date. Two processes opening a new file at once (a run and
-        `sop-worker audit`, say) do not both migrate: the first holds the write lock, the
-        second waits for it and then finds nothing left to do."""
+    def migrate(self) -> int:
+        """Bring the schema up to date; return how many migrations ran. Two processes
+        starting at once do not both migrate: the first holds the write lock, the second
+        waits for it and then finds nothing left to do."""
+
+        def work(conn: Connection) -> int:
+            if self.backend == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
+            current = _schema_version(conn)
+            for number in range(current + 1, len(MIGRATIONS) + 1):
+                MIGRATIONS[number - 1](conn)
+                log.info("store.migrated", version=number, backend=self.backend)
+            if current < len(MIGRATIONS):
+                SCHEMA_VERSION.create(conn, checkfirst=True)
+                conn.execute(SCHEMA_VERSION.delete())
+                conn.execute(SCHEMA_VERSION.insert().values(version=len(MIGRATIONS)))
+            return len(MIGRATIONS) - current
+
         if not self.pending_migrations():
-            return
-        conn = self.db.conn
-        if conn.in_transaction:
-            conn.commit()
-        conn.execute("BEGIN IMMEDIATE")  # DDL is transactional in SQLite
-        try:
-            for number in self.pending_migrations():  # read again under the lock
-                MIGRATIONS[number - 1](self.db)
-                self.db.execute(f"PRAGMA user_version = {int(number)}")
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+            return 0
+        return self.transaction(work)
 
     @contextmanager
-    def atomic(self) -> Iterator[None]:
-        with self.db.conn:
-            yield
+    def atomic(self) -> Iterator[Connection]:
+        """One write transaction (no reconnect: for callers that cannot be run twice)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(sop_worker_write=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.DBAPIError as exc:
+            raise self._error(exc) from None
 
     # -- cache ------------------------------------------------------------------------------
-    @staticmethod
-    def cache_table(sobject: str) -> str:
-        if not _SOBJECT.match(sobject):
-            raise ConfigError(f"not an sObject name: {sobject!r}")
-        return f"cache_{sobject}"
-
     def save_page(self, page: Page, name_field: str, synced_at: dt.datetime) -> str | None:
         """Upsert one page of records and drop its deleted ids, in one transaction.
 
         Returns the highest SystemModstamp in the page (the new safe watermark)."""
-        table = self.cache_table(page.sobject)
         rows = []
         newest: str | None = None
         for raw in page.records:  # each with an Id and a SystemModstamp (see pipeline._usable)
-            rid = raw[schema.ID]
             stamp = str(raw[schema.SYSTEM_MODSTAMP])
             newest = max(newest or stamp, stamp)
             rows.append(
                 {
-                    "id": rid,
+                    "id": raw[schema.ID],
+                    "sobject": page.sobject,
                     "system_modstamp": stamp,
                     "name": _text(raw.get(name_field)),
                     "what_id": _text(raw.get(schema.WHAT_ID)),
                     "who_id": _text(raw.get(schema.WHO_ID)),
                     "parent_id": _text(raw.get(schema.PARENT_ID)),
-                    "raw": json.dumps(
-                        {**raw, schema.ATTRIBUTES: {"type": page.sobject}}, separators=(",", ":")
-                    ),
+                    "raw": {**raw, schema.ATTRIBUTES: {"type": page.sobject}},
                     "synced_at": synced_at.isoformat(),
                 }
             )
-        with self.atomic():
-            tbl = self.db.table(table)
+
+        def work(conn: Connection) -> None:
             if rows:
-                tbl.upsert_all(rows, pk="id", alter=True)
-            elif not tbl.exists():
-                tbl.create(
-                    {
-                        "id": str,
-                        "system_modstamp": str,
-                        "name": str,
-                        "what_id": str,
-                        "who_id": str,
-                        "parent_id": str,
-                        "raw": str,
-                        "synced_at": str,
-                    },
-                    pk="id",
-                )
-            if page.deleted_ids:
-                ids = list(page.deleted_ids)
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    marks = ",".join("?" for _ in chunk)
-                    self.db.execute(f"DELETE FROM [{table}] WHERE id IN ({marks})", chunk)
+                conn.execute(_upsert(conn, RECORDS), rows)
+            for chunk in _chunks(list(page.deleted_ids)):
+                conn.execute(RECORDS.delete().where(RECORDS.c.id.in_(chunk)))
+
+        self.transaction(work)
         return newest
 
     def watermark(self, sobject: str, fields_hash: str) -> dt.datetime | None:
         """The safe SystemModstamp to resume from, or None for a full read."""
-        try:
-            row = self.db.table("watermarks").get(sobject)
-        except sqlite_utils.db.NotFoundError:
+        row = self.transaction(
+            lambda c: c.execute(
+                sa.select(WATERMARKS).where(WATERMARKS.c.sobject == sobject)
+            ).first(),
+            write=False,
+        )
+        if row is None or row.fields_hash != fields_hash or not row.last_modstamp:
             return None
-        if row["fields_hash"] != fields_hash or not row["last_modstamp"]:
-            return None
-        if not self.db.table(self.cache_table(sobject)).exists():
-            return None
-        return parse_sf_datetime(row["last_modstamp"])
+        return parse_sf_datetime(row.last_modstamp)
 
     def set_watermark(self, sobject: str, stamp: str, fields_hash: str, now: dt.datetime) -> None:
-        self.db.table("watermarks").upsert(
-            {
-                "sobject": sobject,
-                "last_modstamp": stamp,
-                "fields_hash": fields_hash,
-                "updated_at": now.isoformat(),
-            },
-            pk="sobject",
-        )
+        row = {
+            "sobject": sobject,
+            "last_modstamp": stamp,
+            "fields_hash": fields_hash,
+            "updated_at": now.isoformat(),
+        }
+        self.transaction(lambda c: c.execute(_upsert(c, WATERMARKS), [row]))
 
     def reset_cache(self, sobject: str) -> None:
         """Forget an object's cache (its field list changed): the next read is full."""
-        with self.atomic():
-            table = self.cache_table(sobject)
-            if self.db.table(table).exists():
-                self.db.table(table).drop()
-            self.db.execute("DELETE FROM watermarks WHERE sobject = ?", [sobject])
+
+        def work(conn: Connection) -> None:
+            conn.execute(RECORDS.delete().where(RECORDS.c.sobject == sobject))
+            conn.execute(WATERMARKS.delete().where(WATERMARKS.c.sobject == sobject))
+
+        self.transaction(work)
 
     def load_snapshot(self, sobjects: Iterable[str]) -> tuple[Snapshot, list[RecordError]]:
         records: list[Record] = []
         problems: list[RecordError] = []
-        for sobject in sorted(set(sobjects)):
-            table = self.cache_table(sobject)
-            if not self.db.table(table).exists():
-                continue
-            for row in self.db.execute(f"SELECT id, raw FROM [{table}]").fetchall():
-                try:
-                    records.append(Record.from_json(json.loads(row[1]), sobject))
-                except (ValueError, RecordError) as exc:
-                    problems.append(
-                        exc
-                        if isinstance(exc, RecordError)
-                        else RecordError(row[0], "raw", f"unreadable JSON: {exc}")
-                    )
+        query = (
+            sa.select(RECORDS.c.id, RECORDS.c.sobject, RECORDS.c.raw)
+            .where(RECORDS.c.sobject.in_(sorted(set(sobjects))))
+            .order_by(RECORDS.c.sobject, RECORDS.c.id)
+        )
+        with self.engine.connect() as conn:
+            try:
+                result = conn.execution_options(yield_per=2000).execute(query)
+                for rid, sobject, raw in result:
+                    try:
+                        records.append(Record.from_json(_loaded(raw), sobject))
+                    except RecordError as exc:
+                        problems.append(exc)
+                    except ValueError as exc:
+                        problems.append(RecordError(rid, "raw", f"unreadable JSON: {exc}"))
+            except sa.exc.DBAPIError as exc:
+                raise self._error(exc) from None
         return Snapshot.build(records), problems
 
     def cached_record(self, record_id: str) -> Record | None:
-        for table in self.db.table_names():
-            if not table.startswith("cache_"):
-                continue
-            row = self.db.execute(f"SELECT raw FROM [{table}] WHERE id = ?", [record_id]).fetchone()
-            if row:
-                return Record.from_json(json.loads(row[0]))
-        return None
+        row = self.transaction(
+            lambda c: c.execute(
+                sa.select(RECORDS.c.sobject, RECORDS.c.raw).where(RECORDS.c.id == record_id)
+            ).first(),
+            write=False,
+        )
+        return Record.from_json(_loaded(row.raw), row.sobject) if row else None
+
+    def count(self, table: str) -> int:
+        """Rows in one of the store's tables."""
+        query = sa.select(sa.func.count()).select_from(TABLES[table])
+        return int(self.transaction(lambda c: c.execute(query).scalar_one(), write=False))
+
+    def cached_counts(self) -> dict[str, int]:
+        """Cached records per sObject."""
+        query = sa.select(RECORDS.c.sobject, sa.func.count()).group_by(RECORDS.c.sobject)
+        rows = self.transaction(lambda c: c.execute(query).all(), write=False)
+        return {sobject: int(n) for sobject, n in rows}
 
     # -- runs -------------------------------------------------------------------------------
     def begin_run(self, run_id: str, mode: str, as_of: dt.date, now: dt.datetime) -> None:
-        self.db.table("runs").insert(
-            {
-                "run_id": run_id,
-                "started_at": now.isoformat(),
-                "mode": mode,
-                "as_of": as_of.isoformat(),
-                "status": "running",
-            }
-        )
+        row = {
+            "run_id": run_id,
+            "started_at": now.isoformat(),
+            "mode": mode,
+            "as_of": as_of.isoformat(),
+            "status": "running",
+        }
+        self.transaction(lambda c: c.execute(RUNS.insert(), [row]))
 
     def set_run_org(self, run_id: str, org_id: str) -> None:
         """The org the run reads and writes; its audit rows carry the same Id."""
-        self.db.table("runs").update(run_id, {"org_id": org_id})
+        query = RUNS.update().where(RUNS.c.run_id == run_id).values(org_id=org_id)
+        self.transaction(lambda c: c.execute(query))
         self._run_orgs[run_id] = org_id
 
     def _run_org(self, run_id: str) -> str | None:
         if run_id not in self._run_orgs:
-            row = self.db.execute("SELECT org_id FROM runs WHERE run_id = ?", [run_id]).fetchone()
-            self._run_orgs[run_id] = row[0] if row else None
+            query = sa.select(RUNS.c.org_id).where(RUNS.c.run_id == run_id)
+            self._run_orgs[run_id] = self.transaction(
+                lambda c: c.execute(query).scalar(), write=False
+            )
         return self._run_orgs[run_id]
 
     def finish_run(
         self, run_id: str, status: str, summary: Mapping[str, Any], now: dt.datetime
     ) -> None:
-        self.db.table("runs").update(
-            run_id,
-            {
-                "finished_at": now.isoformat(),
-                "status": status,
-                "summary": json.dumps(summary, default=str),
-            },
+        values = {
+            "finished_at": now.isoformat(),
+            "status": status,
+            "summary": json.dumps(summary, default=str),
+        }
+        self.transaction(
+            lambda c: c.execute(RUNS.update().where(RUNS.c.run_id == run_id).values(values))
         )
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return list(self.db.table("runs").rows_where(order_by="started_at desc", limit=limit))
+        query = sa.select(RUNS).order_by(RUNS.c.started_at.desc()).limit(limit)
+        rows = self.transaction(lambda c: c.execute(query).mappings().all(), write=False)
+        return [dict(r) for r in rows]
 
     # -- ledger -----------------------------------------------------------------------------
     def ledger_status(self, keys: Iterable[str]) -> dict[str, Outcome]:
         wanted = list(keys)
-        out: dict[str, Outcome] = {}
-        for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            for key, status in self.db.execute(
-                f"SELECT key, status FROM ledger WHERE key IN ({marks})", chunk
-            ).fetchall():
-                out[key] = Outcome(status)
-        return out
+
+        def work(conn: Connection) -> dict[str, Outcome]:
+            return _statuses(conn, wanted)
+
+        return self.transaction(work, write=False)
 
     def ledger_entries(
         self,
         status: Outcome | None = None,
         target_id: str | None = None,
     ) -> list[LedgerEntry]:
-        clauses, params = [], []
+        query = sa.select(LEDGER).order_by(LEDGER.c.updated_at, LEDGER.c.key)
         if status:
-            clauses.append("status = ?")
-            params.append(status.value)
+            query = query.where(LEDGER.c.status == status.value)
         if target_id:
-            clauses.append("target_id = ?")
-            params.append(target_id)
-        where = " AND ".join(clauses) or None
+            query = query.where(LEDGER.c.target_id == target_id)
+        rows = self.transaction(lambda c: c.execute(query).all(), write=False)
         return [
             LedgerEntry(
-                r["key"],
-                r["run_id"],
-                Outcome(r["status"]),
-                r["updated_at"],
-                r["sf_id"],
-                r["error_code"],
-                action_from_dict(json.loads(r["action"])),
+                r.key,
+                r.run_id,
+                Outcome(r.status),
+                r.updated_at,
+                r.sf_id,
+                r.error_code,
+                action_from_dict(json.loads(r.action)),
             )
-            for r in self.db.table("ledger").rows_where(where, params, order_by="updated_at")
+            for r in rows
         ]
 
     def record_planned(self, actions: Sequence[Action], run_id: str, now: dt.datetime) -> None:
         """Enter new keys as planned; a key the ledger already holds keeps its status, and a
         still-open one (planned, conflict) takes the new plan's version of the action."""
         rows = [_ledger_row(a, run_id, Outcome.PLANNED, now) for a in actions]
-        with self.atomic():
-            self.db.table("ledger").insert_all(rows, pk="key", ignore=True)
-            for row in rows:
-                self.db.execute(
-                    "UPDATE ledger SET run_id = ?, action = ?, updated_at = ? "
-                    "WHERE key = ? AND status IN ('planned', 'conflict')",
-                    [run_id, row["action"], row["updated_at"], row["key"]],
-                )
+        if not rows:
+            return
+        refresh = (
+            LEDGER.update()
+            .where(
+                LEDGER.c.key == sa.bindparam("k"),
+                # (not IN: an expanding parameter cannot go into an executemany)
+                sa.or_(
+                    LEDGER.c.status == Outcome.PLANNED.value,
+                    LEDGER.c.status == Outcome.CONFLICT.value,
+                ),
+            )
+            .values(
+                run_id=sa.bindparam("r"), action=sa.bindparam("a"), updated_at=sa.bindparam("u")
+            )
+        )
+
+        def work(conn: Connection) -> None:
+            conn.execute(_insert(conn, LEDGER).on_conflict_do_nothing(), rows)
+            conn.execute(
+                refresh,
+                [
+                    {"k": r["key"], "r": run_id, "a": r["action"], "u": r["updated_at"]}
+                    for r in rows
+                ],
+            )
+
+        self.transaction(work)
 
     def mark_sent(self, actions: Sequence[Action], run_id: str, now: dt.datetime) -> None:
         """Before a write: the intent row in the audit and ``sent`` in the ledger, together."""
-        with self.atomic():
-            for action in actions:
-                self.db.table("ledger").upsert(
-                    _ledger_row(action, run_id, Outcome.SENT, now), pk="key"
-                )
-                self._audit(run_id, now, "intent", action, Outcome.SENT, None)
+        if not actions:
+            return
+        ledger = [_ledger_row(a, run_id, Outcome.SENT, now) for a in actions]
+        audit = [self._audit_row(run_id, now, "intent", a, Outcome.SENT, None) for a in actions]
+
+        def work(conn: Connection) -> None:
+            conn.execute(_upsert(conn, LEDGER), ledger)
+            conn.execute(AUDIT.insert(), audit)
+
+        self.transaction(work)
 
     def record_results(
         self,
@@ -470,36 +474,51 @@ class Store:
         event: str = "outcome",
     ) -> None:
         """After a write (or a decision not to write): ledger status + outcome audit row."""
-        with self.atomic():
-            for result in results:
-                action = actions[result.key]
-                row = _ledger_row(action, run_id, result.outcome, now)
-                row.update(sf_id=result.sf_id, error_code=result.error_code, message=result.message)
-                self.db.table("ledger").upsert(row, pk="key")
-                self._audit(run_id, now, event, action, result.outcome, result)
+        if not results:
+            return
+        ledger, audit = [], []
+        for result in results:
+            action = actions[result.key]
+            row = _ledger_row(action, run_id, result.outcome, now)
+            row.update(sf_id=result.sf_id, error_code=result.error_code, message=result.message)
+            ledger.append(row)
+            audit.append(self._audit_row(run_id, now, event, action, result.outcome, result))
+
+        def work(conn: Connection) -> None:
+            conn.execute(_upsert(conn, LEDGER), ledger)
+            conn.execute(AUDIT.insert(), audit)
+
+        self.transaction(work)
 
     def record_skipped_steps(
         self, entries: Sequence[tuple[Action, str]], run_id: str, now: dt.datetime
     ) -> None:
         """Catch-up skips and superseded actions: ledger ``skipped`` with the reason."""
-        with self.atomic():
-            fresh = self.ledger_status(a.key for a, _ in entries)
+        if not entries:
+            return
+        self._run_org(run_id)  # read now: the audit rows below are built in the transaction
+
+        def work(conn: Connection) -> None:
+            known = _statuses(conn, [a.key for a, _ in entries])
+            ledger, audit = [], []
             for action, why in entries:
-                if action.key in fresh:
+                if action.key in known:
                     continue
+                known[action.key] = Outcome.SKIPPED
                 row = _ledger_row(action, run_id, Outcome.SKIPPED, now)
                 row["message"] = why
-                self.db.table("ledger").insert(row, pk="key")
-                self._audit(
-                    run_id,
-                    now,
-                    "skipped",
-                    action,
-                    Outcome.SKIPPED,
-                    ActionResult(action.key, Outcome.SKIPPED, message=why),
+                ledger.append(row)
+                result = ActionResult(action.key, Outcome.SKIPPED, message=why)
+                audit.append(
+                    self._audit_row(run_id, now, "skipped", action, Outcome.SKIPPED, result)
                 )
+            if ledger:
+                conn.execute(LEDGER.insert(), ledger)
+                conn.execute(AUDIT.insert(), audit)
 
-    def _audit(
+        self.transaction(work)
+
+    def _audit_row(
         self,
         run_id: str,
         now: dt.datetime,
@@ -507,31 +526,28 @@ class Store:
         action: Action,
         outcome: Outcome,
         result: ActionResult | None,
-    ) -> None:
+    ) -> dict[str, Any]:
         before, after = _before_after(action)
-        self.db.table("audit").insert(
-            {
-                "run_id": run_id,
-                "ts": now.isoformat(),
-                "actor": self.actor,
-                "event": event,
-                "key": action.key,
-                "rule": action.rule,
-                "sop": action.sop,
-                "step": action.step,
-                "kind": action.kind.value,
-                "record_id": action.target.id,
-                "record_name": action.target.name,
-                "before": before,
-                "after": after,
-                "outcome": outcome.value,
-                "error_code": result.error_code if result else None,
-                "message": result.message if result else None,
-                "reason": action.reason,
-                "org_id": self._run_org(run_id),
-            },
-            pk="id",
-        )
+        return {
+            "run_id": run_id,
+            "ts": now.isoformat(),
+            "actor": self.actor,
+            "event": event,
+            "key": action.key,
+            "rule": action.rule,
+            "sop": action.sop,
+            "step": action.step,
+            "kind": action.kind.value,
+            "record_id": action.target.id,
+            "record_name": action.target.name,
+            "before": before,
+            "after": after,
+            "outcome": outcome.value,
+            "error_code": result.error_code if result else None,
+            "message": result.message if result else None,
+            "reason": action.reason,
+            "org_id": self._run_org(run_id),
+        }
 
     # -- audit queries ----------------------------------------------------------------------
     def audit_rows(
@@ -544,68 +560,89 @@ class Store:
         outcome: str | None = None,
         limit: int | None = None,
     ) -> list[AuditRow]:
-        clauses, params = [], []
+        query = sa.select(AUDIT).order_by(AUDIT.c.id)
         for column, value in (
-            ("record_id", record_id),
-            ("rule", rule),
-            ("run_id", run_id),
-            ("outcome", outcome),
+            (AUDIT.c.record_id, record_id),
+            (AUDIT.c.rule, rule),
+            (AUDIT.c.run_id, run_id),
+            (AUDIT.c.outcome, outcome),
         ):
             if value:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+                query = query.where(column == value)
         if since:
-            clauses.append("ts >= ?")
-            params.append(since.isoformat())
-        where = " AND ".join(clauses) or None
-        return [
-            AuditRow(**r)
-            for r in self.db.table("audit").rows_where(where, params, order_by="id", limit=limit)
-        ]
+            query = query.where(AUDIT.c.ts >= since.isoformat())
+        if limit:
+            query = query.limit(limit)
+        rows = self.transaction(lambda c: c.execute(query).mappings().all(), write=False)
+        return [AuditRow(**r) for r in rows]
 
     # -- run lock ---------------------------------------------------------------------------
     def acquire_lock(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> None:
-        """Take the run lease, or raise LockHeldError naming who holds it and until when."""
-        with self.atomic():
-            if not self.db.conn.in_transaction:
-                self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute(
-                "SELECT holder, pid, host, expires_at FROM run_lock WHERE name = 'run'"
-            ).fetchone()
+        """Take the run lease, or raise LockHeldError naming who holds it and until when.
+        The check and the take share one transaction under the database's write lock, so
+        two processes (on one host or on two dynos) never both get it."""
+
+        def work(conn: Connection) -> None:
+            if self.backend == "postgresql":
+                # The row may not exist yet: lock the name, not the row.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID + 1)))
+            row = conn.execute(sa.select(RUN_LOCK).where(RUN_LOCK.c.name == "run")).first()
             if (
                 row
-                and row[0] != holder
-                and dt.datetime.fromisoformat(row[3]) > now
-                and not _dead_here(row[1], row[2])
+                and row.holder != holder
+                and dt.datetime.fromisoformat(row.expires_at) > now
+                and not _dead_here(row.pid, row.host)
             ):
                 raise LockHeldError(
-                    f"another run holds the lock: {row[0]} (pid {row[1]} on {row[2]}) "
-                    f"until {row[3]}; it is taken over after that if the run died"
+                    f"another run holds the lock: {row.holder} (pid {row.pid} on {row.host}) "
+                    f"until {row.expires_at}; it is taken over after that if the run died"
                 )
-            self.db.table("run_lock").upsert(
-                {
-                    "name": "run",
-                    "holder": holder,
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "acquired_at": now.isoformat(),
-                    "expires_at": (now + ttl).isoformat(),
-                },
-                pk="name",
-            )
+            lease = {
+                "name": "run",
+                "holder": holder,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "acquired_at": now.isoformat(),
+                "expires_at": (now + ttl).isoformat(),
+            }
+            conn.execute(_upsert(conn, RUN_LOCK), [lease])
+
+        self.transaction(work)
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """The lease as it stands (holder, pid, host, acquired_at, expires_at), if any."""
+        query = sa.select(RUN_LOCK).where(RUN_LOCK.c.name == "run")
+        row = self.transaction(lambda c: c.execute(query).mappings().first(), write=False)
+        return dict(row) if row else None
 
     def renew_lock(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
         """Push the lease's expiry out while its run is alive; False if it is no longer ours."""
-        with self.atomic():
-            cursor = self.db.execute(
-                "UPDATE run_lock SET expires_at = ? WHERE name = 'run' AND holder = ?",
-                [(now + ttl).isoformat(), holder],
-            )
-        return cursor.rowcount == 1
+        query = (
+            RUN_LOCK.update()
+            .where(RUN_LOCK.c.name == "run", RUN_LOCK.c.holder == holder)
+            .values(expires_at=(now + ttl).isoformat())
+        )
+        return self.transaction(lambda c: c.execute(query).rowcount) == 1
 
     def release_lock(self, holder: str) -> None:
-        with self.atomic():
-            self.db.execute("DELETE FROM run_lock WHERE name = 'run' AND holder = ?", [holder])
+        query = RUN_LOCK.delete().where(RUN_LOCK.c.name == "run", RUN_LOCK.c.holder == holder)
+        self.transaction(lambda c: c.execute(query))
+
+    # -- secrets ----------------------------------------------------------------------------
+    def secret(self, name: str) -> tuple[str, str] | None:
+        """A stored secret as (the fingerprint it descends from, value), if any."""
+        query = sa.select(SECRETS.c.descends_from, SECRETS.c.value).where(SECRETS.c.name == name)
+        row = self.transaction(lambda c: c.execute(query).first(), write=False)
+        return (row.descends_from, row.value) if row else None
+
+    def save_secret(self, name: str, descends_from: str, value: str, now: dt.datetime) -> None:
+        row = {
+            "name": name,
+            "descends_from": descends_from,
+            "value": value,
+            "updated_at": now.isoformat(),
+        }
+        self.transaction(lambda c: c.execute(_upsert(c, SECRETS), [row]))
 
     # -- retention --------------------------------------------------------------------------
     def purge(
@@ -619,37 +656,164 @@ class Store:
         ledger entries older than ``audit_cutoff`` (they name records too); with ``dry_run``,
         only count them. Old ledger keys are safe to forget: the rules never plan a step that
         old again, and the keys written into Salesforce still stop a repeat."""
-        removed: dict[str, int] = {}
-        with self.atomic():
-            for table in self.db.table_names():
-                if not table.startswith("cache_"):
-                    continue
-                sobject = table.removeprefix("cache_")
-                cutoff = cutoff_for(sobject)
-                stale = [
-                    r[0]
-                    for r in self.db.execute(
-                        f"SELECT id, system_modstamp FROM [{table}]"
-                    ).fetchall()
-                    if r[1] and parse_sf_datetime(r[1]) < cutoff
-                ]
-                for i in range(0, 0 if dry_run else len(stale), 500):
-                    chunk = stale[i : i + 500]
-                    self.db.execute(
-                        f"DELETE FROM [{table}] WHERE id IN ({','.join('?' for _ in chunk)})", chunk
-                    )
-                removed[sobject] = len(stale)
-            old_audit = [audit_cutoff.isoformat()]
-            removed["audit"] = self.db.execute(
-                "SELECT count(*) FROM audit WHERE ts < ?", old_audit
-            ).fetchone()[0]
-            removed["ledger"] = self.db.execute(
-                "SELECT count(*) FROM ledger WHERE updated_at < ?", old_audit
-            ).fetchone()[0]
+
+        def work(conn: Connection) -> dict[str, int]:
+            removed: dict[str, int] = {}
+            rows = conn.execute(
+                sa.select(RECORDS.c.sobject, RECORDS.c.id, RECORDS.c.system_modstamp)
+            ).all()
+            stale: dict[str, list[str]] = {}
+            for sobject, rid, stamp in rows:
+                removed.setdefault(sobject, 0)
+                if stamp and parse_sf_datetime(stamp) < cutoff_for(sobject):
+                    stale.setdefault(sobject, []).append(rid)
+                    removed[sobject] += 1
+            old = audit_cutoff.isoformat()
+            removed["audit"] = conn.execute(
+                sa.select(sa.func.count()).select_from(AUDIT).where(AUDIT.c.ts < old)
+            ).scalar_one()
+            removed["ledger"] = conn.execute(
+                sa.select(sa.func.count()).select_from(LEDGER).where(LEDGER.c.updated_at < old)
+            ).scalar_one()
             if not dry_run:
-                self.db.execute("DELETE FROM audit WHERE ts < ?", old_audit)
-                self.db.execute("DELETE FROM ledger WHERE updated_at < ?", old_audit)
-        return removed
+                for ids in stale.values():
+                    for chunk in _chunks(ids):
+                        conn.execute(RECORDS.delete().where(RECORDS.c.id.in_(chunk)))
+                conn.execute(AUDIT.delete().where(AUDIT.c.ts < old))
+                conn.execute(LEDGER.delete().where(LEDGER.c.updated_at < old))
+            return removed
+
+        return self.transaction(work)
+
+
+COPIED = ("watermarks", "runs", "ledger", "audit", "records", "store_secrets")
+
+
+def resolve_store_arg(value: str) -> str:
+    """A ``db copy`` argument: ``env:NAME`` reads a URL from the environment."""
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        found = os.environ.get(name)
+        if not found:
+            raise StoreError(f"{value}: the environment variable {name} is not set")
+        return found
+    return value
+
+
+def copy_store(source: Store, target: Store, batch: int = 2000) -> dict[str, int]:
+    """Copy every table but the run lease from ``source`` into ``target`` (both migrated to
+    the same version), in one transaction on the target: a copy that fails leaves it empty.
+    Refuses a target that already holds runs or audit rows."""
+    for name in ("runs", "audit"):
+        count = target.count(name)
+        if count:
+            raise StoreError(
+                f"{target.url} already holds {count} {name} row(s); copy into an empty database"
+            )
+    counts: dict[str, int] = {}
+
+    def work(out: Connection) -> None:
+        with source.engine.connect() as src:
+            for name in COPIED:
+                table = TABLES[name]
+                out.execute(table.delete())
+                counts[name] = 0
+                rows = src.execution_options(yield_per=batch).execute(sa.select(table))
+                for part in rows.mappings().partitions():
+                    values = [dict(r) for r in part]
+                    if name == "records":
+                        for v in values:
+                            v["raw"] = _loaded(v["raw"])
+                    out.execute(table.insert(), values)
+                    counts[name] += len(values)
+        if target.backend == "postgresql":  # ids were copied: move the sequence past them
+            out.execute(
+                sa.text(
+                    "SELECT setval(pg_get_serial_sequence('audit', 'id'), "
+                    "COALESCE((SELECT max(id) FROM audit), 0) + 1, false)"
+                )
+            )
+
+    target.transaction(work)
+    return counts
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    path = url.database or ":memory:"
+    memory = path == ":memory:"
+    if not memory:
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"WORKER_DB_PATH: cannot create {target}: {exc.strerror}") from None
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        # One shared connection for an in-memory database (each new one would be empty).
+        **({"poolclass": sa.pool.StaticPool} if memory else {}),
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
+        old_umask = os.umask(0o077)  # the -wal and -shm files get the file's 0600 mode
+        try:
+            if not memory:
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            os.umask(old_umask)
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("sop_worker_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _schema_version(conn: Connection) -> int:
+    if sa.inspect(conn).has_table(SCHEMA_VERSION.name):
+        value = conn.execute(sa.select(SCHEMA_VERSION.c.version)).scalar()
+        return int(value or 0)
+    if conn.dialect.name == "sqlite":  # a file from before schema_version: PRAGMA user_version
+        return int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+    return 0
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT on both backends."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    stmt = _insert(conn, table)
+    keys = [c.name for c in table.primary_key.columns]
+    return stmt.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+
+
+def _statuses(conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
+    out: dict[str, Outcome] = {}
+    for chunk in _chunks(list(keys)):
+        query = sa.select(LEDGER.c.key, LEDGER.c.status).where(LEDGER.c.key.in_(chunk))
+        for key, status in conn.execute(query):
+            out[key] = Outcome(status)
+    return out
+
+
+def _chunks(items: list[T]) -> Iterator[list[T]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+def _loaded(raw: Any) -> Any:
+    """A raw record as read back: a dict from JSONB, JSON text from SQLite."""
+    return json.loads(raw) if isinstance(raw, (str, bytes)) else raw
 
 
 def _text(value: Any) -> str | None:

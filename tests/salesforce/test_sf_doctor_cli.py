@@ -3,14 +3,15 @@ what an admin sees, the exit codes, and a rotated refresh token surviving to the
 
 from __future__ import annotations
 
+import hashlib
 import json
-import stat
 from pathlib import Path
 
 from click.testing import CliRunner, Result
 
 from worker.cli import cli
-from worker.salesforce.tokens import FILE_NAME
+from worker.salesforce.tokens import ENTRY, LEGACY_FILE_NAME
+from worker.store import Store
 
 from ..conftest import DEFAULT_MAPPING
 from .fakeorg import FakeOrg
@@ -64,7 +65,10 @@ def test_rejected_credentials_exit_2_without_echoing_them(org: FakeOrg, tmp_path
     assert "not-a-real-session" not in result.output
 
 
-def test_a_rotated_refresh_token_is_kept_for_the_next_run(org: FakeOrg, tmp_path: Path) -> None:
+def test_a_rotated_refresh_token_is_kept_for_the_next_run(
+    org: FakeOrg, tmp_path: Path, store_target: str
+) -> None:
+    """Kept in the store (so on PostgreSQL it outlives a dyno's disk), never in a file."""
     org.rotate_refresh_tokens = True
     first_token = org.credentials.refresh_token
     env = {
@@ -75,12 +79,15 @@ def test_a_rotated_refresh_token_is_kept_for_the_next_run(org: FakeOrg, tmp_path
         "SF_REFRESH_TOKEN": first_token,
         "WORKER_AS_OF": "2026-11-23",
     }
+    if "://" in store_target:
+        env["DATABASE_URL"] = store_target
     assert invoke(org, tmp_path, "run", "--dry-run", **env).exit_code == 0
     rotated = org.credentials.refresh_token
     assert rotated != first_token  # the org rotated it; the old one no longer works
-    stored = tmp_path / "state" / FILE_NAME
-    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-    assert rotated in stored.read_text()
+    with Store.open(env.get("DATABASE_URL") or tmp_path / "state" / "w.db") as store:
+        assert store.secret(ENTRY) is not None
+        assert store.secret(ENTRY)[1] == rotated  # type: ignore[index]
+    assert not (tmp_path / "state" / LEGACY_FILE_NAME).exists()
 
     # The next run still has SF_REFRESH_TOKEN set to the first token: it uses the stored one.
     second = invoke(org, tmp_path, "run", "--dry-run", **env)
@@ -114,3 +121,26 @@ def test_the_mapping_converted_status_is_checked(org: FakeOrg, tmp_path: Path) -
             "Lead status 'Contact Attempted' is not marked Converted, so convertLead refuses it",
         )
     ]
+
+
+def test_a_token_file_of_an_older_version_is_moved_into_the_store(
+    org: FakeOrg, tmp_path: Path
+) -> None:
+    org.rotate_refresh_tokens = True
+    configured = org.credentials.refresh_token
+    org.credentials.refresh_token = "5Aep861ROTATEDEARLIER"
+    legacy = tmp_path / "state" / LEGACY_FILE_NAME
+    legacy.parent.mkdir(parents=True)
+    seed = hashlib.sha256(configured.encode()).hexdigest()[:24]
+    legacy.write_text(json.dumps({"descends_from": seed, "refresh_token": "5Aep861ROTATEDEARLIER"}))
+    env = {
+        "SF_AUTH": "refresh_token",
+        "SF_INSTANCE_URL": "",
+        "SF_ACCESS_TOKEN": "",
+        "SF_CLIENT_ID": org.credentials.client_id,
+        "SF_REFRESH_TOKEN": configured,
+        "WORKER_AS_OF": "2026-11-23",
+    }
+    assert invoke(org, tmp_path, "run", "--dry-run", **env).exit_code == 0
+    assert org.oauth_requests[0]["refresh_token"] == "5Aep861ROTATEDEARLIER"
+    assert not legacy.exists()

@@ -2,7 +2,7 @@
 
 A dry run gets a read-only client (the transport refuses writes) behind the dry-run sink,
 which still prices the plan with the real sink's call estimate. A refresh token rotated by
-Salesforce is kept in ``state_dir`` (see :mod:`worker.salesforce.tokens`).
+Salesforce is kept in the store (see :mod:`worker.salesforce.tokens`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from worker.salesforce.doctor import Finding, run_doctor
 from worker.salesforce.settings import SalesforceSettings, check_auth_config
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
-from worker.salesforce.tokens import RefreshTokenFile
+from worker.salesforce.tokens import RefreshTokenStore
 from worker.settings import settings_error
 from worker.sinks import DryRunSink
+from worker.store import Store
 
 
 def load_salesforce_settings() -> SalesforceSettings:
@@ -36,18 +37,24 @@ def load_salesforce_settings() -> SalesforceSettings:
         raise settings_error(exc, "SF_") from None
 
 
-def _client(settings: SalesforceSettings, state_dir: Path, *, read_only: bool) -> SalesforceClient:
-    tokens = RefreshTokenFile(state_dir, settings.refresh_token)
+def _client(
+    settings: SalesforceSettings, store: Store, state_dir: Path | None, *, read_only: bool
+) -> SalesforceClient:
+    tokens = RefreshTokenStore(store, settings.refresh_token, state_dir)
     current = tokens.current()
     if current is not settings.refresh_token:
         settings = settings.model_copy(update={"refresh_token": current})
     return SalesforceClient(settings, read_only=read_only, store_refresh_token=tokens.save)
 
 
-def open_salesforce(mapping: LoadedMapping, *, write: bool, state_dir: Path) -> tuple[Source, Sink]:
+def open_salesforce(
+    mapping: LoadedMapping, *, write: bool, store: Store, state_dir: Path | None
+) -> tuple[Source, Sink]:
+    """``state_dir``: where an older version kept a rotated refresh token (moved into the
+    store once), None when the store is not a local file."""
     settings = load_salesforce_settings()
     check_auth_config(settings)
-    client = _client(settings, state_dir, read_only=not write)
+    client = _client(settings, store, state_dir, read_only=not write)
     source = SalesforceSource(client, org_name=mapping.common.org.name)
     sink = SalesforceSink(client, task_key_field=mapping.common.org.task_key_field)
     if write:
@@ -83,7 +90,7 @@ def doctor_inputs(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> DoctorI
 
 
 def check_org(
-    mapping: LoadedMapping, rules: Sequence[Rule[Any]], *, state_dir: Path
+    mapping: LoadedMapping, rules: Sequence[Rule[Any]], *, store: Store, state_dir: Path | None
 ) -> tuple[list[Finding], int]:
     """Doctor's findings for the live org, and how many fields and values it checked."""
     settings = load_salesforce_settings()
@@ -94,7 +101,7 @@ def check_org(
     except ConfigError:
         client = None  # run_doctor reports the incomplete settings as its first finding
     else:
-        client = _client(settings, state_dir, read_only=True)
+        client = _client(settings, store, state_dir, read_only=True)
     findings = run_doctor(
         settings,
         wanted.needs,
