@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -51,9 +52,10 @@ PG_HINT = (
 )
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL whose connections use a fresh, empty schema (dropped afterwards)."""
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections use a fresh, empty schema (dropped afterwards); skips (or, in
+    CI, fails) when no server is configured."""
     base = os.environ.get(PG_ENV)
     if not base:
         if os.environ.get("SOP_WORKER_REQUIRE_POSTGRES") == "1":
@@ -70,6 +72,12 @@ def postgres_url() -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +29,9 @@ from typing import Any
 
 import pytest
 
+from worker.store import Store
+
+from ..conftest import execute, postgres_schema
 from . import demo_seed
 from .fakeorg import ASSIGNABLE, ORG_ID, USER_ID, FakeOrg
 from .httpsorg import Call, HttpsOrg
@@ -107,6 +109,9 @@ class LiveOrg:
     def writes(self) -> list[Call]:
         return self.server.writes()
 
+    def store(self) -> Store:
+        return Store.open(self.env.get("DATABASE_URL") or self.env["WORKER_DB_PATH"])
+
     def audit(self, *args: str) -> list[dict[str, Any]]:
         result = self.cli("audit", "--format", "jsonl", *args)
         assert result.returncode == EXIT_OK, result.stderr
@@ -114,7 +119,8 @@ class LiveOrg:
 
 
 @contextlib.contextmanager
-def live_org(folder: Path, **org_options: Any) -> Iterator[LiveOrg]:
+def live_org(folder: Path, store: str | None = None, **org_options: Any) -> Iterator[LiveOrg]:
+    """``store``: a PostgreSQL URL for the worker's store (else SQLite in ``folder``)."""
     folder.mkdir(parents=True, exist_ok=True)
     org = FakeOrg(now=fake_clock_start(), **org_options)
     demo_seed.seed(org)
@@ -128,6 +134,8 @@ def live_org(folder: Path, **org_options: Any) -> Iterator[LiveOrg]:
             # Retries wait little (full-jitter backoff under a 2 s total).
             "SF_RETRY_MAX_SECONDS": "2",
         }
+        if store and "://" in store:
+            env["DATABASE_URL"] = store
         yield LiveOrg(org, server, folder, env)
 
 
@@ -149,6 +157,13 @@ def local_plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[LiveOrg]:
     with live_org(tmp_path / "live") as found:
+        yield found
+
+
+@pytest.fixture
+def live_on_each_store(tmp_path: Path, store_target: str) -> Iterator[LiveOrg]:
+    """The live org, with the worker's store on SQLite, then on PostgreSQL."""
+    with live_org(tmp_path / "live", store_target) as found:
         yield found
 
 
@@ -328,8 +343,9 @@ def test_tls_is_verified_and_a_private_ca_is_trusted_through_requests_ca_bundle(
 
 # == (b) run =======================================================================================
 def test_run_applies_the_plan_once_and_a_second_run_writes_nothing(
-    live: LiveOrg, local_plan: dict[str, Any]
+    live_on_each_store: LiveOrg, local_plan: dict[str, Any]
 ) -> None:
+    live = live_on_each_store
     org = live.org
     tasks_before, comments_before = len(org.of("Task")), len(org.of("CaseComment"))
     first = live.cli("run")
@@ -413,11 +429,10 @@ class KillScenario:
     missing_at_kill: list[str] = field(default_factory=list)
 
 
-def _expire_lease(db_path: Path) -> None:
+def _expire_lease(live: LiveOrg) -> None:
     """What WORKER_LOCK_TTL_SECONDS would do after 30 minutes: the dead run's lease lapses."""
-    with contextlib.closing(sqlite3.connect(db_path)) as db:
-        db.execute("UPDATE run_lock SET expires_at = ?", ["2000-01-01T00:00:00+00:00"])
-        db.commit()
+    with live.store() as store:
+        execute(store, "UPDATE run_lock SET expires_at = '2000-01-01T00:00:00+00:00'")
 
 
 def kill_during_write(
@@ -457,21 +472,28 @@ def kill_during_write(
     return holder.get("call"), proc.returncode, log.read_text(errors="replace")
 
 
-@pytest.fixture(scope="module", params=["first_write", "first_create"])
+@pytest.fixture(
+    scope="module",
+    params=[("first_write", "sqlite"), ("first_create", "sqlite"), ("first_write", "postgresql")],
+    ids=lambda p: "-".join(p),
+)
 def sigkill(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     local_plan: dict[str, Any],
 ) -> Iterator[KillScenario]:
-    when = _first_write if request.param == "first_write" else _first_create
-    with live_org(tmp_path_factory.mktemp(request.param)) as live:
+    moment, backend = request.param
+    when = _first_write if moment == "first_write" else _first_create
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(postgres_schema()) if backend == "postgresql" else None
+        live = stack.enter_context(live_org(tmp_path_factory.mktemp(moment), store))
         call, returncode, output = kill_during_write(live, when)
         missing_at_kill = effect_problems(live.org, local_plan["actions"])
         immediate = live.cli("run")
         rerun = immediate
         if immediate.returncode == EXIT_LOCKED:
             # The dead run's lease still holds (see the lock test); let it lapse.
-            _expire_lease(live.folder / "w.db")
+            _expire_lease(live)
             rerun = live.cli("run")
         live.server.reset_calls()
         again = live.cli("run")
