@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean requirements
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# Heroku's buildpack reads requirements.txt: the runtime dependencies as pip resolves them.
+requirements: $(STAMP)
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/resolved.json .
+	$(BIN)/python .ci/pin_requirements.py $(VENV)/resolved.json > requirements.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
