@@ -29,6 +29,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/store_bench.py
 
 # Heroku's buildpack reads requirements.txt: the runtime dependencies as pip resolves them.
 requirements: $(STAMP)

@@ -106,8 +106,8 @@ class SalesforceSettings(BaseSettings):
     )
     refresh_token: SecretStr | None = Field(
         default=None,
-        description="OAuth refresh token. If the app rotates refresh tokens the run stops: "
-        "turn rotation off for this app or give the worker a token store.",
+        description="OAuth refresh token. A token the app rotates is kept in the worker's store "
+        "(PostgreSQL with DATABASE_URL) and used while this value is unchanged.",
     )
     api_version: str = Field(
         default="66.0",
