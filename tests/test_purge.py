@@ -4,13 +4,18 @@ and the audit log, with a dry run that only reports."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import pytest
 import time_machine
 
+from worker.localorg import read_manifest
 from worker.store import Store
 
-from .test_cli import invoke, org_args
+from .conftest import DEMO_ORG
+from .test_cli import invoke, org_args, plan_json
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -59,3 +64,34 @@ def test_retention_by_kind_of_record(demo_copy: Path, tmp_path: Path) -> None:
     assert later["audit"] == before["audit"]
     assert later["ledger"] == before["ledger"]
     assert counts(db)["audit"] == counts(db)["ledger"] == 0
+
+
+def _plan(org: Path, db: Path, as_of: dt.date) -> dict[str, Any]:
+    doc = plan_json(org, db, "--as-of", as_of.isoformat())
+    doc.pop("generated_at")
+    return doc
+
+
+@pytest.mark.parametrize("days_on", [0, 800])
+def test_plans_after_a_purge_equal_plans_without_it(tmp_path: Path, days_on: int) -> None:
+    """Over the demo org, one database purged before every cycle and one never: the same
+    plans on every as-of date. The collections rule's contacts (kept 2 years as prospects)
+    stay while their account stays; 800 days on, leads and tasks past their 2 years are
+    removed and read again in full on the next pull, as the rules may still act on them."""
+    start = read_manifest(DEMO_ORG).as_of + dt.timedelta(days=days_on)
+    plain, purged = tmp_path / "plain" / "w.db", tmp_path / "purged" / "w.db"
+    removed: Counter[str] = Counter()
+    for day in (0, 1, 3, 7, 14, 30, 61):
+        as_of = start + dt.timedelta(days=day)
+        noon = dt.datetime(as_of.year, as_of.month, as_of.day, 18, tzinfo=dt.UTC)  # in Chicago
+        with time_machine.travel(noon, tick=False):
+            if day:
+                removed.update(purge(purged, noon))
+            assert _plan(DEMO_ORG, purged, as_of) == _plan(DEMO_ORG, plain, as_of), as_of
+            for db in (plain, purged):
+                result = invoke("run", *org_args(DEMO_ORG, db), "--as-of", as_of.isoformat())
+                assert result.exit_code == 0, result.output
+    assert removed["Contact"] > 0
+    if days_on:
+        assert removed["Lead"] > 0
+        assert removed["Task"] > 0

@@ -397,8 +397,13 @@ def doctor(fmt: str, **kwargs: Any) -> None:
 @_settings_options
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 def purge(dry_run: bool, **kwargs: Any) -> None:
-    """Remove cached records, audit rows and ledger entries older than the mapping's
-    retention periods."""
+    """Remove cached records the rules no longer need, and audit rows and ledger entries,
+    older than the mapping's retention periods.
+
+    A record stays while a kept record names it or it is an activity of a kept one. Each
+    object purged from is read again in full on the next pull, so a record the org still
+    holds comes back and plans after a purge equal plans without it.
+    """
     settings = _settings(kwargs)
     mapping, _ = load_rules_and_mapping(settings)
     now = dt.datetime.now(dt.UTC)

@@ -651,23 +651,20 @@ class Store:
         audit_cutoff: dt.datetime,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        """Drop cached records last modified before their object's cutoff (``cutoff_for``
-        the sObject name), and audit rows and
-        ledger entries older than ``audit_cutoff`` (they name records too); with ``dry_run``,
-        only count them. Old ledger keys are safe to forget: the rules never plan a step that
-        old again, and the keys written into Salesforce still stop a repeat."""
+        """Drop the cached records the rules no longer need (see :func:`_unneeded`), and
+        audit rows and ledger entries older than ``audit_cutoff`` (they name records too);
+        with ``dry_run``, only count them.
+
+        Each object purged from loses its watermark, so the next pull reads it in full: a
+        record the org still holds comes back, and plans after a purge equal plans without
+        it; what stays gone is what the org no longer holds (a deletion an incremental read
+        no longer reports once the recycle bin is emptied). Old ledger keys are safe to
+        forget: the rules never plan a step that old again, and the keys written into
+        Salesforce still stop a repeat."""
 
         def work(conn: Connection) -> dict[str, int]:
-            removed: dict[str, int] = {}
-            rows = conn.execute(
-                sa.select(RECORDS.c.sobject, RECORDS.c.id, RECORDS.c.system_modstamp)
-            ).all()
-            stale: dict[str, list[str]] = {}
-            for sobject, rid, stamp in rows:
-                removed.setdefault(sobject, 0)
-                if stamp and parse_sf_datetime(stamp) < cutoff_for(sobject):
-                    stale.setdefault(sobject, []).append(rid)
-                    removed[sobject] += 1
+            stale = _unneeded(conn, cutoff_for)
+            removed = {sobject: len(ids) for sobject, ids in stale.items()}
             old = audit_cutoff.isoformat()
             removed["audit"] = conn.execute(
                 sa.select(sa.func.count()).select_from(AUDIT).where(AUDIT.c.ts < old)
@@ -676,14 +673,75 @@ class Store:
                 sa.select(sa.func.count()).select_from(LEDGER).where(LEDGER.c.updated_at < old)
             ).scalar_one()
             if not dry_run:
-                for ids in stale.values():
+                for sobject, ids in stale.items():
                     for chunk in _chunks(ids):
                         conn.execute(RECORDS.delete().where(RECORDS.c.id.in_(chunk)))
+                    if ids:
+                        conn.execute(WATERMARKS.delete().where(WATERMARKS.c.sobject == sobject))
                 conn.execute(AUDIT.delete().where(AUDIT.c.ts < old))
                 conn.execute(LEDGER.delete().where(LEDGER.c.updated_at < old))
             return removed
 
         return self.transaction(work)
+
+
+def _unneeded(conn: Connection, cutoff_for: Callable[[str], dt.datetime]) -> dict[str, list[str]]:
+    """Per sObject, the cached records no kept record needs.
+
+    A record is kept while it was last modified on or after its object's cutoff
+    (``cutoff_for`` the sObject name), and so is every record a kept one needs: the records
+    it names in any field (a Task's WhatId and WhoId, an account's primary contact, an
+    owner) and its activities (the Tasks, CaseComments and EmailMessages naming it in one of
+    :data:`_ACTIVITY_LINKS`: a cadence counts them), and so on from those."""
+    sobject_of: dict[str, str] = {}
+    kept: list[str] = []
+    for sobject, rid, stamp in conn.execute(
+        sa.select(RECORDS.c.sobject, RECORDS.c.id, RECORDS.c.system_modstamp)
+    ):
+        sobject_of[rid] = sobject
+        if not stamp or parse_sf_datetime(stamp) >= cutoff_for(sobject):
+            kept.append(rid)
+    names: dict[str, list[str]] = {}
+    activities: dict[str, list[str]] = {}
+    for rid, stored in conn.execute(sa.select(RECORDS.c.id, RECORDS.c.raw)):
+        raw = _loaded(stored)
+        named = [v for v in _strings(raw) if v in sobject_of and v != rid]
+        if named:
+            names[rid] = named
+        for link in _ACTIVITY_LINKS:
+            parent = raw.get(link)
+            if isinstance(parent, str) and parent:
+                activities.setdefault(parent, []).append(rid)
+    needed = set(kept)
+    todo = kept
+    while todo:
+        rid = todo.pop()
+        for other in (*names.get(rid, ()), *activities.get(rid, ())):
+            if other not in needed:
+                needed.add(other)
+                todo.append(other)
+    unneeded: dict[str, list[str]] = {sobject: [] for sobject in sobject_of.values()}
+    for rid, sobject in sobject_of.items():
+        if rid not in needed:
+            unneeded[sobject].append(rid)
+    return unneeded
+
+
+# The fields by which an activity names its record (Snapshot.tasks_for, comments_for, and
+# the logged emails kit reads).
+_ACTIVITY_LINKS = (schema.WHAT_ID, schema.WHO_ID, schema.PARENT_ID, schema.RELATED_TO_ID)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a record's JSON, nested relationship records included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 COPIED = ("watermarks", "runs", "ledger", "audit", "records", "store_secrets")
