@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker import schema
 from worker.errors import MappingError
@@ -145,6 +146,8 @@ class RuleSettings(StrictModel):
     """Base of every rule's mapping section."""
 
     required_steps: ClassVar[tuple[str, ...]] = ()
+    # Keys a rule no longer reads -> what to write instead: refused, naming the new key.
+    replaced_keys: ClassVar[Mapping[str, str]] = {}
 
     enabled: bool = True
     sop_file: str = Field(description="The SOP document this rule implements.")
@@ -155,6 +158,24 @@ class RuleSettings(StrictModel):
         "reassign the record (Sforce-Auto-Assign: TRUE), e.g. a 'return to queue' step. "
         "Every other write is sent with Sforce-Auto-Assign: FALSE.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_replaced_keys(cls, data: Any) -> Any:
+        old = [k for k in cls.replaced_keys if isinstance(data, dict) and k in data]
+        if old:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("replaced_key", cls.replaced_keys[k]),
+                        loc=(k,),
+                        input=data[k],
+                    )
+                    for k in old
+                ],
+            )
+        return data
 
     @model_validator(mode="after")
     def _all_steps_labelled(self) -> RuleSettings:

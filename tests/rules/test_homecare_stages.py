@@ -204,16 +204,18 @@ CONTACT_CADENCE: list[Day] = [
     ("2027-03-10", [], {("followup-4", TASK)}),
     ("2027-03-10", [("complete", "followup-4")], set()),
     ("2027-03-12", [], {("followup-5", TASK)}),
-    ("2027-03-13", [("complete", "followup-5")], set()),  # attempt 5: no more follow-ups
-    ("2027-03-14", [], set()),
-    ("2027-03-15", [], {("lead_closeout", "close")}),
-    ("2027-03-16", [], set()),
-    ("2027-04-14", [], set()),
-    ("2027-04-15", [], {("reengage-1", TASK)}),  # one month after the close-out
-    ("2027-05-14", [("complete", "reengage-1")], set()),
-    ("2027-05-15", [], {("reengage-2", TASK)}),
-    ("2027-06-15", [], set()),  # touch 2 still open: nothing new
-    ("2027-06-16", [("complete", "reengage-2")], {("reengage-3", TASK)}),
+    ("2027-03-13", [("complete", "followup-5")], set()),
+    ("2027-03-15", [], {("followup-6", TASK)}),  # follow-up 5 of 5
+    ("2027-03-16", [("complete", "followup-6")], set()),  # first contact + 5 follow-ups: done
+    ("2027-03-17", [], set()),
+    ("2027-03-18", [], {("lead_closeout", "close")}),
+    ("2027-03-19", [], set()),
+    ("2027-04-17", [], set()),
+    ("2027-04-18", [], {("reengage-1", TASK)}),  # one month after the close-out
+    ("2027-05-17", [("complete", "reengage-1")], set()),
+    ("2027-05-18", [], {("reengage-2", TASK)}),
+    ("2027-06-18", [], set()),  # touch 2 still open: nothing new
+    ("2027-06-19", [("complete", "reengage-2")], {("reengage-3", TASK)}),
 ]
 
 
@@ -223,7 +225,7 @@ def test_new_lead_to_reengagement(mapping: LoadedMapping) -> None:
     closed = org[LEAD]
     assert closed["Status"] == "Closed - Not Converted"
     assert closed["Closed_Reason__c"] == "Unable to Contact"
-    assert closed["Closed_Date__c"] == "2027-03-15"
+    assert closed["Closed_Date__c"] == "2027-03-18"
 
 
 def test_human_logged_calls_count_and_stop_calling_mid_cadence(mapping: LoadedMapping) -> None:
@@ -251,9 +253,9 @@ def test_human_logged_calls_count_and_stop_calling_mid_cadence(mapping: LoadedMa
     ("count", "expected_key", "why"),
     [
         # two completed calls count; the open call and the completed plain Task do not
-        ("completed", "followup-3", "2 of 5 contact attempts"),
+        ("completed", "followup-3", "2 of 6 contact attempts"),
         # "any": the open call counts too
-        ("any", "followup-4", "3 of 5 contact attempts"),
+        ("any", "followup-4", "3 of 6 contact attempts"),
     ],
 )
 def test_attempt_counting(mapping: LoadedMapping, count: str, expected_key: str, why: str) -> None:
@@ -267,6 +269,28 @@ def test_attempt_counting(mapping: LoadedMapping, count: str, expected_key: str,
     result = evaluate(org, d("2027-03-08"), mapping, attempt_count=count)
     assert steps([result]) == {(expected_key, TASK)}
     assert why in result.why
+
+
+@pytest.mark.parametrize(
+    ("attempts", "subject"),
+    [
+        (1, "Follow-up call 1 of 5: Margaret Olsen"),
+        (5, "Follow-up call 5 of 5: Margaret Olsen"),
+    ],
+)
+def test_five_follow_ups_after_the_first_contact(
+    mapping: LoadedMapping, attempts: int, subject: str
+) -> None:
+    """SOP 002: the first contact, then "5 follow ups before closing out"."""
+    days = [f"2027-03-{2 * n:02d}" for n in range(1, attempts + 1)]
+    org = org_of(
+        lead(Status="Contact Attempted"), *(task(LEAD, n, day) for n, day in enumerate(days, 1))
+    )
+    result = evaluate(org, d(days[-1]) + dt.timedelta(days=2), mapping)
+    (action,) = result.actions
+    assert isinstance(action, CreateTask)
+    assert action.subject == subject
+    assert f"Follow-up {subject.split()[2]} of 5 after the first contact" in action.description
 
 
 def test_open_followup_blocks_and_is_not_an_attempt(mapping: LoadedMapping) -> None:
@@ -811,10 +835,16 @@ def test_demo_org_records(mapping: LoadedMapping, name: str, verdict: Verdict) -
     ("old", "new", "key", "message"),
     [
         (
-            "max_contact_attempts = 5",
-            'max_contact_attempts = "five"',
-            "max_contact_attempts",
+            "max_contact_followups = 5",
+            'max_contact_followups = "five"',
+            "max_contact_followups",
             "integer",
+        ),
+        (  # the key before it counted follow-ups only
+            "max_contact_followups = 5",
+            "max_contact_attempts = 5",
+            "max_contact_attempts",
+            "replaced by max_contact_followups: the follow-ups after the first contact attempt",
         ),
         (
             "nurture_first_after_days = 21",

@@ -9,7 +9,8 @@ Leads (in scope by ``lead_scope``; converted leads are excluded):
 - ``first_contact`` (New Lead): a first-contact call Task for the owner, due the day the lead
   arrives (``CreatedDate`` in the org's ``time_zone``), or today when it arrived earlier.
 - ``followup`` (Contact Attempted): the next follow-up call Task ``followup_every_days``
-  after the last contact attempt, until ``max_contact_attempts`` attempts are logged.
+  after the last contact attempt, until the first contact and ``max_contact_followups``
+  follow-ups are logged.
   Attempts are call/email Tasks (``attempt_task_types`` / ``attempt_task_subtypes``) that
   are completed (``attempt_count = "completed"``) or any, open ones too (``"any"``).
 - ``lead_closeout``: ``closeout_after_days`` after the last of those attempts with no
@@ -49,7 +50,8 @@ the touches and follow-up slots that fell due while the worker was not running a
 returned as skipped steps.
 
 Interpretations (each a setting; docs/rules/homecare_stages.md quotes the SOP for each):
-"5 follow ups" = 5 attempts in all, the first contact included; an attempt is a completed
+"5 follow ups" = 5 attempts after the first contact (6 in all), as "closed out after 5
+follow up attempts" counts an opportunity's follow-ups; an attempt is a completed
 call/email Task logged by anyone; "every month" is counted from the closed date (or the
 first nurture call) so month ends clamp without drifting; an opportunity's attempts are
 those since it was created (calls made while it was a lead do not count).
@@ -104,8 +106,12 @@ STEPS = (
 _OWN_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "first_contact_subject": frozenset({"name", "status", "created"}),
     "first_contact_description": frozenset({"name", "status", "created"}),
-    "followup_subject": frozenset({"name", "status", "attempt", "max_attempts"}),
-    "followup_description": frozenset({"name", "status", "attempt", "max_attempts"}),
+    "followup_subject": frozenset(
+        {"name", "status", "attempt", "max_attempts", "followup", "max_followups"}
+    ),
+    "followup_description": frozenset(
+        {"name", "status", "attempt", "max_attempts", "followup", "max_followups"}
+    ),
     "reengage_subject": frozenset({"name", "touch", "closed", "reason"}),
     "reengage_description": frozenset({"name", "touch", "closed", "reason"}),
     "qualify_subject": frozenset({"name", "status", "missing"}),
@@ -131,6 +137,11 @@ _ZIP5 = re.compile(r"\d{5}")
 
 class HomecareStagesSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
+    replaced_keys: ClassVar[Mapping[str, str]] = {
+        "max_contact_attempts": "replaced by max_contact_followups: the follow-ups after the "
+        "first contact attempt (the SOP's 5 follow-ups are max_contact_followups = 5, 6 "
+        "attempts in all; max_contact_attempts = 5 was 4 follow-ups)",
+    }
 
     # -- scope -------------------------------------------------------------------------------
     opportunity_sobject: str = Field(default="Opportunity", description="The opportunity object.")
@@ -180,7 +191,11 @@ class HomecareStagesSettings(RuleSettings):
         validate_default=True,
         description="TaskSubtype values that are contact attempts.",
     )
-    max_contact_attempts: int = Field(ge=1, description="'5 follow ups before closing out'.")
+    max_contact_followups: int = Field(
+        ge=1,
+        description="'5 follow ups before closing out': follow-ups after the first contact "
+        "attempt; the lead is closed after this many plus one attempts in all.",
+    )
     followup_every_days: int = Field(ge=1, description="Days from one attempt to the next.")
     closeout_after_days: int = Field(
         ge=0, description="Days after the last allowed attempt before closing out."
@@ -634,21 +649,26 @@ def _contact_cadence(c: _Ctx, status: str) -> Evaluation:
     created = c.created_day()
     attempts = c.attempts()
     n = len(attempts)
+    # The first contact, then max_contact_followups follow-ups: the attempts in all.
+    allowed = s.max_contact_followups + 1
     values = {
         "name": c.name,
         "status": status,
         "created": created.isoformat(),
         "attempt": n + 1,
-        "max_attempts": s.max_contact_attempts,
+        "max_attempts": allowed,
+        "followup": max(n, 1),
+        "max_followups": s.max_contact_followups,
     }
-    if n >= s.max_contact_attempts:
+    if n >= allowed:
         last = attempts[-1][0]
         due = last + dt.timedelta(days=s.closeout_after_days)
         done = f"{n} contact attempts logged (last {last}), status still {status!r}"
         if as_of < due:
             return c.not_due(f"{done}; close-out on {due}", due, "lead_closeout")
         why = (
-            f"{done}: no conversation after {s.max_contact_attempts} attempts; closed as "
+            f"{done}: no conversation after the first contact and "
+            f"{s.max_contact_followups} follow-ups; closed as "
             f"{s.lead_closeout_reason!r} and moved to re-engagement every "
             f"{s.reengage_every_months} month(s)"
         )
@@ -680,7 +700,7 @@ def _contact_cadence(c: _Ctx, status: str) -> Evaluation:
     last = attempts[-1][0] if attempts else c.task_day(first[-1][1])
     step = max(n + 1, c.last_number("followup") + 1)
     due = last + dt.timedelta(days=s.followup_every_days)
-    since = f"{n} of {s.max_contact_attempts} contact attempts logged (last {last})"
+    since = f"{n} of {allowed} contact attempts logged (last {last})"
     if as_of < due:
         return c.not_due(f"{since}; next follow-up on {due}", due, "followup")
     skipped = _missed_slots(c, "followup", due, s.followup_every_days)
