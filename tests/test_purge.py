@@ -12,6 +12,7 @@ import pytest
 import time_machine
 
 from worker.localorg import read_manifest
+from worker.ports import Page
 from worker.store import Store
 
 from .conftest import DEMO_ORG
@@ -95,3 +96,36 @@ def test_plans_after_a_purge_equal_plans_without_it(tmp_path: Path, days_on: int
     if days_on:
         assert removed["Lead"] > 0
         assert removed["Task"] > 0
+
+
+def test_what_a_purge_keeps_and_reads_again(store: Store) -> None:
+    """Past the cutoff, a record stays while a kept record names it or it is an activity of
+    a kept record; each object it removed records from is read in full on the next pull."""
+    old, new = "2024-01-10T12:00:00.000+0000", "2026-11-20T12:00:00.000+0000"
+
+    def rec(rid: str, stamp: str, **fields: str) -> dict[str, str]:
+        return {"Id": rid, "SystemModstamp": stamp, **fields}
+
+    pages = {
+        "Account": [rec("001A", new, Primary_Contact__c="003MAIN")],
+        "Contact": [rec("003MAIN", old, AccountId="001A"), rec("003OTHER", old, AccountId="001A")],
+        "Lead": [rec("00QOLD", old)],
+        "Task": [rec("00TACC", old, WhatId="001A"), rec("00TLEAD", old, WhoId="00QOLD")],
+        "EmailMessage": [rec("02sACC", old, RelatedToId="001A")],
+    }
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    for sobject, records in pages.items():
+        store.save_page(Page(sobject, records, []), "Name", now)
+        store.set_watermark(sobject, new, "h", now)
+    cutoff = now - dt.timedelta(days=730)
+
+    assert store.purge(lambda _: cutoff, cutoff, dry_run=True)["Contact"] == 1
+    assert store.cached_counts()["Contact"] == 2
+    store.purge(lambda _: cutoff, cutoff)
+
+    snapshot, _ = store.load_snapshot(pages)
+    assert sorted(r.id for recs in snapshot.records.values() for r in recs) == [
+        "001A", "003MAIN", "00TACC", "02sACC"
+    ]  # fmt: skip
+    reread = {s for s in pages if store.watermark(s, "h") is None}
+    assert reread == {"Contact", "Lead", "Task"}
