@@ -10,6 +10,7 @@ Layout::
     [tasks]            Task picklist values the org uses (open/completed status, subtypes)
     [objects.<Name>]   per sObject: the name field, extra fields and scope filters to pull
     [retention]        how long cached records and audit rows are kept
+    [calendar]         business hours for every rule (or read from the org), closed days
     precedence = [...] rule ids, strongest first, when two rules touch one record
     [rules.<id>]       one section per rule, validated by that rule's settings model
 
@@ -31,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker import schema
-from worker.errors import MappingError
+from worker.business_hours import WEEKDAYS, BusinessCalendar, Shift
+from worker.errors import ConfigError, MappingError
 
 
 class StrictModel(BaseModel):
@@ -142,6 +144,45 @@ class RetentionSection(StrictModel):
         return dt.timedelta(days=days)
 
 
+class CalendarSection(StrictModel):
+    """When the business is open: one calendar for every rule and object, in the [org] time
+    zone. See docs/engine.md."""
+
+    monday: tuple[str, ...] = ("09:00-17:00",)
+    tuesday: tuple[str, ...] = ("09:00-17:00",)
+    wednesday: tuple[str, ...] = ("09:00-17:00",)
+    thursday: tuple[str, ...] = ("09:00-17:00",)
+    friday: tuple[str, ...] = ("09:00-17:00",)
+    saturday: tuple[str, ...] = ()
+    sunday: tuple[str, ...] = ()
+    public_holidays: bool = Field(
+        default=True,
+        description="Closed on the public holidays of [org] holiday_country (and subdivision).",
+    )
+    closed_days: tuple[dt.date, ...] = Field(
+        default=(), description="Further days the business is closed (YYYY-MM-DD)."
+    )
+
+    @field_validator(*WEEKDAYS, mode="before")
+    @classmethod
+    def _shifts(cls, value: Any) -> Any:
+        shifts = (value,) if isinstance(value, str) else value
+        if isinstance(shifts, (list, tuple)):
+            for shift in shifts:
+                Shift.parse(str(shift))
+        return shifts
+
+    def build(self, org: OrgSection) -> BusinessCalendar:
+        """The calendar of these hours in the org's time zone."""
+        return BusinessCalendar.weekdays(
+            {day: getattr(self, day) for day in WEEKDAYS},
+            org.zone,
+            closed=self.closed_days,
+            country=org.holiday_country if self.public_holidays else None,
+            subdivision=org.holiday_subdivision,
+        )
+
+
 class RuleSettings(StrictModel):
     """Base of every rule's mapping section."""
 
@@ -220,6 +261,7 @@ class _MappingFile(StrictModel):
     tasks: TaskSection = TaskSection()
     objects: dict[str, ObjectSection] = Field(default_factory=dict)
     retention: RetentionSection = RetentionSection()
+    calendar: CalendarSection = CalendarSection()
     precedence: tuple[str, ...] = ()
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -237,6 +279,7 @@ class OrgMapping:
     org: OrgSection
     tasks: TaskSection
     objects: Mapping[str, ObjectSection]
+    calendar: BusinessCalendar
 
     def name_field(self, sobject: str) -> str:
         section = self.objects.get(sobject)
@@ -274,6 +317,13 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
     except ValidationError as exc:
         raise MappingError(shown, _problems(exc)) from None
 
+    try:
+        calendar = top.calendar.build(top.org)
+    except ValueError as exc:
+        raise MappingError(shown, [("calendar", str(exc))]) from None
+    except ConfigError as exc:
+        raise MappingError(shown, [("org.holiday_country", str(exc))]) from None
+
     rules: dict[str, RuleSettings] = {}
     for rule_id, section in top.rules.items():
         model = rule_models.get(rule_id)
@@ -292,7 +342,12 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
         raise MappingError(shown, problems)
     return LoadedMapping(
         path=shown,
-        common=OrgMapping(org=top.org, tasks=top.tasks, objects=dict(top.objects)),
+        common=OrgMapping(
+            org=top.org,
+            tasks=top.tasks,
+            objects=dict(top.objects),
+            calendar=calendar,
+        ),
         retention=top.retention,
         precedence=top.precedence,
         rules=rules,

@@ -1,5 +1,6 @@
 """Pure helpers shared by the rule modules: building actions, reading the worker's own
-Tasks back, notes fields, templates, business days and month arithmetic.
+Tasks back, notes fields, templates and month arithmetic (business time is in
+:mod:`worker.business_hours`, the calendar on ``org.calendar``).
 
 Nothing here does I/O or reads the clock.
 """
@@ -11,10 +12,8 @@ import re
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
-import holidays
 import phonenumbers
 from dateutil.relativedelta import relativedelta
 
@@ -29,7 +28,7 @@ from worker.actions import (
     UpdateRecord,
     make_key,
 )
-from worker.errors import ConfigError, TemplateError
+from worker.errors import TemplateError
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, RecordRef
 
@@ -192,50 +191,6 @@ def add_months(day: dt.date, months: int) -> dt.date:
     """Calendar months, clamped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
     result: dt.date = day + relativedelta(months=months)
     return result
-
-
-@dataclass(frozen=True)
-class BusinessCalendar:
-    """Weekdays minus the public holidays of a country (and subdivision)."""
-
-    country: str
-    subdivision: str | None = None
-
-    def is_business_day(self, day: dt.date) -> bool:
-        return day.weekday() < 5 and day not in _holidays(self.country, self.subdivision, day.year)
-
-    def add(self, start: dt.date, days: int) -> dt.date:
-        """The business day ``days`` business days after ``start`` (0 = start itself, rolled
-        forward to a business day)."""
-        day = start
-        while not self.is_business_day(day):
-            day += dt.timedelta(days=1)
-        remaining = days
-        while remaining > 0:
-            day += dt.timedelta(days=1)
-            if self.is_business_day(day):
-                remaining -= 1
-        return day
-
-    def between(self, start: dt.date, end: dt.date) -> int:
-        """Business days after ``start`` up to and including ``end`` (0 when end <= start)."""
-        count = 0
-        day = start
-        while day < end:
-            day += dt.timedelta(days=1)
-            if self.is_business_day(day):
-                count += 1
-        return count
-
-
-@lru_cache(maxsize=64)
-def _holidays(country: str, subdivision: str | None, year: int) -> holidays.HolidayBase:
-    try:
-        return holidays.country_holidays(country, subdiv=subdivision, years=year)
-    except NotImplementedError:
-        raise ConfigError(
-            f"holiday calendar: country {country!r} / subdivision {subdivision!r} is not known"
-        ) from None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,6 @@ from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
-    BusinessCalendar,
     Emit,
     comment_keys,
     is_completed,
@@ -315,10 +314,10 @@ def decide(
     if created is None:
         raise RecordError(record.id, s.created_field, "empty: the window cannot be computed")
 
-    cal = BusinessCalendar(org.org.holiday_country, org.org.holiday_subdivision)
-    day0 = cal.add(created, 0)
-    dues = tuple(cal.add(day0, d) for d in s.attempt_offsets)
-    close_due = cal.add(day0, s.window_business_days)
+    cal = org.calendar
+    day0 = cal.add_days(created, 0)
+    dues = tuple(cal.add_days(day0, d) for d in s.attempt_offsets)
+    close_due = cal.add_days(day0, s.window_business_days)
     tasks = worker_tasks(snapshot, record.id, RULE_ID, org) | worker_emails(
         snapshot, record.id, RULE_ID
     )
@@ -330,7 +329,7 @@ def decide(
     comments = comment_keys(snapshot.comments_for(record.id), RULE_ID)
     logged = frozenset(n for n in attempts if emit.key(f"attempt-{n}-log") in comments)
     if as_of >= day0:
-        since = f"business day {cal.between(day0, as_of)} since the case was created {created}"
+        since = f"business day {cal.days_between(day0, as_of)} since the case was created {created}"
     else:
         since = f"case created {created}, business day 0 is {day0}"
     case = _Case(
@@ -375,7 +374,7 @@ def decide(
             Verdict.ACT if done_logs else Verdict.NOT_DUE,
             f"{as_of} is not a business day ({org.org.holiday_country} calendar)",
             actions=done_logs,
-            next_due=cal.add(as_of, 0),
+            next_due=cal.add_days(as_of, 0),
             next_step=s.step_label(_next_step(case)),
         )
     owner = record.text(schema.OWNER_ID) or ""
@@ -397,7 +396,7 @@ def decide(
     elif current < s.max_attempts:
         next_due, next_step = dues[current], "callback"
     else:
-        after_last = cal.add(last_day + dt.timedelta(days=1), 0) if last_day else close_due
+        after_last = cal.add_days(last_day + dt.timedelta(days=1), 0) if last_day else close_due
         next_due, next_step = max(close_due, after_last), "close"
     email = _email(case, current, org, report_skip=False) if current else None
     actions = done_logs + ((email,) if isinstance(email, Action) else ())
