@@ -34,19 +34,21 @@ def test_the_loop_stops_cleanly_on_sigterm(demo_copy: Path, tmp_path: Path) -> N
     }
     cmd = [sys.executable, "-m", "worker", "run", "--loop", "--interval", "10",
            "--local-org", str(demo_copy), "--db-path", str(db)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the worker
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 60
-        while not finished_runs(db) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while not finished_runs(db) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert finished_runs(db), "no cycle finished"
+        assert finished_runs(db), f"no cycle finished:\n{log.read_text()[-2000:]}"
         proc.send_signal(signal.SIGTERM)  # mid-pause: the dyno manager stopping it
-        _, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    err = log.read_bytes()
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"run.loop_stopped" in err
     runs = finished_runs(db)
