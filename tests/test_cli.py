@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -286,3 +287,239 @@ def test_a_local_org_entry_that_is_not_a_record_is_named(demo_copy: Path, tmp_pa
     result = invoke("plan", *org_args(demo_copy, tmp_path / "w.db"))
     assert result.exit_code == 2
     assert "users.json: records[1] is not a record" in result.output
+
+
+# -- --as-of ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("as_of", "message"),
+    [
+        ("2026-02-30", "2026-02-30 is not a calendar date (day is out of range for month)"),
+        ("2026-13-01", "2026-13-01 is not a calendar date (month must be in 1..12)"),
+        ("23/11/2026", "'23/11/2026' is not a date in the form YYYY-MM-DD"),
+        ("1900-01-01", "is more than 5 years from the org's today (2026-11-23)"),
+        ("9999-12-31", "is more than 5 years from the org's today (2026-11-23)"),
+    ],
+)
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_an_as_of_that_is_no_date_or_far_off_exits_2_saying_why(
+    tmp_path: Path, as_of: str, message: str, how: str
+) -> None:
+    args = ["plan", *org_args(DEMO_ORG, tmp_path / "w.db")]
+    env = {"WORKER_AS_OF": as_of} if how == "env" else {}
+    result = invoke(*args, *(["--as-of", as_of] if how == "option" else []), env=env)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    if how == "env" and "YYYY-MM-DD" not in message and "calendar" in message:
+        assert "WORKER_AS_OF" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_local_org_takes_any_day_within_five_years(demo_copy: Path, tmp_path: Path) -> None:
+    later = plan_json(demo_copy, tmp_path / "w.db", "--as-of", "2031-11-23")
+    assert later["as_of"] == "2031-11-23"
+    result = invoke("run", *org_args(demo_copy, tmp_path / "w.db"), "--as-of", "2026-11-30")
+    assert result.exit_code == 0, result.output
+
+
+# -- one output vocabulary ----------------------------------------------------------------------
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_has_format_and_json(command: str) -> None:
+    text = invoke(command, "--help").output
+    assert "--format" in text
+    assert "--json" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rules", "--format", "yaml"],
+        ["runs", "--format", "csv"],
+        ["audit", "--format", "xml"],
+        ["rules", "--json", "--format", "table"],
+    ],
+)
+def test_an_unknown_or_contradictory_format_exits_2(tmp_path: Path, args: list[str]) -> None:
+    result = invoke(*args, "--db-path", str(tmp_path / "w.db"))
+    assert result.exit_code == 2
+    assert "--format" in result.output
+
+
+def test_json_is_the_same_as_format_json(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    done = invoke("run", *org_args(demo_copy, db), "--json")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["actions"]["payment_followup:applied"] > 0
+    for command in (["runs"], ["audit", "--limit", "3"], ["rules"], ["purge", "--dry-run"]):
+        short = invoke(*command, "--db-path", str(db), "--json")
+        long = invoke(*command, "--db-path", str(db), "--format", "json")
+        assert short.exit_code == long.exit_code == 0, short.output
+        assert json.loads(short.stdout) == json.loads(long.stdout), command
+    runs = json.loads(invoke("runs", "--db-path", str(db), "--json").stdout)
+    assert runs[0]["run_id"] == summary["run_id"]
+    assert runs[0]["summary"]["actions"] == summary["actions"]
+    rules = json.loads(invoke("rules", "--json").stdout)
+    assert {r["rule"] for r in rules} >= {"payment_followup", "collections"}
+    assert all(r["sop_file"] and r["steps"] for r in rules)
+
+
+# -- plan ---------------------------------------------------------------------------------------
+def table_cells(text: str) -> list[list[str]]:
+    """The rows of a rich table with lines between rows, each cell's wrapped lines joined."""
+    rows: list[list[str]] = []
+    current: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith(("├", "└")) and current:
+            rows.append([" ".join(" ".join(part).split()) for part in current])
+            current = []
+        elif line.startswith("│"):
+            parts = line.strip("│").split("│")
+            if not current:
+                current = [[] for _ in parts]
+            for cell, part in zip(current, parts, strict=True):
+                cell.append(part.strip())
+    return rows
+
+
+def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
+    result = invoke("plan", *org_args(DEMO_ORG, tmp_path / "w.db"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    first_action = next(i for i, line in enumerate(lines) if "006DmP" in line)
+    head = " ".join(" ".join(lines[:first_action]).split())
+    assert "Plan for SOP Worker demo org as of 2026-11-23: what will happen" in head
+    assert "payment_followup │ Step 2: Initiate Communication │ 3" in head
+    assert "collections │ Case notes: always update your case notes │ 12" in head
+    assert "skipped (missed while the worker was not running) │ │ 16" in head
+    assert "records that could not be evaluated │ │ 8" in head
+    assert "98 action(s) to apply, 16 skipped" in head
+    assert "Cost: 0 API call(s)" in head
+
+
+def test_plan_shows_a_multi_line_next_steps_log_in_full(tmp_path: Path) -> None:
+    plan = plan_json(DEMO_ORG, tmp_path / "j.db")
+    logged = next(
+        a
+        for a in plan["actions"]
+        if a["kind"] == "update" and "\n" in str(a["changes"][0]["after"])
+    )
+    change = logged["changes"][0]
+    result = invoke("plan", *org_args(DEMO_ORG, tmp_path / "w.db"))
+    cells = {row[2] for row in table_cells(result.stdout) if logged["target"]["id"] in row[0]}
+    flat = " ".join(" ".join(change["after"].split("\n")).split())
+    assert any(flat in cell for cell in cells), (flat, cells)
+    assert any(" ".join(str(change["before"]).split()) in cell for cell in cells)
+
+
+def test_plan_narrows_to_one_rule_or_one_record(tmp_path: Path) -> None:
+    everything = plan_json(DEMO_ORG, tmp_path / "a.db")
+    rule = plan_json(DEMO_ORG, tmp_path / "b.db", "--rule", "payment_followup")
+    assert rule["actions"]
+    assert {a["rule"] for a in rule["actions"]} == {"payment_followup"}
+    assert len(rule["actions"]) == sum(
+        a["rule"] == "payment_followup" for a in everything["actions"]
+    )
+    assert {e["rule"] for e in rule["errors"]} == {"payment_followup"}
+    target = "006DmP000000004AAA"
+    one = plan_json(DEMO_ORG, tmp_path / "c.db", "--record", target)
+    assert [a["key"] for a in one["actions"]] == [
+        a["key"] for a in everything["actions"] if a["target"]["id"] == target
+    ]
+    assert one["skipped"] == one["errors"] == []
+    nothing = invoke(
+        "plan", *org_args(DEMO_ORG, tmp_path / "d.db"), "--record", "006DmP000000001AAA"
+    )
+    assert nothing.exit_code == 0
+    assert "explain 006DmP000000001AAA" in nothing.output
+    for bad in (["--rule", "payments"], ["--record", "006-not-an-id"]):
+        refused = invoke("plan", *org_args(DEMO_ORG, tmp_path / "e.db"), *bad)
+        assert refused.exit_code == 2, bad
+        assert bad[0] in refused.output
+
+
+def test_apply_says_in_one_line_that_it_takes_the_json_plan(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "w.db"
+    as_csv = tmp_path / "plan.csv"
+    assert invoke("plan", *org_args(demo_copy, db), "--out", str(as_csv)).exit_code == 0
+    assert as_csv.read_text().startswith("key,kind,rule")
+    result = invoke("apply", *org_args(demo_copy, db), str(as_csv))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"Error: {as_csv} is the CSV view of a plan, for reading; apply takes the JSON plan "
+        "file: sop-worker plan --out plan.json"
+    ]
+    assert Store.open(db).audit_rows() == []
+
+
+# -- result files -------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_results_has_one_row_per_action_with_before_and_after(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "w.db"
+    results = tmp_path / "results.csv"
+    planned = plan_json(demo_copy, tmp_path / "p.db")
+    done = invoke("run", *org_args(demo_copy, db), "--results", str(results))
+    assert done.exit_code == 0, done.output
+    rows = read_results(results)
+    assert list(rows[0]) == [
+        "key",
+        "record_id",
+        "record_name",
+        "rule",
+        "step",
+        "kind",
+        "outcome",
+        "error_code",
+        "message",
+        "created_id",
+        "before",
+        "after",
+    ]
+    by_key = {r["key"]: r for r in rows}
+    assert len(by_key) == len(rows)  # one row per action
+    assert {a["key"] for a in planned["actions"]} <= set(by_key)
+    assert {r["outcome"] for r in rows} == {"applied", "skipped"}
+    logged = next(
+        a for a in planned["actions"] if a["kind"] == "update" and "\n" in a["changes"][0]["after"]
+    )
+    change = logged["changes"][0]
+    row = by_key[logged["key"]]
+    assert row["record_id"] == logged["target"]["id"]
+    assert json.loads(row["after"]) == {change["field"]: change["after"]}  # in full
+    assert json.loads(row["before"]) == {change["field"]: change["before"]}
+    task = next(r for r in rows if r["kind"] == "create_task" and r["outcome"] == "applied")
+    assert task["created_id"].startswith("00T")
+
+
+def test_apply_results_list_the_conflicts_too(demo_copy: Path, tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    plan_file, results = tmp_path / "plan.json", tmp_path / "r.csv"
+    assert invoke("plan", *org_args(demo_copy, db), "--out", str(plan_file)).exit_code == 0
+    saved = json.loads(plan_file.read_text())
+    target = next(a for a in saved["actions"] if a["kind"] in ("update", "close"))
+    opp_file = demo_copy / "records" / "payment_followup-opportunities.json"
+    body = json.loads(opp_file.read_text())
+    for rec in body["records"]:
+        if rec["Id"] == target["target"]["id"]:
+            rec["SystemModstamp"] = "2026-11-23T08:00:00.000+0000"
+    opp_file.write_text(json.dumps(body))
+    applied = invoke("apply", *org_args(demo_copy, db), str(plan_file), "--results", str(results))
+    assert applied.exit_code == 0, applied.output
+    rows = {r["key"]: r for r in read_results(results)}
+    assert {a["key"] for a in saved["actions"]} <= set(rows)
+    assert rows[target["key"]]["outcome"] == "conflict"
+    assert rows[target["key"]]["error_code"] == "RECORD_CHANGED"
+
+
+def test_results_are_for_one_writing_cycle(tmp_path: Path) -> None:
+    for extra in (["--dry-run"], ["--loop"]):
+        result = invoke("run", *org_args(DEMO_ORG, tmp_path / "w.db"), "--results", "r.csv", *extra)
+        assert result.exit_code == 2
+        assert "--results" in result.output

@@ -114,3 +114,27 @@ def test_default_mapping_loads_every_rule() -> None:
     loaded = load_mapping(DEFAULT_MAPPING, rule_models())
     assert set(loaded.rules) == set(rule_models())
     assert set(loaded.precedence) == set(rule_models())
+
+
+def test_a_15_character_id_in_a_scope_filter_is_the_18_character_one(tmp_path: Path) -> None:
+    path = broken(
+        tmp_path,
+        "[objects.Opportunity]\n",
+        '[objects.Opportunity]\nfilters = { OwnerId = ["005M000000qfPyS"], StageName = ["x"] }\n',
+    )
+    loaded = load_mapping(path, rule_models())
+    filters = loaded.common.objects["Opportunity"].filters
+    assert filters["OwnerId"] == ("005M000000qfPySIAU",)
+    assert filters["StageName"] == ("x",)
+
+
+def test_a_scope_filter_id_that_is_not_an_id_names_the_key(tmp_path: Path) -> None:
+    path = broken(
+        tmp_path,
+        "[objects.Opportunity]\n",
+        '[objects.Opportunity]\nfilters = { OwnerId = ["005M00"] }\n',
+    )
+    with pytest.raises(MappingError) as info:
+        load_mapping(path, rule_models())
+    assert f"{path}: objects.Opportunity.filters" in str(info.value)
+    assert "'005M00' is not a record Id" in str(info.value)

@@ -23,8 +23,9 @@ from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline
 from worker.ports import Sink, Source
 from worker.rules import ALL_RULES, Rule, rule_models
+from worker.rules.kit import add_months
 from worker.settings import WorkerSettings
-from worker.sinks import DryRunSink
+from worker.sinks import CacheOnlySource, DryRunSink
 from worker.store import Store
 
 log = structlog.get_logger()
@@ -43,15 +44,72 @@ def load_rules_and_mapping(settings: WorkerSettings) -> tuple[LoadedMapping, lis
     return mapping, list(ALL_RULES)
 
 
-def resolve_as_of(
+AS_OF_WINDOW_YEARS = 5
+
+
+def org_today(
     settings: WorkerSettings, mapping: LoadedMapping, clock: Callable[[], dt.datetime]
 ) -> dt.date:
-    """--as-of, else the local org's own date, else today in the org's time zone."""
-    if settings.as_of:
-        return settings.as_of
+    """The org's own today: a local org's manifest date, else today in the org's time zone."""
     if settings.local_org:
         return read_manifest(settings.local_org).as_of
     return clock().astimezone(mapping.common.org.zone).date()
+
+
+def resolve_as_of(
+    settings: WorkerSettings,
+    mapping: LoadedMapping,
+    clock: Callable[[], dt.datetime],
+    *,
+    write: bool = False,
+    intended: bool = False,
+) -> dt.date:
+    """--as-of (WORKER_AS_OF), checked by :func:`check_as_of`, else the org's own today."""
+    today = org_today(settings, mapping, clock)
+    if settings.as_of is None:
+        return today
+    check_as_of(
+        settings.as_of,
+        today,
+        settings,
+        write=write,
+        intended=intended,
+        what=f"--as-of / WORKER_AS_OF {settings.as_of}",
+    )
+    if write and not settings.local_org:
+        log.warning(
+            "run.as_of_overridden", as_of=settings.as_of.isoformat(), org_today=today.isoformat()
+        )
+    return settings.as_of
+
+
+def check_as_of(
+    as_of: dt.date,
+    today: dt.date,
+    settings: WorkerSettings,
+    *,
+    write: bool,
+    intended: bool,
+    what: str,
+) -> None:
+    """An as-of date more than :data:`AS_OF_WINDOW_YEARS` from the org's today is a mistake;
+    writing to a live org as of any other day than today must be said to be intended (due
+    dates, logged dates and closes would be dated that day)."""
+    low = add_months(today, -12 * AS_OF_WINDOW_YEARS)
+    high = add_months(today, 12 * AS_OF_WINDOW_YEARS)
+    if not low <= as_of <= high:
+        raise ConfigError(
+            f"{what} is more than {AS_OF_WINDOW_YEARS} years from the org's today ({today}); "
+            f"give a date from {low} to {high}"
+        )
+    if not write or settings.local_org:
+        return
+    if as_of != today and not intended:
+        raise ConfigError(
+            f"{what} is not the org's today ({today}): writing to a live org as of another "
+            "day dates its Tasks, notes and closes that day; pass --as-of-is-intended if "
+            "that is meant"
+        )
 
 
 @dataclass
@@ -70,7 +128,10 @@ def _endpoints(
     store: Store,
     write: bool,
     clock: Callable[[], dt.datetime],
+    connect: bool,
 ) -> tuple[Source, Sink]:
+    if not connect:
+        return CacheOnlySource(), DryRunSink()
     if settings.local_org:
         org = LocalOrg(
             settings.local_org,
@@ -86,14 +147,19 @@ def _endpoints(
 
 @contextmanager
 def open_app(
-    settings: WorkerSettings, *, write: bool, clock: Callable[[], dt.datetime] = utc_now
+    settings: WorkerSettings,
+    *,
+    write: bool,
+    connect: bool = True,
+    clock: Callable[[], dt.datetime] = utc_now,
 ) -> Iterator[App]:
+    """The wired pipeline; ``connect=False`` (cache only) reads and writes no org at all."""
     mapping, rules = load_rules_and_mapping(settings)
     if settings.local_org and not settings.local_org.is_dir():
         raise ConfigError(f"WORKER_LOCAL_ORG: {settings.local_org} is not a folder")
     store = Store.open(settings.store_target)
     try:
-        source, sink = _endpoints(settings, mapping, store, write, clock)
+        source, sink = _endpoints(settings, mapping, store, write, clock, connect)
         pipeline = Pipeline(
             store=store, source=source, sink=sink, mapping=mapping, rules=rules, clock=clock
         )

@@ -10,11 +10,12 @@ One error boundary (:class:`_Group`) turns the worker's own errors into one line
 from __future__ import annotations
 
 import datetime as dt
-import json
+import functools
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +25,16 @@ from rich.console import Console
 
 from worker import __version__, report
 from worker.actions import STOPPED_AUTH, Outcome
-from worker.app import load_rules_and_mapping, new_run_id, open_app, resolve_as_of, run_lock
+from worker.app import (
+    App,
+    check_as_of,
+    load_rules_and_mapping,
+    new_run_id,
+    open_app,
+    org_today,
+    resolve_as_of,
+    run_lock,
+)
 from worker.errors import (
     AuthError,
     ConfigError,
@@ -36,8 +46,10 @@ from worker.errors import (
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
+from worker.records import full_record_id
+from worker.rules import ALL_RULES
 from worker.salesforce.doctor import Severity
-from worker.settings import WorkerSettings, load_settings
+from worker.settings import WorkerSettings, load_settings, parse_as_of
 from worker.store import Store, copy_store, resolve_store_arg
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
@@ -106,29 +118,94 @@ def _settings_options(func: F) -> F:
 
 
 def _format_option(*choices: str) -> Callable[[F], F]:
-    """``--format`` (as ``fmt``), the first choice being the default."""
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(choices),
-        default=choices[0],
-        show_default=True,
-        help="Output format.",
-    )
+    """``--format`` (as ``fmt``; the first choice is the default) and ``--json``, the sf
+    CLI's shorthand for machine output (``--format json``)."""
+    assert "json" in choices
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, fmt: str | None, as_json: bool, **kwargs: Any) -> Any:
+            if as_json and fmt not in (None, "json"):
+                raise click.UsageError(f"--json and --format {fmt} disagree: give one of them")
+            return func(*args, fmt="json" if as_json else fmt or choices[0], **kwargs)
+
+        decorated = click.option(
+            "--json", "as_json", is_flag=True, help="Machine output: the same as --format json."
+        )(wrapper)
+        decorated = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(choices),
+            help=f"Output format (default: {choices[0]}).",
+        )(decorated)
+        return decorated  # type: ignore[return-value]
+
+    return decorate
+
+
+class _DateType(click.ParamType[dt.date, Any]):
+    """YYYY-MM-DD, a real calendar date (2026-02-30 is refused, saying why)."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return parse_as_of(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _RecordIdType(click.ParamType[str, Any]):
+    """A record Id of 15 or 18 characters, as the 18-character Id the org returns."""
+
+    name = "RECORD_ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return full_record_id(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DATE, RECORD_ID = _DateType(), _RecordIdType()
+RULE_IDS = click.Choice([rule.id for rule in ALL_RULES])
 
 
 def _as_of_option(func: F) -> F:
     return click.option(
         "--as-of",
-        type=click.DateTime(formats=["%Y-%m-%d"]),
-        help="Evaluate as of this date, YYYY-MM-DD (env WORKER_AS_OF). Default: the local "
-        "org's manifest date, else today in the org's time zone.",
+        type=DATE,
+        help="Evaluate as of this date, YYYY-MM-DD, within 5 years of the org's today (env "
+        "WORKER_AS_OF). Default: the local org's manifest date, else today in the org's time "
+        "zone.",
+    )(func)
+
+
+def _as_of_intended_option(func: F) -> F:
+    return click.option(
+        "--as-of-is-intended",
+        "intended",
+        is_flag=True,
+        help="Write to a live org as of another day than its today (--as-of, WORKER_AS_OF or "
+        "the plan's date); without it that is refused.",
+    )(func)
+
+
+def _results_option(func: F) -> F:
+    return click.option(
+        "--results",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write a result file (CSV, as Data Loader does): one row per action with its "
+        "key, record Id, outcome, error code, message, created Id, before and after.",
     )(func)
 
 
 def _settings(kwargs: dict[str, Any]) -> WorkerSettings:
-    as_of = kwargs.pop("as_of", None)
-    settings = load_settings(as_of=as_of.date() if as_of else None, **kwargs)
+    settings = load_settings(**kwargs)
     configure_logging(settings.log_level, settings.log_format)
     return settings
 
@@ -154,6 +231,7 @@ def cli() -> None:
 @cli.command()
 @_settings_options
 @_as_of_option
+@_as_of_intended_option
 @click.option("--dry-run", is_flag=True, help="Plan and show, write nothing.")
 @click.option("--loop", is_flag=True, help="Run cycles until SIGTERM/SIGINT (worker dyno).")
 @click.option(
@@ -162,11 +240,28 @@ def cli() -> None:
     default=None,
     help="Seconds between cycles with --loop (env WORKER_INTERVAL_SECONDS).",
 )
-def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
-    """One cycle: pull, plan, apply. With --loop, repeat every --interval seconds."""
+@_results_option
+@_format_option("table", "json")
+def run(
+    dry_run: bool,
+    loop: bool,
+    interval: int | None,
+    intended: bool,
+    results: Path | None,
+    fmt: str,
+    **kwargs: Any,
+) -> None:
+    """One cycle: pull, plan, apply. With --loop, repeat every --interval seconds.
+
+    `--json` prints the run's summary as one JSON object."""
+    if results and (dry_run or loop):
+        raise click.UsageError("--results is for one writing cycle: not with --dry-run or --loop")
     settings = _settings({**kwargs, "interval_seconds": interval})
+    cycle = functools.partial(
+        _one_cycle, settings, write=not dry_run, intended=intended, results=results, fmt=fmt
+    )
     if not loop:
-        result = _one_cycle(settings, write=not dry_run)
+        result = cycle()
         sys.exit(exit_code(result))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,7 +269,7 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
     worst = EXIT_OK
     while not stop.is_set():
         try:
-            result = _one_cycle(settings, write=not dry_run)
+            result = cycle()
             if result.stop_reason == STOPPED_AUTH:
                 sys.exit(EXIT_CONFIG)  # no later cycle can do better without new credentials
             worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
@@ -191,12 +286,17 @@ def run(dry_run: bool, loop: bool, interval: int | None, **kwargs: Any) -> None:
     sys.exit(worst)
 
 
-def _one_cycle(settings: WorkerSettings, *, write: bool) -> RunReport:
+def _one_cycle(
+    settings: WorkerSettings, *, write: bool, intended: bool, results: Path | None, fmt: str
+) -> RunReport:
     run_id = new_run_id()
     with open_app(settings, write=write) as app, run_lock(app, run_id):
-        result = app.pipeline.run(
-            run_id, resolve_as_of(settings, app.mapping, app.clock), write=write
-        )
+        as_of = resolve_as_of(settings, app.mapping, app.clock, write=write, intended=intended)
+        with _results_written(app, run_id, results):
+            result = app.pipeline.run(run_id, as_of, write=write)
+    if fmt == "json":
+        click.echo(report.machine_text("json", result.summary()), nl=False)
+        return result
     console = _console()
     if not write and result.plan is not None:
         report.print_plan(result.plan, console)
@@ -205,16 +305,35 @@ def _one_cycle(settings: WorkerSettings, *, write: bool) -> RunReport:
     return result
 
 
+@contextmanager
+def _results_written(app: App, run_id: str, path: Path | None) -> Iterator[None]:
+    """After the block, even one that failed: the run's result file, if one was asked for."""
+    try:
+        yield
+    finally:
+        if path:
+            path.write_text(report.results_csv(app.store.run_results(run_id)), encoding="utf-8")
+            click.echo(f"Results written to {path}", err=True)
+
+
 @cli.command()
 @_settings_options
 @_as_of_option
 @_format_option("table", "json", "csv")
+@click.option("--rule", type=RULE_IDS, help="Only this rule's actions.")
+@click.option(
+    "--record", "record_id", type=RECORD_ID, help="Only this record's actions (15 or 18 chars)."
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the plan to this file.")
-def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
-    """Dry run: pull, then show every action the rules would take, and why.
+def plan(
+    fmt: str, rule: str | None, record_id: str | None, out: Path | None, **kwargs: Any
+) -> None:
+    """Dry run: pull, then show what the rules would do (a summary by rule and step,
+    then every action, and why).
 
-    Nothing is written to Salesforce. `--out plan.json` saves a plan file that
-    `sop-worker apply` applies exactly.
+    Nothing is written to Salesforce. `--rule` and `--record` narrow the plan to one rule
+    or one record. `--out plan.json` saves a plan file that `sop-worker apply` applies
+    exactly; `--out plan.csv` saves the CSV view, for reading (apply takes the JSON file).
     """
     settings = _settings(kwargs)
     run_id = new_run_id()
@@ -222,8 +341,13 @@ def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
         result = app.pipeline.run(
             run_id, resolve_as_of(settings, app.mapping, app.clock), write=False
         )
-    assert result.plan is not None
-    the_plan = result.plan
+        assert result.plan is not None
+        the_plan = app.pipeline.narrow(result.plan, rule=rule, record_id=record_id)
+    if record_id and not (the_plan.actions or the_plan.skipped or the_plan.errors):
+        click.echo(
+            f"Nothing planned for {record_id}: `sop-worker explain {record_id}` says why.",
+            err=True,
+        )
     if out:
         text = (
             the_plan.to_json()
@@ -244,124 +368,157 @@ def plan(fmt: str, out: Path | None, **kwargs: Any) -> None:
 
 @cli.command()
 @_settings_options
+@_as_of_intended_option
+@_results_option
+@_format_option("table", "json")
 @click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
-def apply(plan_file: Path, **kwargs: Any) -> None:
-    """Apply exactly the actions of a saved plan file.
+def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwargs: Any) -> None:
+    """Apply exactly the actions of a saved plan file (the JSON one).
 
     Only on the org the plan was made on (its Organization Id): another org exits 2.
     Each target is read again first: one deleted, converted, closed or otherwise changed
     since it was planned is a conflict, not written; keys already applied are never
-    applied again.
+    applied again. On a live org a plan made as of another day than the org's today is
+    refused unless --as-of-is-intended.
     """
     settings = _settings(kwargs)
     saved = Plan.read(plan_file)
     run_id = new_run_id()
     with open_app(settings, write=True) as app, run_lock(app, run_id):
-        result = app.pipeline.apply_plan_file(run_id, saved)
-    report.print_summary(result.summary(), _console())
+        check_as_of(
+            saved.as_of,
+            org_today(settings, app.mapping, app.clock),
+            settings,
+            write=True,
+            intended=intended,
+            what=f"{plan_file} was planned as of {saved.as_of}, which",
+        )
+        with _results_written(app, run_id, results):
+            result = app.pipeline.apply_plan_file(run_id, saved)
+    if fmt == "json":
+        click.echo(report.machine_text("json", result.summary()), nl=False)
+    else:
+        report.print_summary(result.summary(), _console())
     sys.exit(exit_code(result))
 
 
 @cli.command()
 @_settings_options
-def rules(**kwargs: Any) -> None:
+@_format_option("table", "json")
+def rules(fmt: str, **kwargs: Any) -> None:
     """List the rules, each with its SOP file, steps, and whether the mapping enables it."""
     settings = _settings({**kwargs})
     mapping, all_rules = load_rules_and_mapping(settings)
-    console = _console()
-    from rich.table import Table
-
-    table = Table(title=f"Rules in {mapping.path}", show_lines=True)
-    for name in ("Rule", "Title", "SOP file", "Steps", "Enabled"):
-        table.add_column(name, overflow="fold")
-    for rule in all_rules:
-        section = mapping.rules.get(rule.id)
-        if section is None:
-            table.add_row(rule.id, rule.title, "-", "-", "no (no mapping section)")
-            continue
-        steps = "\n".join(f"{sid}: {section.step_label(sid)}" for sid in rule.step_ids)
-        table.add_row(
-            rule.id, rule.title, section.sop_file, steps, "yes" if section.enabled else "no"
-        )
-    console.print(table)
+    if fmt == "json":
+        click.echo(report.machine_text("json", report.rule_records(mapping, all_rules)), nl=False)
+    else:
+        report.print_rules(mapping, all_rules, _console())
 
 
 @cli.command()
 @_settings_options
-@click.option("--record", "record_id", help="Only this record Id.")
-@click.option("--rule", help="Only this rule id.")
-@click.option("--run", "run_id", help="Only this run id.")
-@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="From this date (UTC).")
+@click.option("--record", "record_id", type=RECORD_ID, help="Only this record (15 or 18 chars).")
+@click.option("--rule", type=RULE_IDS, help="Only this rule.")
+@click.option(
+    "--run", "run_id", help="Only this run: its id, or its first characters as tables show."
+)
+@click.option("--since", type=DATE, help="From this date (UTC).")
 @click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome.")
-@_format_option("table", "csv", "jsonl")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@_format_option("table", "json", "jsonl", "csv")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="At most this many rows, newest first; 0 for all.",
+)
 def audit(
     record_id: str | None,
     rule: str | None,
     run_id: str | None,
-    since: dt.datetime | None,
+    since: dt.date | None,
     outcome: str | None,
     fmt: str,
-    limit: int | None,
+    limit: int,
     **kwargs: Any,
 ) -> None:
-    """Show the audit log: every intent and outcome, with before/after values and errorCodes."""
+    """Show the audit log, newest first: every intent and outcome, with before/after values
+    and errorCodes."""
     settings = _settings(kwargs)
     with Store.open(settings.store_target) as store:
         rows = store.audit_rows(
             record_id=record_id,
             rule=rule,
-            run_id=run_id,
-            since=since.date() if since else None,
+            run_id=_one_run(store, run_id) if run_id else None,
+            since=since,
             outcome=outcome,
-            limit=limit,
+            limit=limit or None,
+            newest_first=True,
         )
-    if fmt == "csv":
-        click.echo(report.audit_csv(rows), nl=False)
-    elif fmt == "jsonl":
-        click.echo(report.audit_jsonl(rows), nl=False)
-    else:
+    if fmt == "table":
         report.print_audit(rows, _console())
+    else:
+        click.echo(
+            report.machine_text(fmt, report.audit_records(rows), report.AUDIT_COLUMNS), nl=False
+        )
+
+
+def _one_run(store: Store, prefix: str) -> str:
+    """The run a full id or a prefix of one names; none or several is a usage error."""
+    found = store.run_ids(prefix)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise click.BadParameter(f"no run id starts with {prefix!r} (see sop-worker runs)")
+    raise click.BadParameter(
+        f"{prefix!r} starts {len(found)} run ids ({', '.join(found[:5])}): give more of it"
+    )
 
 
 @cli.command()
 @_settings_options
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@_format_option("table", "jsonl")
+@_format_option("table", "json", "jsonl")
 def runs(limit: int, fmt: str, **kwargs: Any) -> None:
     """Recent runs, newest first: status (ok, failed, unknown, stopped, running, error),
     actions by rule and outcome, API calls and seconds."""
     settings = _settings(kwargs)
     with Store.open(settings.store_target) as store:
         found = store.runs(limit=limit)
-    if fmt == "jsonl":
-        for run in found:
-            row = {**run, "summary": json.loads(run.get("summary") or "null")}
-            click.echo(json.dumps(row, default=str))
-    else:
+    if fmt == "table":
         report.print_runs(found, _console())
+    else:
+        click.echo(report.machine_text(fmt, report.run_records(found)), nl=False)
 
 
 @cli.command()
 @_settings_options
 @_as_of_option
-@click.argument("record_id")
-@click.option("--no-pull", is_flag=True, help="Use the cache as it is; do not read the org first.")
-def explain(record_id: str, no_pull: bool, **kwargs: Any) -> None:
-    """Why: each rule's verdict on a record, its past SOP actions and the next ones due."""
+@click.argument("record_id", type=RECORD_ID)
+@click.option(
+    "--no-pull",
+    is_flag=True,
+    help="Use the cache as it is; do not read the org first (needs no credentials).",
+)
+@_format_option("table", "json")
+def explain(record_id: str, no_pull: bool, fmt: str, **kwargs: Any) -> None:
+    """Why: each rule's verdict on a record, its past SOP actions and the next ones due.
+
+    RECORD_ID may have 15 or 18 characters."""
     settings = _settings(kwargs)
-    run_id = new_run_id()
-    with open_app(settings, write=False) as app, run_lock(app, run_id):
-        if not no_pull:
-            app.pipeline.pull(
-                RunReport(run_id, resolve_as_of(settings, app.mapping, app.clock), True),
-                app.clock(),
-            )
+    with open_app(settings, write=False, connect=not no_pull) as app:
         as_of = resolve_as_of(settings, app.mapping, app.clock)
+        if not no_pull:
+            run_id = new_run_id()
+            with run_lock(app, run_id):
+                app.pipeline.pull(RunReport(run_id, as_of, True), app.clock())
         found = app.pipeline.explain(record_id, as_of)
     if found.record is None:
         raise ConfigError(f"record {record_id} is not in the cache (is it in a mapped object?)")
-    report.print_explanation(found, as_of, _console())
+    if fmt == "json":
+        click.echo(report.machine_text("json", report.explanation_record(found, as_of)), nl=False)
+    else:
+        report.print_explanation(found, as_of, _console())
 
 
 @cli.command()
@@ -386,7 +543,7 @@ def doctor(fmt: str, **kwargs: Any) -> None:
             mapping, all_rules, store=store, state_dir=settings.legacy_state_dir
         )
     if fmt == "json":
-        click.echo(report.findings_json(findings), nl=False)
+        click.echo(report.machine_text("json", report.finding_records(findings)), nl=False)
     else:
         report.print_findings(findings, checked, _console())
     if any(f.severity is Severity.ERROR for f in findings):
@@ -396,7 +553,8 @@ def doctor(fmt: str, **kwargs: Any) -> None:
 @cli.command()
 @_settings_options
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
-def purge(dry_run: bool, **kwargs: Any) -> None:
+@_format_option("table", "json")
+def purge(dry_run: bool, fmt: str, **kwargs: Any) -> None:
     """Remove cached records the rules no longer need, and audit rows and ledger entries,
     older than the mapping's retention periods.
 
@@ -414,6 +572,10 @@ def purge(dry_run: bool, **kwargs: Any) -> None:
             now - dt.timedelta(days=keep.audit_days),
             dry_run=dry_run,
         )
+    if fmt == "json":
+        found = {"dry_run": dry_run, "removed": dict(sorted(removed.items()))}
+        click.echo(report.machine_text("json", found), nl=False)
+        return
     verb = "would remove" if dry_run else "removed"
     for what, count in sorted(removed.items()):
         click.echo(f"{what}: {verb} {count}")

@@ -34,6 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from worker import schema
 from worker.business_hours import WEEKDAYS, BusinessCalendar, Shift
 from worker.errors import ConfigError, MappingError
+from worker.records import full_record_id
 
 
 class StrictModel(BaseModel):
@@ -128,8 +129,23 @@ class ObjectSection(StrictModel):
     fields: tuple[str, ...] = Field(default=(), description="Extra fields to cache.")
     filters: dict[str, tuple[str | bool | int, ...]] = Field(
         default_factory=dict,
-        description="Scope filters: field -> allowed values (ANDed, values escaped).",
+        description="Scope filters: field -> allowed values (ANDed, values escaped). Values "
+        "of an Id field (Id, OwnerId, RecordTypeId, ...) may be 15-character Ids.",
     )
+
+    @field_validator("filters")
+    @classmethod
+    def _full_ids(
+        cls, filters: dict[str, tuple[str | bool | int, ...]]
+    ) -> dict[str, tuple[str | bool | int, ...]]:
+        """Values of an Id field in the 18-character form the records carry."""
+        return {
+            name: tuple(
+                full_record_id(v) if isinstance(v, str) and name.endswith("Id") else v
+                for v in values
+            )
+            for name, values in filters.items()
+        }
 
 
 class RetentionSection(StrictModel):

@@ -339,6 +339,13 @@ class Pipeline:
             remaining_daily=usage.remaining if usage else None,
         )
 
+    def narrow(self, plan: Plan, *, rule: str | None, record_id: str | None) -> Plan:
+        """The plan's part for one rule and/or one record, priced on its own."""
+        if rule is None and record_id is None:
+            return plan
+        part = plan.narrowed(rule=rule, record_id=record_id)
+        return dataclasses.replace(part, api_calls=self.sink.estimate_calls(part.actions))
+
     def explain(self, record_id: str, as_of: dt.date) -> Explanation:
         """Every rule's verdict on one record, with its past and next SOP steps."""
         record = self.store.cached_record(record_id)

@@ -36,6 +36,7 @@ can share: they are refused, with a message saying to plan again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections import defaultdict
@@ -59,6 +60,19 @@ from worker.rules.base import Evaluation, SkippedStep, Verdict
 
 PLAN_SCHEMA = "sop-worker/plan"
 PLAN_VERSION = 2
+# The CSV view of a plan (``plan --format csv``): for reading, not for ``apply``.
+PLAN_CSV_COLUMNS = (
+    "key",
+    "kind",
+    "rule",
+    "sop",
+    "step",
+    "sobject",
+    "record_id",
+    "record_name",
+    "change",
+    "reason",
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,23 @@ class Plan:
             "cost": {"api_calls": self.api_calls, "remaining_daily": self.remaining_daily},
         }
 
+    def narrowed(self, *, rule: str | None = None, record_id: str | None = None) -> Plan:
+        """The part of the plan for one rule and/or one record (the cost is left to the caller,
+        who knows the sink)."""
+
+        def keep(rule_id: str, target_id: str) -> bool:
+            return rule in (None, rule_id) and record_id in (None, target_id)
+
+        return dataclasses.replace(
+            self,
+            actions=tuple(a for a in self.actions if keep(a.rule, a.target.id)),
+            skipped=tuple(s for s in self.skipped if keep(s.action.rule, s.action.target.id)),
+            superseded=tuple(s for s in self.superseded if keep(s.action.rule, s.action.target.id)),
+            done=tuple(k for k in self.done if keep(k.split(":", 1)[0], k.rsplit(":", 1)[-1])),
+            errors=tuple(e for e in self.errors if keep(e.rule, e.target.id)),
+            evaluations=tuple(e for e in self.evaluations if keep(e.rule, e.target.id)),
+        )
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
 
@@ -170,10 +201,19 @@ class Plan:
     @classmethod
     def read(cls, path: str | Path) -> Plan:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PlanFileError(f"{path}: no such plan file") from None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
+        if text.lstrip("\ufeff").split("\n", 1)[0].strip() == ",".join(PLAN_CSV_COLUMNS):
+            raise PlanFileError(
+                f"{path} is the CSV view of a plan, for reading; apply takes the JSON plan "
+                "file: sop-worker plan --out plan.json"
+            )
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
         if not isinstance(data, dict):
             raise PlanFileError(f"{path}: not a plan file")

@@ -12,6 +12,7 @@ A :class:`Snapshot` is every cached record of one cycle with the indexes rules n
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,29 @@ from typing import Any
 
 from worker import schema
 from worker.errors import RecordError
+
+_ID_SHAPE = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
+_ID_SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def full_record_id(text: str) -> str:
+    """The 18-character form of a record Id, as the API returns it.
+
+    A 15-character Id (as the Salesforce UI shows it in URLs and reports) gets its
+    case-safe suffix: per five characters, one bit per uppercase letter, read as one of
+    ``A-Z0-5``. An 18-character Id is returned as given. Raises :class:`ValueError` for
+    anything that is not 15 or 18 letters and digits.
+    """
+    value = text.strip()
+    if not _ID_SHAPE.fullmatch(value):
+        raise ValueError(f"{text!r} is not a record Id (15 or 18 letters and digits)")
+    if len(value) == 18:
+        return value
+    suffix = "".join(
+        _ID_SUFFIX_CHARS[sum(1 << i for i, c in enumerate(value[start : start + 5]) if c.isupper())]
+        for start in (0, 5, 10)
+    )
+    return value + suffix
 
 
 @dataclass(frozen=True)

@@ -11,30 +11,21 @@ import dataclasses
 import datetime as dt
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from worker.actions import Outcome
+from worker.actions import Action, AddCaseComment, CloseRecord, Outcome, UpdateRecord
+from worker.mapping import LoadedMapping
 from worker.pipeline import Explanation
-from worker.plan import Plan
-from worker.salesforce.doctor import Finding, Severity
-from worker.store import AuditRow
-
-PLAN_CSV_COLUMNS = (
-    "key",
-    "kind",
-    "rule",
-    "sop",
-    "step",
-    "sobject",
-    "record_id",
-    "record_name",
-    "change",
-    "reason",
-)
+from worker.plan import PLAN_CSV_COLUMNS, Plan
+from worker.rules.base import Rule
+from worker.salesforce.doctor import Finding, FindingKind, Severity
+from worker.store import ActionOutcome, AuditRow
 
 
 def plan_rows(plan: Plan) -> list[dict[str, str]]:
@@ -48,38 +39,118 @@ def plan_rows(plan: Plan) -> list[dict[str, str]]:
             "sobject": a.target.sobject,
             "record_id": a.target.id,
             "record_name": a.target.name,
-            "change": a.summary(),
+            "change": change_detail(a),
             "reason": a.reason,
         }
         for a in plan.actions
     ]
 
 
+def machine_text(fmt: str, data: Any, columns: Sequence[str] = ()) -> str:
+    """Output for programs: ``json`` one document; ``jsonl`` one line per item; ``csv`` one
+    row per item under ``columns``, a nested value (before/after) as JSON text."""
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str) + "\n"
+    items = data if isinstance(data, list) else [data]
+    if fmt == "jsonl":
+        return "".join(json.dumps(item, sort_keys=True, default=str) + "\n" for item in items)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for item in items:
+            writer.writerow(
+                {
+                    k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+                    for k, v in item.items()
+                }
+            )
+        return buf.getvalue()
+    raise ValueError(f"not a machine format: {fmt}")
+
+
 def plan_csv(plan: Plan) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PLAN_CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(plan_rows(plan))
-    return buf.getvalue()
+    return machine_text("csv", plan_rows(plan), PLAN_CSV_COLUMNS)
+
+
+def change_detail(action: Action) -> str:
+    """What an action changes, every value in full: a short one-line field change reads
+    ``field: before -> after``; a long or multi-line one (a Next Steps log) is shown as
+    blocks, line by line."""
+    if isinstance(action, UpdateRecord):
+        lines = ["close:"] if isinstance(action, CloseRecord) else []
+        for change in action.changes:
+            before, after = _value(change.before), _value(change.after)
+            if "\n" not in before + after and len(before) + len(after) <= 80:
+                lines.append(f"{change.field}: {before} -> {after}")
+            else:
+                lines.append(f"{change.field}:")
+                lines.extend(_block("before", before))
+                lines.extend(_block("after", after))
+        return "\n".join(lines)
+    if isinstance(action, AddCaseComment):
+        return f"{'public' if action.published else 'internal'} comment:\n{action.body}"
+    return action.summary()
+
+
+def _value(value: Any) -> str:
+    return "(empty)" if value in (None, "") else str(value)
+
+
+def _block(label: str, text: str) -> list[str]:
+    return [f"  {label}:"] + [f"    {line}" for line in text.splitlines() or [""]]
+
+
+def plan_totals(plan: Plan) -> str:
+    remaining = "unknown" if plan.remaining_daily is None else f"{plan.remaining_daily:,}"
+    return (
+        f"{len(plan.actions)} action(s) to apply, {len(plan.skipped)} skipped, "
+        f"{len(plan.superseded)} superseded, {len(plan.done)} already done, "
+        f"{len(plan.errors)} record error(s). Cost: {plan.api_calls} API call(s); "
+        f"daily allowance remaining: {remaining}."
+    )
+
+
+def print_plan_summary(plan: Plan, console: Console) -> None:
+    """What the plan will do, on one screen: actions by rule and step, then the totals."""
+    table = Table(title=f"Plan for {plan.org.label()} as of {plan.as_of}: what will happen")
+    table.add_column("Rule")
+    table.add_column("SOP step")
+    table.add_column("Actions", justify="right")
+    for (rule, step), n in Counter((a.rule, a.step) for a in plan.actions).items():
+        table.add_row(rule, step, str(n))
+    for label, n in (
+        ("skipped (missed while the worker was not running)", len(plan.skipped)),
+        ("superseded (a stronger rule acts on the same record)", len(plan.superseded)),
+        ("records that could not be evaluated", len(plan.errors)),
+    ):
+        if n:
+            table.add_row(f"[dim]{label}[/dim]", "", str(n))
+    console.print(table)
+    console.print(plan_totals(plan))
 
 
 def print_plan(plan: Plan, console: Console) -> None:
-    table = Table(
-        title=f"Plan for {plan.org.label()} as of {plan.as_of} ({len(plan.actions)} actions)",
-        show_lines=True,
-        expand=True,
-    )
-    for name, ratio in (("Record", 2), ("Rule / SOP step", 2), ("Change", 4), ("Reason", 3)):
-        table.add_column(name, ratio=ratio, overflow="fold")
-    for action in plan.actions:
-        table.add_row(
-            f"{action.target.sobject}\n{action.target.name or action.target.id}\n"
-            f"[dim]{action.target.id}[/dim]",
-            f"{action.rule}\n[dim]{action.sop}[/dim]\n{action.step}",
-            action.summary(),
-            action.reason,
-        )
-    console.print(table)
+    """The summary first, then every action with its full change and its reason, then
+    what was left out and why."""
+    print_plan_summary(plan, console)
+    if plan.actions:
+        table = Table(title=f"Actions ({len(plan.actions)})", show_lines=True, expand=True)
+        for name, ratio in (("Record", 2), ("Rule / SOP step", 2), ("Change", 4), ("Reason", 3)):
+            table.add_column(name, ratio=ratio, overflow="fold")
+        for action in plan.actions:
+            table.add_row(
+                f"{action.target.sobject}\n{escape(action.target.name or action.target.id)}\n"
+                f"[dim]{action.target.id}[/dim]",
+                f"{action.rule}\n[dim]{action.sop}[/dim]\n{escape(action.step)}",
+                escape(change_detail(action)),
+                escape(action.reason),
+            )
+        console.print(table)
+    _print_left_out(plan, console)
+
+
+def _print_left_out(plan: Plan, console: Console) -> None:
     if plan.skipped:
         skipped = Table(title="Skipped (missed while the worker was not running)", expand=True)
         for name in ("Record", "Rule", "Step", "Why"):
@@ -110,13 +181,6 @@ def print_plan(plan: Plan, console: Console) -> None:
         for e in plan.errors:
             errors.add_row(f"{e.target.sobject} {e.target.name or e.target.id}", e.rule, e.why)
         console.print(errors)
-    remaining = "unknown" if plan.remaining_daily is None else f"{plan.remaining_daily:,}"
-    console.print(
-        f"{len(plan.actions)} action(s) to apply, {len(plan.skipped)} skipped, "
-        f"{len(plan.superseded)} superseded, {len(plan.done)} already done, "
-        f"{len(plan.errors)} record error(s). Cost: {plan.api_calls} API call(s); "
-        f"daily allowance remaining: {remaining}."
-    )
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
@@ -145,16 +209,47 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
 AUDIT_COLUMNS = tuple(f.name for f in dataclasses.fields(AuditRow))
 
 
-def audit_csv(rows: Iterable[AuditRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(dataclasses.asdict(r) for r in rows)
-    return buf.getvalue()
+def audit_records(rows: Iterable[AuditRow]) -> list[dict[str, Any]]:
+    """Audit rows as plain data, ``before`` and ``after`` as the objects they hold."""
+    return [
+        {**dataclasses.asdict(r), "before": _parsed(r.before), "after": _parsed(r.after)}
+        for r in rows
+    ]
 
 
-def audit_jsonl(rows: Iterable[AuditRow]) -> str:
-    return "".join(json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n" for r in rows)
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# One row per action, as Data Loader writes its success and error files.
+RESULT_COLUMNS = (
+    "key",
+    "record_id",
+    "record_name",
+    "rule",
+    "step",
+    "kind",
+    "outcome",
+    "error_code",
+    "message",
+    "created_id",
+    "before",
+    "after",
+)
+
+
+def results_csv(outcomes: Sequence[ActionOutcome]) -> str:
+    """How each action of a run ended, with its before and after values in full."""
+    rows = [
+        {**record, "created_id": o.created_id}
+        for o, record in zip(outcomes, audit_records(o.audit for o in outcomes), strict=True)
+    ]
+    return machine_text("csv", rows, RESULT_COLUMNS)
 
 
 def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
@@ -171,10 +266,50 @@ def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
             r.run_id[:8],
             r.event,
             r.outcome,
-            f"{r.record_name or r.record_id}\n[dim]{r.record_id}[/dim]",
-            f"{r.rule}\n{r.step}",
-            change,
-            error,
+            f"{escape(r.record_name or r.record_id)}\n[dim]{r.record_id}[/dim]",
+            f"{r.rule}\n{escape(r.step)}",
+            escape(change),
+            escape(error),
+        )
+    console.print(table)
+
+
+def run_records(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``runs`` as plain data, the summary as the object it holds."""
+    return [{**run, "summary": _parsed(run.get("summary"))} for run in runs]
+
+
+def rule_records(mapping: LoadedMapping, rules: Iterable[Rule[Any]]) -> list[dict[str, Any]]:
+    """Each rule with its SOP file, steps (id and the mapping's label) and whether it is on."""
+    out = []
+    for rule in rules:
+        section = mapping.rules.get(rule.id)
+        out.append(
+            {
+                "rule": rule.id,
+                "title": rule.title,
+                "sop_file": section.sop_file if section else None,
+                "steps": [
+                    {"id": sid, "label": section.step_label(sid) if section else sid}
+                    for sid in rule.step_ids
+                ],
+                "enabled": bool(section and section.enabled),
+            }
+        )
+    return out
+
+
+def print_rules(mapping: LoadedMapping, rules: Iterable[Rule[Any]], console: Console) -> None:
+    table = Table(title=f"Rules in {mapping.path}", show_lines=True)
+    for name in ("Rule", "Title", "SOP file", "Steps", "Enabled"):
+        table.add_column(name, overflow="fold")
+    for row in rule_records(mapping, rules):
+        if row["sop_file"] is None:
+            table.add_row(row["rule"], row["title"], "-", "-", "no (no mapping section)")
+            continue
+        steps = "\n".join(f"{s['id']}: {s['label']}" for s in row["steps"])
+        table.add_row(
+            row["rule"], row["title"], row["sop_file"], steps, "yes" if row["enabled"] else "no"
         )
     console.print(table)
 
@@ -212,6 +347,55 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
             str(summary.get("seconds", "")),
         )
     console.print(table)
+
+
+def explanation_record(found: Explanation, as_of: dt.date) -> dict[str, Any]:
+    """``explain`` as plain data: each rule's verdict with its actions and their ledger
+    state, the rules whose scope leaves the record out, and its SOP timeline."""
+    record = found.record
+    return {
+        "record_id": found.record_id,
+        "sobject": record.sobject if record else None,
+        "name": found.name,
+        "as_of": as_of.isoformat(),
+        "rules": [
+            {
+                "rule": e.rule,
+                "verdict": e.verdict.value,
+                "why": e.why,
+                "actions": [
+                    {
+                        "key": a.key,
+                        "step": a.step,
+                        "change": change_detail(a),
+                        "state": found.ledger[a.key].value if a.key in found.ledger else None,
+                    }
+                    for a in e.actions
+                ],
+                "skipped": [
+                    {"key": k.key, "step": k.step, "due": k.due.isoformat(), "why": k.reason}
+                    for k in e.skipped
+                ],
+                "next_step": e.next_step,
+                "next_due": e.next_due.isoformat() if e.next_due else None,
+            }
+            for e in found.evaluations
+        ],
+        "out_of_scope": list(found.out_of_scope),
+        "timeline": [
+            {
+                "updated_at": h.updated_at,
+                "run_id": h.run_id,
+                "key": h.key,
+                "rule": h.action.rule,
+                "step": h.action.step,
+                "status": h.status.value,
+                "error_code": h.error_code,
+                "change": change_detail(h.action),
+            }
+            for h in found.history
+        ],
+    }
 
 
 def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> None:
@@ -263,7 +447,13 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
 def print_findings(findings: Sequence[Finding], checked: int, console: Console) -> None:
     """Doctor's answer: each problem with its fix, then one line saying how it went."""
     if findings:
-        table = Table(title="What the org lacks for this mapping", show_lines=True, expand=True)
+        kinds = {f.kind for f in findings if f.severity is Severity.ERROR}
+        title = "What the org lacks for this mapping"
+        if FindingKind.SETTINGS in kinds:
+            title = "The Salesforce settings are incomplete"
+        elif FindingKind.AUTH in kinds:
+            title = "Could not sign in to the org"
+        table = Table(title=title, show_lines=True, expand=True)
         for name in ("Severity", "Where", "Problem", "Fix"):
             table.add_column(name, overflow="fold")
         for f in findings:
@@ -281,5 +471,5 @@ def print_findings(findings: Sequence[Finding], checked: int, console: Console) 
         )
 
 
-def findings_json(findings: Sequence[Finding]) -> str:
-    return json.dumps([dataclasses.asdict(f) for f in findings], indent=2) + "\n"
+def finding_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(f) for f in findings]

@@ -8,6 +8,7 @@ are loaded through :func:`load_settings`, which turns any invalid value into a
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import ConfigError
 
 ENV_PREFIX = "WORKER_"
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+def parse_as_of(text: str) -> dt.date:
+    """A ``YYYY-MM-DD`` calendar date; :class:`ValueError` saying what is wrong otherwise."""
+    match = _ISO_DATE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a date in the form YYYY-MM-DD")
+    try:
+        return dt.date(*(int(part) for part in match.groups()))
+    except ValueError as exc:
+        raise ValueError(f"{text.strip()} is not a calendar date ({exc})") from None
 
 
 class WorkerSettings(BaseSettings):
@@ -48,8 +61,10 @@ class WorkerSettings(BaseSettings):
     )
     as_of: dt.date | None = Field(
         default=None,
-        description="Evaluate as of this date (YYYY-MM-DD). Default: the local org's manifest "
-        "date, else today in the org's time zone (the mapping's org.time_zone).",
+        description="Evaluate as of this date (YYYY-MM-DD), within five years of the org's "
+        "today. Default: the local org's manifest date, else today in the org's time zone "
+        "(the mapping's org.time_zone). A run or apply on a live org refuses any other day "
+        "than today unless told it is intended.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest log level written."
@@ -75,6 +90,11 @@ class WorkerSettings(BaseSettings):
     def legacy_state_dir(self) -> Path | None:
         """The folder beside a SQLite file, where older versions kept state files."""
         return None if self.database_url else self.db_path.parent
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _calendar_date(cls, value: Any) -> Any:
+        return parse_as_of(value) if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

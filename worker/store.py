@@ -109,6 +109,14 @@ class AuditRow:
 
 
 @dataclass(frozen=True)
+class ActionOutcome:
+    """How one action of a run ended (its audit row) and the Id of a record it created."""
+
+    audit: AuditRow
+    created_id: str | None
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     key: str
     run_id: str
@@ -559,6 +567,7 @@ class Store:
         since: dt.date | None = None,
         outcome: str | None = None,
         limit: int | None = None,
+        newest_first: bool = False,
     ) -> list[AuditRow]:
         query = sa.select(AUDIT).order_by(AUDIT.c.id)
         for column, value in (
@@ -571,10 +580,45 @@ class Store:
                 query = query.where(column == value)
         if since:
             query = query.where(AUDIT.c.ts >= since.isoformat())
+        if newest_first:
+            query = query.order_by(None).order_by(AUDIT.c.id.desc())
         if limit:
             query = query.limit(limit)
         rows = self.transaction(lambda c: c.execute(query).mappings().all(), write=False)
         return [AuditRow(**r) for r in rows]
+
+    def run_ids(self, prefix: str) -> list[str]:
+        """Ids of the runs (in ``runs`` or the audit log) that start with ``prefix``."""
+        query = sa.union(
+            *(
+                sa.select(column).where(sa.func.substr(column, 1, len(prefix)) == prefix)
+                for column in (RUNS.c.run_id, AUDIT.c.run_id)
+            )
+        )
+        rows = self.transaction(lambda c: c.execute(query).scalars().all(), write=False)
+        return sorted(str(r) for r in rows)
+
+    def run_results(self, run_id: str) -> list[ActionOutcome]:
+        """What one run settled, one entry per action key (its last audit row in the run,
+        intents left out), with the Id of the record a create made."""
+        last: dict[str, AuditRow] = {}
+        for row in self.audit_rows(run_id=run_id):
+            if row.event != "intent":
+                last.pop(row.key, None)
+                last[row.key] = row
+        keys = list(last)
+
+        def work(conn: Connection) -> dict[str, str]:
+            made: dict[str, str] = {}
+            for chunk in _chunks(keys):
+                query = sa.select(LEDGER.c.key, LEDGER.c.sf_id).where(
+                    LEDGER.c.key.in_(chunk), LEDGER.c.sf_id.is_not(None)
+                )
+                made.update({key: sf_id for key, sf_id in conn.execute(query)})
+            return made
+
+        made = self.transaction(work, write=False)
+        return [ActionOutcome(row, made.get(key)) for key, row in last.items()]
 
     # -- run lock ---------------------------------------------------------------------------
     def acquire_lock(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> None:
