@@ -82,6 +82,12 @@ def fake_clock_start() -> dt.datetime:
     return start
 
 
+def as_of_intended(args: Sequence[str]) -> list[str]:
+    """The demo org's records are dated for its manifest day, not the machine's today: the
+    writing commands are told that as-of date is meant (a live org refuses it otherwise)."""
+    return [*args, "--as-of-is-intended"] if args and args[0] in ("run", "apply") else list(args)
+
+
 @dataclass
 class LiveOrg:
     """The demo org behind HTTPS, and a CLI wired to it."""
@@ -92,13 +98,13 @@ class LiveOrg:
     env: dict[str, str]
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return run_cli(args, {**self.env, **env}, self.folder)
+        return run_cli(as_of_intended(args), {**self.env, **env}, self.folder)
 
     def popen(self, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.folder / f"popen-{len(list(self.folder.glob('popen-*')))}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", *args],
+                [sys.executable, "-m", "worker", *as_of_intended(args)],
                 env=self.env,
                 cwd=self.folder,
                 stdout=out,
@@ -113,7 +119,7 @@ class LiveOrg:
         return Store.open(self.env.get("DATABASE_URL") or self.env["WORKER_DB_PATH"])
 
     def audit(self, *args: str) -> list[dict[str, Any]]:
-        result = self.cli("audit", "--format", "jsonl", *args)
+        result = self.cli("audit", "--format", "jsonl", "--limit", "0", *args)
         assert result.returncode == EXIT_OK, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
@@ -323,6 +329,16 @@ def test_a_plan_made_on_another_org_is_refused_with_exit_2(
     assert result.returncode == EXIT_CONFIG, result.stderr[-2000:]
     assert local_plan["org"]["id"] in result.stderr
     assert ORG_ID in result.stderr
+    assert live.writes() == []
+
+
+def test_a_live_run_as_of_the_demo_day_is_refused_without_saying_it_is_meant(
+    live: LiveOrg,
+) -> None:
+    result = run_cli(["run"], live.env, live.folder)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "is not the org's today" in result.stderr
+    assert "Traceback" not in result.stderr
     assert live.writes() == []
 
 

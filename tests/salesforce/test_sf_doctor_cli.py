@@ -3,17 +3,22 @@ what an admin sees, the exit codes, and a rotated refresh token surviving to the
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
 
 from worker.cli import cli
+from worker.mapping import load_mapping
+from worker.rules import rule_models
 from worker.salesforce.tokens import ENTRY, LEGACY_FILE_NAME
 from worker.store import Store
 
 from ..conftest import DEFAULT_MAPPING
+from . import demo_seed
 from .fakeorg import FakeOrg
 
 
@@ -144,3 +149,89 @@ def test_a_token_file_of_an_older_version_is_moved_into_the_store(
     assert invoke(org, tmp_path, "run", "--dry-run", **env).exit_code == 0
     assert org.oauth_requests[0]["refresh_token"] == "5Aep861ROTATEDEARLIER"
     assert not legacy.exists()
+
+
+def org_today() -> dt.date:
+    zone = load_mapping(DEFAULT_MAPPING, rule_models()).common.org.zone
+    return dt.datetime.now(zone).date()
+
+
+def events(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_live_run_as_of_another_day_is_refused_unless_intended(
+    org: FakeOrg, tmp_path: Path
+) -> None:
+    yesterday = (org_today() - dt.timedelta(days=1)).isoformat()
+    refused = invoke(org, tmp_path, "run", "--as-of", yesterday)
+    assert refused.exit_code == 2
+    assert f"--as-of / WORKER_AS_OF {yesterday} is not the org's today" in refused.output
+    assert "--as-of-is-intended" in refused.output
+    assert org.call_count == 0
+    from_env = invoke(org, tmp_path, "run", WORKER_AS_OF=yesterday)
+    assert from_env.exit_code == 2
+    assert org.call_count == 0
+
+    meant = invoke(org, tmp_path, "run", "--as-of", yesterday, "--as-of-is-intended")
+    assert meant.exit_code == 0, meant.output
+    warned = [e for e in events(meant) if e["event"] == "run.as_of_overridden"]
+    assert [(e["level"], e["as_of"]) for e in warned] == [("warning", yesterday)]
+
+
+def test_worker_as_of_on_a_live_run_is_a_warning_even_when_it_is_today(
+    org: FakeOrg, tmp_path: Path
+) -> None:
+    result = invoke(org, tmp_path, "run", WORKER_AS_OF=org_today().isoformat())
+    assert result.exit_code == 0, result.output
+    assert [e["level"] for e in events(result) if e["event"] == "run.as_of_overridden"] == [
+        "warning"
+    ]
+
+
+def test_plan_on_a_live_org_takes_another_day(org: FakeOrg, tmp_path: Path) -> None:
+    last_week = (org_today() - dt.timedelta(days=7)).isoformat()
+    result = invoke(org, tmp_path, "plan", "--as-of", last_week, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["as_of"] == last_week
+    assert not [e for e in events(result) if e["event"] == "run.as_of_overridden"]
+
+
+def test_applying_a_plan_of_another_day_on_a_live_org_must_be_intended(
+    org: FakeOrg, tmp_path: Path
+) -> None:
+    plan_file = tmp_path / "plan.json"
+    yesterday = (org_today() - dt.timedelta(days=1)).isoformat()
+    made = invoke(org, tmp_path, "plan", "--as-of", yesterday, "--out", str(plan_file))
+    assert made.exit_code == 0, made.output
+    refused = invoke(org, tmp_path, "apply", str(plan_file))
+    assert refused.exit_code == 2
+    assert f"was planned as of {yesterday}, which is not the org's today" in refused.output
+    meant = invoke(org, tmp_path, "apply", str(plan_file), "--as-of-is-intended")
+    assert meant.exit_code == 0, meant.output
+
+
+def test_an_auth_failure_is_titled_as_one(org: FakeOrg, tmp_path: Path) -> None:
+    result = invoke(org, tmp_path, "doctor", SF_ACCESS_TOKEN="00DFAKE0000000001!AQexpired")
+    assert result.exit_code == 2
+    assert "Could not sign in to the org" in result.output
+    assert "What the org lacks" not in result.output
+
+
+def test_explain_no_pull_needs_no_credentials(org: FakeOrg, tmp_path: Path) -> None:
+    demo_seed.seed(org)
+    as_of = {"WORKER_AS_OF": demo_seed.as_of().isoformat()}
+    assert invoke(org, tmp_path, "plan", **as_of).exit_code == 0
+    offline = {
+        "WORKER_DB_PATH": str(tmp_path / "state" / "w.db"),
+        "WORKER_MAPPING": str(DEFAULT_MAPPING),
+        "WORKER_LOG_FORMAT": "json",
+        **as_of,
+    }
+    calls = org.call_count
+    result = CliRunner().invoke(
+        cli, ["explain", "006DmP000000004AAA", "--no-pull"], env=offline, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "Northwind Clinics - Payment" in result.output
+    assert org.call_count == calls
