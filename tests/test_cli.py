@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import time_machine
 from click.testing import CliRunner, Result
@@ -46,12 +47,31 @@ def plan_json(org: Path, db: Path, *extra: str) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("command", sorted(cli.commands))
-def test_every_command_explains_itself(command: str) -> None:
-    result = invoke(command, "--help")
+def command_paths(
+    group: click.Group = cli, path: tuple[str, ...] = (), *, groups: bool = True
+) -> list[tuple[str, ...]]:
+    """Every command's name path (``("db", "copy")``), groups too unless ``groups=False``."""
+    found: list[tuple[str, ...]] = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += [(*path, name)] if groups else []
+            found += command_paths(command, (*path, name), groups=groups)
+        else:
+            found.append((*path, name))
+    return found
+
+
+@pytest.mark.parametrize("command", command_paths(), ids=" ".join)
+def test_every_command_explains_itself(command: tuple[str, ...]) -> None:
+    result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert len(result.output.splitlines()) > 3
-    assert cli.commands[command].help
+    found = cli.get_command(click.Context(cli), command[0])
+    for name in command[1:]:
+        assert isinstance(found, click.Group)
+        found = found.get_command(click.Context(found), name)
+    assert found is not None
+    assert found.help
 
 
 def test_demo_plan_is_the_same_on_any_day(tmp_path: Path) -> None:
@@ -322,9 +342,9 @@ def test_the_local_org_takes_any_day_within_five_years(demo_copy: Path, tmp_path
 
 
 # -- one output vocabulary ----------------------------------------------------------------------
-@pytest.mark.parametrize("command", sorted(cli.commands))
-def test_every_command_has_format_and_json(command: str) -> None:
-    text = invoke(command, "--help").output
+@pytest.mark.parametrize("command", command_paths(groups=False), ids=" ".join)
+def test_every_command_has_format_and_json(command: tuple[str, ...]) -> None:
+    text = invoke(*command, "--help").output
     assert "--format" in text
     assert "--json" in text
 
@@ -387,7 +407,10 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     first_action = next(i for i, line in enumerate(lines) if "006DmP" in line)
     head = " ".join(" ".join(lines[:first_action]).split())
-    assert "Plan for SOP Worker demo org as of 2026-11-23: what will happen" in head
+    assert (
+        "Plan for 'SOP Worker demo org' (00DDmU000000001MBA) as of 2026-11-23: what will happen"
+        in head
+    )
     assert "payment_followup │ Step 2: Initiate Communication │ 3" in head
     assert "collections │ Case notes: always update your case notes │ 12" in head
     assert "skipped (missed while the worker was not running) │ │ 16" in head

@@ -588,19 +588,25 @@ def db() -> None:
 
 @db.command()
 @_settings_options
-def migrate(**kwargs: Any) -> None:
+@_format_option("table", "json")
+def migrate(fmt: str, **kwargs: Any) -> None:
     """Create or upgrade the database's tables (also done at every start; a Heroku release
     phase runs this). Two processes migrating at once migrate once."""
     settings = _settings(kwargs)
     with Store.open(settings.store_target) as store:
-        click.echo(f"{store.url}: schema version {store.version}, up to date")
+        if fmt == "json":
+            found = {"database": str(store.url), "schema_version": store.version}
+            click.echo(report.machine_text("json", found), nl=False)
+        else:
+            click.echo(f"{store.url}: schema version {store.version}, up to date")
 
 
 @db.command()
 @_settings_options
+@_format_option("table", "json")
 @click.argument("source")
 @click.argument("target")
-def copy(source: str, target: str, **kwargs: Any) -> None:
+def copy(source: str, target: str, fmt: str, **kwargs: Any) -> None:
     """Copy the whole store (runs, ledger, audit, cache, watermarks, stored secrets) from
     SOURCE to TARGET: each a SQLite file path or a postgresql:// URL ("env:DATABASE_URL"
     reads the URL from the environment, keeping its password out of the shell history).
@@ -608,7 +614,11 @@ def copy(source: str, target: str, **kwargs: Any) -> None:
     _settings(kwargs)
     with Store.open(resolve_store_arg(source)) as src, Store.open(resolve_store_arg(target)) as dst:
         counts = copy_store(src, dst)
-        click.echo(f"copied {src.url} -> {dst.url}")
+        copied = {"source": str(src.url), "target": str(dst.url), "copied": dict(counts)}
+    if fmt == "json":
+        click.echo(report.machine_text("json", copied), nl=False)
+        return
+    click.echo(f"copied {copied['source']} -> {copied['target']}")
     for table, n in counts.items():
         click.echo(f"{table}: {n}")
 
