@@ -113,7 +113,11 @@ class CloseRecord(UpdateRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class CreateTask(Action):
-    """Create a Task; ``fields`` are the Task's field values (API name -> value)."""
+    """Create a Task; ``fields`` are the Task's field values (API name -> value).
+
+    ``due`` is the Task's ActivityDate (a date in Salesforce); ``due_at``, when the step has
+    a minute-level deadline, the instant in the org's time zone (written to the mapping's
+    ``[tasks] due_time_field``)."""
 
     kind: ClassVar[ActionKind] = ActionKind.CREATE_TASK
     subject: str
@@ -123,9 +127,16 @@ class CreateTask(Action):
     what_id: str | None
     who_id: str | None
     fields: Mapping[str, Any]
+    due_at: dt.datetime | None = None
 
     def summary(self) -> str:
-        return f"new Task {self.subject!r} due {self.due.isoformat()}"
+        return f"new Task {self.subject!r} due {due_text(self.due, self.due_at)}"
+
+
+def due_text(day: dt.date, at: dt.datetime | None = None) -> str:
+    """``2026-11-23``, or ``2026-11-23 09:03-06:00`` for a minute-level deadline (with its
+    UTC offset, which a plan file keeps where a zone name would be lost)."""
+    return at.isoformat(sep=" ", timespec="minutes") if at else day.isoformat()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +218,8 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
                 raw = tuple(FieldChange(**c) for c in raw)
             elif f.name == "due":
                 raw = dt.date.fromisoformat(raw)
+            elif f.name == "due_at" and raw is not None:
+                raw = dt.datetime.fromisoformat(raw)
             values[f.name] = raw
         return cls(**values)
     except (KeyError, TypeError, ValueError) as exc:

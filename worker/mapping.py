@@ -105,6 +105,12 @@ class TaskSection(StrictModel):
     call_subtype: str = "Call"
     email_subtype: str = "Email"
     task_subtype: str = "Task"
+    due_time_field: str = Field(
+        default="",
+        description="Task datetime field given a step's minute-level deadline (ActivityDate "
+        "holds its date): ReminderDateTime sets the owner's reminder (IsReminderSet), a "
+        "custom datetime field holds it as is; empty: the deadline is in the plan only.",
+    )
 
     def picklist_values(self) -> dict[tuple[str, str], set[str]]:
         """The Task picklist values the worker writes (doctor checks the org has them)."""

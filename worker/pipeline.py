@@ -13,7 +13,8 @@ Exactly-once, step by step:
 2. ``pull``: per object, one incremental query on SystemModstamp from the watermark (the
    live source widens it by an overlap window); each page is committed, then its watermark,
    never past the run's start.
-3. ``plan``: rules over the cached snapshot; keys the ledger already applied are left out.
+3. ``plan``: rules over the cached snapshot, at the run's instant (:meth:`Pipeline.instant`);
+   keys the ledger already applied are left out.
 4. ``apply``: every action's target (the record the rule acted on) is read again once,
    before the first write; a target deleted, converted, or closed or otherwise changed
    since it was read (its SystemModstamp moved) makes its actions conflicts, planned afresh
@@ -57,7 +58,7 @@ from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import ObjectQuery, OrgIdentity, Page, Sink, Source, TargetState
 from worker.records import Record, format_sf_datetime, parse_sf_datetime
-from worker.rules.base import Evaluation, Rule, evaluate_rule
+from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
 
 log = structlog.get_logger()
@@ -301,7 +302,12 @@ class Pipeline:
             )
 
     # -- 3. plan ----------------------------------------------------------------------------
-    def evaluate(self, as_of: dt.date) -> tuple[list[Evaluation], int]:
+    def instant(self, as_of: dt.date) -> AsOf:
+        """The evaluation instant of ``as_of``: the run's clock in the org's time zone, on
+        ``as_of`` at that time of day when the as-of date is another day."""
+        return AsOf.on(as_of, self.clock(), self.mapping.common.org.zone)
+
+    def evaluate(self, as_of: AsOf) -> tuple[list[Evaluation], int]:
         sobjects = object_fields(self.mapping, self.rules)
         snapshot, problems = self.store.load_snapshot(sobjects)
         for problem in problems:
@@ -318,14 +324,15 @@ class Pipeline:
         return evaluations, len(problems)
 
     def plan(self, as_of: dt.date) -> Plan:
-        evaluations, _ = self.evaluate(as_of)
+        at = self.instant(as_of)
+        evaluations, _ = self.evaluate(at)
         keys = [a.key for e in evaluations for a in e.actions]
         keys += [s.key for e in evaluations for s in e.skipped]
         plan = build_plan(
             evaluations,
             org=self.org(),
             mapping=self.mapping.path,
-            as_of=as_of,
+            as_of=at,
             generated_at=self.clock(),
             precedence=self.mapping.precedence,
             rule_order=[r.id for r in self.rules],
@@ -349,7 +356,7 @@ class Pipeline:
     def explain(self, record_id: str, as_of: dt.date) -> Explanation:
         """Every rule's verdict on one record, with its past and next SOP steps."""
         record = self.store.cached_record(record_id)
-        evaluations, _ = self.evaluate(as_of)
+        evaluations, _ = self.evaluate(self.instant(as_of))
         mine = [e for e in evaluations if e.target.id == record_id]
         seen = {e.rule for e in mine}
         out_of_scope = []

@@ -14,7 +14,8 @@ A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN
      "org": {"id": "00D... (18 characters)", "name": str,
              "user_id": str | null, "username": str | null},
      "mapping": str,
-     "as_of": "YYYY-MM-DD", "generated_at": ISO datetime,
+     "as_of": "YYYY-MM-DD", "as_of_instant": ISO datetime with the org's offset | null,
+     "generated_at": ISO datetime,
      "actions":    [action, ...],                  # to apply, in order
      "skipped":    [{"action": action, "why": str}, ...],   # steps missed, not done late
      "superseded": [{"action": action, "why": str}, ...],   # lost to a stronger rule
@@ -56,7 +57,7 @@ from worker.actions import (
 from worker.errors import PlanFileError
 from worker.ports import OrgIdentity
 from worker.records import RecordRef, id18
-from worker.rules.base import Evaluation, SkippedStep, Verdict
+from worker.rules.base import AsOf, Evaluation, SkippedStep, Verdict
 
 PLAN_SCHEMA = "sop-worker/plan"
 PLAN_VERSION = 2
@@ -102,6 +103,7 @@ class Plan:
     api_calls: int = 0
     remaining_daily: int | None = None
     evaluations: tuple[Evaluation, ...] = field(default=(), compare=False)
+    as_of_instant: dt.datetime | None = None  # when the rules evaluated, in the org's zone
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +117,7 @@ class Plan:
             },
             "mapping": self.mapping,
             "as_of": self.as_of.isoformat(),
+            "as_of_instant": self.as_of_instant.isoformat() if self.as_of_instant else None,
             "generated_at": self.generated_at.isoformat(),
             "actions": [a.to_dict() for a in self.actions],
             "skipped": [{"action": s.action.to_dict(), "why": s.why} for s in self.skipped],
@@ -179,6 +182,11 @@ class Plan:
                 ),
                 mapping=data["mapping"],
                 as_of=dt.date.fromisoformat(data["as_of"]),
+                as_of_instant=(
+                    dt.datetime.fromisoformat(data["as_of_instant"])
+                    if data.get("as_of_instant")
+                    else None
+                ),
                 generated_at=dt.datetime.fromisoformat(data["generated_at"]),
                 actions=tuple(action_from_dict(a) for a in data["actions"]),
                 skipped=_skips(data.get("skipped", ())),
@@ -281,7 +289,7 @@ def build_plan(
     *,
     org: OrgIdentity,
     mapping: str,
-    as_of: dt.date,
+    as_of: AsOf | dt.date,
     generated_at: dt.datetime,
     precedence: Sequence[str],
     rule_order: Sequence[str],
@@ -311,7 +319,8 @@ def build_plan(
     return Plan(
         org=org,
         mapping=mapping,
-        as_of=as_of,
+        as_of=as_of.date if isinstance(as_of, AsOf) else as_of,
+        as_of_instant=as_of.instant if isinstance(as_of, AsOf) else None,
         generated_at=generated_at,
         actions=tuple(todo),
         skipped=tuple(skipped),

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from worker.actions import Action, AddCaseComment, CloseRecord, Outcome, UpdateRecord
+from worker.actions import Action, AddCaseComment, CloseRecord, Outcome, UpdateRecord, due_text
 from worker.mapping import LoadedMapping
 from worker.pipeline import Explanation
 from worker.plan import PLAN_CSV_COLUMNS, Plan
@@ -378,6 +378,7 @@ def explanation_record(found: Explanation, as_of: dt.date) -> dict[str, Any]:
                 ],
                 "next_step": e.next_step,
                 "next_due": e.next_due.isoformat() if e.next_due else None,
+                "next_due_at": e.next_due_at.isoformat() if e.next_due_at else None,
             }
             for e in found.evaluations
         ],
@@ -422,7 +423,7 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
                 lines.append(f"acts: {action.summary()}")
         for skipped in e.skipped:
             lines.append(f"skipped {skipped.step} due {skipped.due}: {skipped.reason}")
-        nxt = f"{e.next_step or ''} on {e.next_due}" if e.next_due else ""
+        nxt = f"{e.next_step or ''} on {due_text(e.next_due, e.next_due_at)}" if e.next_due else ""
         table.add_row(e.rule, verdict, "\n".join(lines), nxt)
     for rule in found.out_of_scope:
         table.add_row(rule, "excluded", "not in this rule's scope (see its mapping filters)", "")

@@ -31,6 +31,8 @@ TASK_SUBTYPE = "TaskSubtype"
 IS_CLOSED = "IsClosed"
 CREATED_DATE = "CreatedDate"
 COMPLETED_DATE = "CompletedDateTime"
+REMINDER_DATETIME = "ReminderDateTime"  # when the owner's reminder fires, if IsReminderSet
+IS_REMINDER_SET = "IsReminderSet"
 
 # CaseComment
 PARENT_ID = "ParentId"

@@ -290,6 +290,8 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("TaskSubtype", "picklist", picklist=("Task", "Call", "Email"), updateable=False),
             _f("CallDisposition"),
             _f("CompletedDateTime", "datetime", updateable=False, createable=False),
+            _f("ReminderDateTime", "datetime"),
+            _f("IsReminderSet", "boolean"),
             _f("IsClosed", "boolean", updateable=False, createable=False),
             _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
             _ref("WhoId", ("Lead", "Contact"), "Who"),

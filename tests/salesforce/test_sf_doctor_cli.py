@@ -54,6 +54,15 @@ def test_a_missing_field_is_named_with_its_fix_and_exits_2(org: FakeOrg, tmp_pat
     }
 
 
+def test_the_task_field_for_due_times_is_checked(org: FakeOrg, tmp_path: Path) -> None:
+    del org.schema["Task"]["ReminderDateTime"]
+    result = invoke(org, tmp_path, "doctor", "--format", "json")
+    assert result.exit_code == 2
+    assert ("field_missing", "Task", "ReminderDateTime") in {
+        (f["kind"], f["sobject"], f["field"]) for f in json.loads(result.stdout)
+    }
+
+
 def test_incomplete_settings_are_a_finding_not_a_traceback(org: FakeOrg, tmp_path: Path) -> None:
     result = invoke(org, tmp_path, "doctor", SF_ACCESS_TOKEN="")
     assert result.exit_code == 2

@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.mapping import RuleSettings
 from worker.rules import collections, homecare_stages, payment_followup, rejected_payments
-from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict, evaluate_rule
+from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict, evaluate_rule
 
 ALL_RULES: tuple[Rule[Any], ...] = (
     payment_followup.RULE,
@@ -28,6 +28,7 @@ def rule_models() -> Mapping[str, type[RuleSettings]]:
 
 __all__ = [
     "ALL_RULES",
+    "AsOf",
     "Evaluation",
     "Rule",
     "SkippedStep",

@@ -63,7 +63,7 @@ from worker.actions import Action
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
-from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
+from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
     append_line,
@@ -377,10 +377,11 @@ def _looks_overdue(record: Record, s: CollectionsSettings) -> bool:
 def decide(
     record: Record,
     snapshot: Snapshot,
-    as_of: dt.date,
+    at: AsOf,
     s: CollectionsSettings,
     org: OrgMapping,
 ) -> Evaluation:
+    as_of = at.date  # this rule decides by day
     emit = Emit.on(RULE_ID, s, org, record)
     tasks = worker_tasks(snapshot, record.id, RULE_ID, org)
     open_tasks = {k: t for k, t in tasks.items() if not is_completed(t, org)}

@@ -74,7 +74,7 @@ from worker.actions import Action
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
-from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
+from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Channel,
     Emit,
@@ -456,10 +456,11 @@ def _in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
 def decide(
     record: Record,
     snapshot: Snapshot,
-    as_of: dt.date,
+    at: AsOf,
     s: HomecareStagesSettings,
     org: OrgMapping,
 ) -> Evaluation:
+    as_of = at.date  # this rule decides by day
     c = _Ctx(record, snapshot, as_of, s, org, Emit.on(RULE_ID, s, org, record))
     if record.sobject == schema.LEAD:
         return _decide_lead(c)

@@ -30,7 +30,7 @@ from worker.actions import (
 )
 from worker.errors import TemplateError
 from worker.mapping import OrgMapping, RuleSettings
-from worker.records import Record, RecordRef
+from worker.records import Record, RecordRef, format_sf_datetime
 
 Channel = Literal["call", "email", "task"]
 
@@ -227,8 +227,9 @@ class Emit:
         *,
         subject: str,
         description: str,
-        due: dt.date,
         reason: str,
+        due: dt.date | None = None,
+        due_at: dt.datetime | None = None,
         channel: Channel = "task",
         owner_id: str | None = None,
         who_id: str | None = None,
@@ -236,9 +237,15 @@ class Emit:
         high_priority: bool = False,
         step_key: str | None = None,
     ) -> CreateTask:
-        """A Task on the record: on WhoId for a Lead or Contact, else on WhatId."""
+        """A Task on the record: on WhoId for a Lead or Contact, else on WhatId; due on
+        ``due``, or at ``due_at`` (aware) on its date in the org's time zone."""
         meta = self._meta(step_id, step_key, reason)
         tasks = self.org.tasks
+        if due_at is not None:
+            due_at = due_at.astimezone(self.org.org.zone)
+            due = due or due_at.date()
+        if due is None:
+            raise TypeError("a Task needs a due date or a due instant")
         if self.record.sobject in (schema.LEAD, "Contact"):
             who_id = who_id or self.record.id
         else:
@@ -258,6 +265,10 @@ class Emit:
         }
         if task_type:
             fields[tasks.type_field] = task_type
+        if due_at is not None and tasks.due_time_field:
+            fields[tasks.due_time_field] = format_sf_datetime(due_at)
+            if tasks.due_time_field == schema.REMINDER_DATETIME:
+                fields[schema.IS_REMINDER_SET] = True
         if self.org.org.task_key_field:
             fields[self.org.org.task_key_field] = meta["key"]
         else:
@@ -268,6 +279,7 @@ class Emit:
             subject=subject[: schema.SUBJECT_MAX_CHARS],
             description=body,
             due=due,
+            due_at=due_at,
             owner_id=owner,
             what_id=what_id,
             who_id=who_id,

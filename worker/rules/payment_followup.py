@@ -31,7 +31,7 @@ from worker import schema
 from worker.actions import Action
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
-from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
+from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import Emit, append_line, logged_response, render, task_key, worker_tasks
 
 RULE_ID = "payment_followup"
@@ -125,10 +125,11 @@ def candidates(
 def decide(
     record: Record,
     snapshot: Snapshot,
-    as_of: dt.date,
+    at: AsOf,
     s: PaymentFollowupSettings,
     org: OrgMapping,
 ) -> Evaluation:
+    as_of = at.date  # this rule decides by day
     emit = Emit.on(RULE_ID, s, org, record)
 
     def verdict(v: Verdict, why: str, **kw: object) -> Evaluation:

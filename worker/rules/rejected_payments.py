@@ -47,7 +47,7 @@ from worker.actions import Action
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
-from worker.rules.base import Evaluation, Rule, SkippedStep, Verdict
+from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
     comment_keys,
@@ -293,10 +293,11 @@ class _Case:
 def decide(
     record: Record,
     snapshot: Snapshot,
-    as_of: dt.date,
+    at: AsOf,
     s: RejectedPaymentsSettings,
     org: OrgMapping,
 ) -> Evaluation:
+    as_of = at.date  # this rule decides by day
     emit = Emit.on(RULE_ID, s, org, record)
 
     def verdict(v: Verdict, why: str) -> Evaluation:

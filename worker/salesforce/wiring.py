@@ -79,6 +79,8 @@ def doctor_inputs(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> DoctorI
     updates: dict[str, set[str]] = {}
     picklists: dict[tuple[str, str], set[str]] = dict(mapping.common.tasks.picklist_values())
     converted: set[str] = set()
+    if "Task" in needs and mapping.common.tasks.due_time_field:
+        needs["Task"].add(mapping.common.tasks.due_time_field)
     for rule in enabled:
         section = mapping.rules[rule.id]
         for sobject, names in section.writes().items():
