@@ -379,6 +379,7 @@ def explanation_record(found: Explanation, as_of: dt.date) -> dict[str, Any]:
                 "next_step": e.next_step,
                 "next_due": e.next_due.isoformat() if e.next_due else None,
                 "next_due_at": e.next_due_at.isoformat() if e.next_due_at else None,
+                "batch": e.batch,
             }
             for e in found.evaluations
         ],
@@ -423,6 +424,8 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
                 lines.append(f"acts: {action.summary()}")
         for skipped in e.skipped:
             lines.append(f"skipped {skipped.step} due {skipped.due}: {skipped.reason}")
+        if e.batch:
+            lines.append(f"decided together with batch {e.batch}")
         nxt = f"{e.next_step or ''} on {due_text(e.next_due, e.next_due_at)}" if e.next_due else ""
         table.add_row(e.rule, verdict, "\n".join(lines), nxt)
     for rule in found.out_of_scope:

@@ -12,7 +12,15 @@ from typing import Any
 
 from worker.mapping import RuleSettings
 from worker.rules import collections, homecare_stages, payment_followup, rejected_payments
-from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict, evaluate_rule
+from worker.rules.base import (
+    AsOf,
+    Batch,
+    Evaluation,
+    Rule,
+    SkippedStep,
+    Verdict,
+    evaluate_rule,
+)
 
 ALL_RULES: tuple[Rule[Any], ...] = (
     payment_followup.RULE,
@@ -29,6 +37,7 @@ def rule_models() -> Mapping[str, type[RuleSettings]]:
 __all__ = [
     "ALL_RULES",
     "AsOf",
+    "Batch",
     "Evaluation",
     "Rule",
     "SkippedStep",

@@ -1,5 +1,5 @@
 """Pure helpers shared by the rule modules: building actions, reading the worker's own
-Tasks back, notes fields, templates and month arithmetic (business time is in
+Tasks back, notes fields, templates, month arithmetic and round robins (business time is in
 :mod:`worker.business_hours`, the calendar on ``org.calendar``).
 
 Nothing here does I/O or reads the clock.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -191,6 +191,47 @@ def add_months(day: dt.date, months: int) -> dt.date:
     """Calendar months, clamped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
     result: dt.date = day + relativedelta(months=months)
     return result
+
+
+def round_robin(
+    members: Sequence[str],
+    assigned: Iterable[Record],
+    new: Iterable[Record],
+    *,
+    owner_field: str = schema.OWNER_ID,
+    order_field: str = schema.CREATED_DATE,
+) -> list[tuple[Record, str]]:
+    """Each new record with the member whose turn it is, in rotation order.
+
+    The rotation is ``members`` as given (callers pass a stable order: a queue's members
+    by Id, a territory's users by name). Whose turn it is comes from the org's own records,
+    so a lost database never changes it: the turn after the owner of the latest record of
+    ``assigned`` owned by a member (latest by ``order_field``, then by Id); the first member
+    when none is. New records are dealt out oldest first (``order_field``, then Id).
+    """
+    if not members:
+        raise ValueError("round robin over no members")
+    rotation = list(dict.fromkeys(members))
+    position = {member: i for i, member in enumerate(rotation)}
+    owned = [r for r in assigned if r.text(owner_field) in position]
+    turn = 0
+    if owned:
+        latest = max(owned, key=lambda r: (_order(r, order_field), r.id))
+        turn = (position[str(latest.text(owner_field))] + 1) % len(rotation)
+    out = []
+    for record in sorted(new, key=lambda r: (_order(r, order_field), r.id)):
+        out.append((record, rotation[turn]))
+        turn = (turn + 1) % len(rotation)
+    return out
+
+
+def _order(record: Record, name: str) -> dt.datetime:
+    """A record's place in time (a datetime field, or a date at midnight UTC); a record
+    without one sorts first."""
+    return record.datetime(name) or _NEVER
+
+
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
