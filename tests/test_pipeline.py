@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from worker import pipeline
 from worker.actions import (
     STOPPED_API_LIMIT,
+    STOPPED_SIGNAL,
     Action,
     ActionResult,
     CloseRecord,
@@ -127,6 +129,58 @@ def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> 
     assert run_status(app, "r2") == "ok"
     assert set(sink.written) == planned
     assert max(sink.written.values()) == 1  # each key written once across both runs
+
+
+def test_a_stop_during_a_write_batch_lets_it_finish_and_starts_no_other(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "WRITE_BATCH", 30)
+    sink = with_sink(app, [])
+    batches: list[int] = []
+    write = sink.write
+
+    def signalled_while_writing(actions: Sequence[Action]) -> list[ActionResult]:
+        batches.append(len(actions))
+        app.pipeline.stop.set()  # SIGTERM arrives while this batch is out
+        return write(actions)
+
+    sink.write = signalled_while_writing  # type: ignore[method-assign]
+    first = app.pipeline.run("r1", AS_OF, write=True)
+    assert first.plan is not None
+    planned = {a.key for a in first.plan.actions}
+    assert len(batches) == 1
+    assert len(planned) > batches[0]
+    assert first.stop_reason == STOPPED_SIGNAL
+    assert run_status(app, "r1") == "stopped"
+    # The batch in flight is recorded; the rest stay planned for the next run.
+    assert ledger(app)[Outcome.APPLIED] == batches[0]
+    assert ledger(app)[Outcome.PLANNED] == len(planned) - batches[0]
+    assert ledger(app)[Outcome.SENT] == 0
+
+    app.pipeline.stop.clear()
+    sink.write = write  # type: ignore[method-assign]
+    second = app.pipeline.run("r2", AS_OF, write=True)
+    assert second.stop_reason is None
+    assert set(sink.written) == planned
+    assert max(sink.written.values()) == 1
+
+
+def test_a_stop_during_the_pull_plans_and_writes_nothing(app: App) -> None:
+    sink = with_sink(app, [])
+    fetch = app.pipeline.source.fetch
+
+    def signalled_while_reading(queries: Sequence[ObjectQuery]) -> Iterator[Page]:
+        for page in fetch(queries):
+            app.pipeline.stop.set()
+            yield page
+
+    app.pipeline.source.fetch = signalled_while_reading  # type: ignore[method-assign]
+    stopped = app.pipeline.run("r1", AS_OF, write=True)
+    assert stopped.stop_reason == STOPPED_SIGNAL
+    assert stopped.plan is None
+    assert sum(stopped.records_read.values()) > 0  # the page read before the stop is kept
+    assert not sink.written
+    assert run_status(app, "r1") == "stopped"
 
 
 def test_reserve_reached_before_sending_leaves_actions_planned(app: App) -> None:

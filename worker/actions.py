@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from worker.errors import PlanFileError
+from worker.errors import ApiLimitError, AuthError, PlanFileError, StopRequested
 from worker.records import RecordRef
 
 
@@ -44,6 +44,15 @@ class Outcome(StrEnum):
 # it: the run stops starting new work and the next run plans the action again.
 STOPPED_API_LIMIT = "API_LIMIT"  # the org's daily allowance reached the reserve
 STOPPED_AUTH = "AUTH_STOPPED"  # the session ended and could not be renewed
+STOPPED_SIGNAL = "STOP_REQUESTED"  # SIGTERM or SIGINT: the worker is shutting down
+StopCause = ApiLimitError | AuthError | StopRequested
+
+
+def stop_code(cause: StopCause) -> str:
+    """The error code of the actions a stop left unsent."""
+    if isinstance(cause, ApiLimitError):
+        return STOPPED_API_LIMIT
+    return STOPPED_AUTH if isinstance(cause, AuthError) else STOPPED_SIGNAL
 
 
 def make_key(rule: str, step: str, record_id: str) -> str:

@@ -21,7 +21,7 @@ from worker.errors import ConfigError, StoreError
 from worker.localorg import LocalOrg, read_manifest
 from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline
-from worker.ports import Sink, Source
+from worker.ports import ProgressPort, Sink, Source
 from worker.rules import ALL_RULES, Rule, rule_models
 from worker.rules.kit import add_months
 from worker.settings import WorkerSettings
@@ -129,6 +129,7 @@ def _endpoints(
     write: bool,
     clock: Callable[[], dt.datetime],
     connect: bool,
+    stop: threading.Event,
 ) -> tuple[Source, Sink]:
     if not connect:
         return CacheOnlySource(), DryRunSink()
@@ -142,7 +143,9 @@ def _endpoints(
         return org, (org if write else DryRunSink())
     from worker.salesforce.wiring import open_salesforce  # only needed for a live org
 
-    return open_salesforce(mapping, write=write, store=store, state_dir=settings.legacy_state_dir)
+    return open_salesforce(
+        mapping, write=write, store=store, state_dir=settings.legacy_state_dir, stop=stop
+    )
 
 
 @contextmanager
@@ -152,16 +155,28 @@ def open_app(
     write: bool,
     connect: bool = True,
     clock: Callable[[], dt.datetime] = utc_now,
+    stop: threading.Event | None = None,
+    progress: ProgressPort | None = None,
 ) -> Iterator[App]:
-    """The wired pipeline; ``connect=False`` (cache only) reads and writes no org at all."""
+    """The wired pipeline; ``connect=False`` (cache only) reads and writes no org at all.
+    ``stop`` (set on SIGTERM/SIGINT by the CLI) reaches the pipeline and the Salesforce
+    client; ``progress`` receives the pipeline's progress reports."""
+    stop = stop or threading.Event()
     mapping, rules = load_rules_and_mapping(settings)
     if settings.local_org and not settings.local_org.is_dir():
         raise ConfigError(f"WORKER_LOCAL_ORG: {settings.local_org} is not a folder")
     store = Store.open(settings.store_target)
     try:
-        source, sink = _endpoints(settings, mapping, store, write, clock, connect)
+        source, sink = _endpoints(settings, mapping, store, write, clock, connect, stop)
         pipeline = Pipeline(
-            store=store, source=source, sink=sink, mapping=mapping, rules=rules, clock=clock
+            store=store,
+            source=source,
+            sink=sink,
+            mapping=mapping,
+            rules=rules,
+            clock=clock,
+            stop=stop,
+            progress=progress,
         )
         yield App(settings, mapping, rules, store, pipeline, clock)
     finally:

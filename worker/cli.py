@@ -1,9 +1,9 @@
 """The ``sop-worker`` command line: a thin click layer over :mod:`worker.app`.
 
 Exit codes: 0 ok; 1 some actions failed; 2 usage, configuration or authentication error;
-3 another run holds the lock; 4 stopped early on the API budget reserve (the next run resumes);
-5 the outcome of some writes is unknown after the run's own reconcile (the next run
-reconciles them).
+3 another run holds the lock; 4 stopped early, on the API budget reserve or on SIGTERM/SIGINT
+(the next run resumes); 5 the outcome of some writes is unknown after the run's own reconcile
+(the next run reconciles them).
 One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr.
 """
 
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ import structlog
 from rich.console import Console
 
 from worker import __version__, report
-from worker.actions import STOPPED_AUTH, Outcome
+from worker.actions import STOPPED_AUTH, STOPPED_SIGNAL, Outcome
 from worker.app import (
     App,
     check_as_of,
@@ -46,10 +45,13 @@ from worker.errors import (
 from worker.logs import configure_logging
 from worker.pipeline import RunReport
 from worker.plan import Plan
+from worker.ports import ProgressPort
+from worker.progress import ProgressBars, ProgressLog
 from worker.records import full_record_id
 from worker.rules import ALL_RULES
 from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings, parse_as_of
+from worker.signals import stop_on_signals
 from worker.store import Store, copy_store, resolve_store_arg
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
@@ -78,8 +80,8 @@ class _Group(click.Group):
 
 def exit_code(result: RunReport) -> int:
     """Authentication lost mid-run needs a person (2); failed actions need a look (1); a
-    stop on the API reserve resumes by itself next run (4); writes whose answer was lost
-    and that the org does not show yet are reconciled by the next run (5)."""
+    stop on the API reserve or on a signal resumes by itself next run (4); writes whose
+    answer was lost and that the org does not show yet are reconciled by the next run (5)."""
     if result.stop_reason == STOPPED_AUTH:
         return EXIT_CONFIG
     if result.failed:
@@ -210,6 +212,13 @@ def _settings(kwargs: dict[str, Any]) -> WorkerSettings:
     return settings
 
 
+def _progress(settings: WorkerSettings) -> AbstractContextManager[ProgressPort]:
+    """Progress bars on a terminal, else a ``progress`` log event every few seconds."""
+    if sys.stderr.isatty():
+        return ProgressBars(Console(stderr=True))
+    return ProgressLog(settings.progress_seconds)
+
+
 def _console() -> Console:
     return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
@@ -223,8 +232,12 @@ def cli() -> None:
     rules as of a date, and writes the resulting plan back exactly once, recording every
     change in an audit log. Exit codes: 0 ok, 1 some actions failed, 2 usage,
     configuration or authentication error, 3 another run holds the lock, 4 stopped early
-    on the API budget reserve (the next run resumes), 5 the outcome of some writes is
-    unknown after the run's own reconcile (the next run reconciles them).
+    on the API budget reserve or on SIGTERM/SIGINT (the next run resumes), 5 the outcome
+    of some writes is unknown after the run's own reconcile (the next run reconciles them).
+
+    SIGTERM or SIGINT during a run (run, plan, apply): no new page is read and no new
+    write batch started, the request in flight gets up to 5 s to answer, the run is
+    recorded as stopped and the command exits 4 within seconds.
     """
 
 
@@ -233,7 +246,12 @@ def cli() -> None:
 @_as_of_option
 @_as_of_intended_option
 @click.option("--dry-run", is_flag=True, help="Plan and show, write nothing.")
-@click.option("--loop", is_flag=True, help="Run cycles until SIGTERM/SIGINT (worker dyno).")
+@click.option(
+    "--loop",
+    is_flag=True,
+    help="Run cycles until SIGTERM/SIGINT (worker dyno): exit 0 when stopped between "
+    "cycles, 4 when the stop cut a cycle short.",
+)
 @click.option(
     "--interval",
     type=click.IntRange(min=10),
@@ -257,15 +275,22 @@ def run(
     if results and (dry_run or loop):
         raise click.UsageError("--results is for one writing cycle: not with --dry-run or --loop")
     settings = _settings({**kwargs, "interval_seconds": interval})
-    cycle = functools.partial(
-        _one_cycle, settings, write=not dry_run, intended=intended, results=results, fmt=fmt
-    )
-    if not loop:
-        result = cycle()
-        sys.exit(exit_code(result))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    with stop_on_signals() as stop:
+        cycle = functools.partial(
+            _one_cycle,
+            settings,
+            write=not dry_run,
+            intended=intended,
+            results=results,
+            fmt=fmt,
+            stop=stop,
+        )
+        if not loop:
+            sys.exit(exit_code(cycle()))
+        _loop(cycle, settings, stop)
+
+
+def _loop(cycle: Callable[[], RunReport], settings: WorkerSettings, stop: threading.Event) -> None:
     worst = EXIT_OK
     while not stop.is_set():
         try:
@@ -273,6 +298,8 @@ def run(
             if result.stop_reason == STOPPED_AUTH:
                 sys.exit(EXIT_CONFIG)  # no later cycle can do better without new credentials
             worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
+            if result.stop_reason == STOPPED_SIGNAL and worst == EXIT_OK:
+                worst = EXIT_STOPPED  # the stop cut this cycle short: the next run resumes
         except LockHeldError as exc:
             log.warning("run.locked", message=str(exc))
         except AuthError:
@@ -287,10 +314,20 @@ def run(
 
 
 def _one_cycle(
-    settings: WorkerSettings, *, write: bool, intended: bool, results: Path | None, fmt: str
+    settings: WorkerSettings,
+    *,
+    write: bool,
+    intended: bool,
+    results: Path | None,
+    fmt: str,
+    stop: threading.Event,
 ) -> RunReport:
     run_id = new_run_id()
-    with open_app(settings, write=write) as app, run_lock(app, run_id):
+    with (
+        _progress(settings) as progress,
+        open_app(settings, write=write, stop=stop, progress=progress) as app,
+        run_lock(app, run_id),
+    ):
         as_of = resolve_as_of(settings, app.mapping, app.clock, write=write, intended=intended)
         with _results_written(app, run_id, results):
             result = app.pipeline.run(run_id, as_of, write=write)
@@ -337,10 +374,18 @@ def plan(
     """
     settings = _settings(kwargs)
     run_id = new_run_id()
-    with open_app(settings, write=False) as app, run_lock(app, run_id):
+    with (
+        stop_on_signals() as stop,
+        _progress(settings) as progress,
+        open_app(settings, write=False, stop=stop, progress=progress) as app,
+        run_lock(app, run_id),
+    ):
         result = app.pipeline.run(
             run_id, resolve_as_of(settings, app.mapping, app.clock), write=False
         )
+        if result.stop_reason == STOPPED_SIGNAL:
+            click.echo(f"Stopped before the plan was complete: {result.stopped}", err=True)
+            sys.exit(EXIT_STOPPED)
         assert result.plan is not None
         the_plan = app.pipeline.narrow(result.plan, rule=rule, record_id=record_id)
     if record_id and not (the_plan.actions or the_plan.skipped or the_plan.errors):
@@ -384,7 +429,12 @@ def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwa
     settings = _settings(kwargs)
     saved = Plan.read(plan_file)
     run_id = new_run_id()
-    with open_app(settings, write=True) as app, run_lock(app, run_id):
+    with (
+        stop_on_signals() as stop,
+        _progress(settings) as progress,
+        open_app(settings, write=True, stop=stop, progress=progress) as app,
+        run_lock(app, run_id),
+    ):
         check_as_of(
             saved.as_of,
             org_today(settings, app.mapping, app.clock),

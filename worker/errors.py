@@ -11,6 +11,7 @@
     ├── RecordError               one malformed record: record it, skip it, keep going
     ├── TemplateError             a script/email placeholder has no value: skip that record
     ├── DryRunWriteError          a write reached a sink that cannot write: a bug, fail loudly
+    ├── StopRequested             SIGTERM/SIGINT: start nothing new, record the run stopped, exit 4
     └── SalesforceError           an API failure, carrying status, errorCode and message
         ├── RetriableError        transient (timeouts, 5xx, UNABLE_TO_LOCK_ROW): retry with backoff
         ├── AuthError             credentials rejected or session expired without a way to renew
@@ -82,6 +83,14 @@ class PlanFileError(ConfigError):
 
 class DryRunWriteError(SopWorkerError):
     """Something tried to write through the dry-run sink. This is always a bug."""
+
+
+class StopRequested(SopWorkerError):
+    """A stop was asked for (SIGTERM, SIGINT): nothing new is started; the next run resumes."""
+
+    def __init__(self, message: str = "stop requested (SIGTERM/SIGINT)") -> None:
+        self.message = message
+        super().__init__(message)
 
 
 class SalesforceError(SopWorkerError):

@@ -27,6 +27,11 @@ Exactly-once, step by step:
 
 Every run, plan and audit row records the org it was made on (:meth:`Pipeline.org`), and a
 saved plan is applied only to that org.
+
+Stopping: the edge hands in a stop token (set on SIGTERM/SIGINT). It is looked at between
+pages, rules and write batches (the Salesforce client also refuses new requests once it is
+set); the run then ends ``stopped``: pages committed so far keep their watermark, actions not
+sent stay ``planned`` in the ledger, and the next run resumes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,15 +54,26 @@ from worker import schema
 from worker.actions import (
     STOPPED_API_LIMIT,
     STOPPED_AUTH,
+    STOPPED_SIGNAL,
     Action,
     ActionResult,
     Outcome,
     SendEmail,
+    stop_code,
 )
-from worker.errors import ApiLimitError, AuthError, ConfigError, SalesforceError
+from worker.errors import ApiLimitError, AuthError, ConfigError, SalesforceError, StopRequested
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
-from worker.ports import ObjectQuery, OrgIdentity, Page, Sink, Source, TargetState
+from worker.ports import (
+    ObjectQuery,
+    OrgIdentity,
+    Page,
+    Progress,
+    ProgressPort,
+    Sink,
+    Source,
+    TargetState,
+)
 from worker.records import Record, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
@@ -81,7 +98,7 @@ class RunReport:
     api_calls: int = 0
     api_remaining: int | None = None
     stopped: str | None = None  # why the run stopped starting new work, if it did
-    stop_reason: str | None = None  # STOPPED_API_LIMIT or STOPPED_AUTH
+    stop_reason: str | None = None  # STOPPED_API_LIMIT, STOPPED_AUTH or STOPPED_SIGNAL
     seconds: float = 0.0
     plan: Plan | None = None
     org: OrgIdentity | None = None
@@ -180,6 +197,8 @@ class Pipeline:
         mapping: LoadedMapping,
         rules: Sequence[Rule[Any]],
         clock: Callable[[], dt.datetime],
+        stop: threading.Event | None = None,
+        progress: ProgressPort | None = None,
     ) -> None:
         self.store = store
         self.source = source
@@ -187,6 +206,26 @@ class Pipeline:
         self.mapping = mapping
         self.rules = [r for r in rules if mapping.rules.get(r.id) and mapping.rules[r.id].enabled]
         self.clock = clock
+        self.stop = stop or threading.Event()
+        self.progress = progress
+
+    def _check_stop(self, where: str) -> None:
+        if self.stop.is_set():
+            raise StopRequested(f"stop requested (SIGTERM/SIGINT) {where}; the next run resumes")
+
+    def _report_progress(
+        self,
+        report: RunReport | None,
+        phase: str,
+        done: int,
+        total: int | None,
+        sent: int = 0,
+    ) -> None:
+        if self.progress is None:
+            return
+        read = sum(report.records_read.values()) if report else 0
+        calls = self.source.api_calls() + self.sink.api_calls()
+        self.progress(Progress(phase, done, total, read, sent, calls))
 
     def org(self) -> OrgIdentity:
         """The org the source reads: what plans, runs and audit rows record."""
@@ -276,6 +315,7 @@ class Pipeline:
                 self.store.reset_cache(sobject)
             queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
         unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
+        self._check_stop("before the pull")
         for page in self.source.fetch(queries):
             page = _usable(page, report)
             name_field = self.mapping.common.name_field(page.sobject)
@@ -300,6 +340,9 @@ class Pipeline:
                 records=len(page.records),
                 deleted=len(page.deleted_ids),
             )
+            read = sum(report.records_read.values())
+            self._report_progress(report, "pull", read, None)
+            self._check_stop("during the pull")  # before the next page is asked for
 
     # -- 3. plan ----------------------------------------------------------------------------
     def instant(self, as_of: dt.date) -> AsOf:
@@ -307,7 +350,9 @@ class Pipeline:
         ``as_of`` at that time of day when the as-of date is another day."""
         return AsOf.on(as_of, self.clock(), self.mapping.common.org.zone)
 
-    def evaluate(self, as_of: AsOf) -> tuple[list[Evaluation], int]:
+    def evaluate(
+        self, as_of: AsOf, report: RunReport | None = None
+    ) -> tuple[list[Evaluation], int]:
         sobjects = object_fields(self.mapping, self.rules)
         snapshot, problems = self.store.load_snapshot(sobjects)
         for problem in problems:
@@ -315,17 +360,19 @@ class Pipeline:
                 "cache.unreadable_record", record_id=problem.record_id, problem=problem.problem
             )
         evaluations: list[Evaluation] = []
-        for rule in self.rules:
+        for done, rule in enumerate(self.rules):
+            self._check_stop("during planning")
             evaluations.extend(
                 evaluate_rule(
                     rule, snapshot, as_of, self.mapping.rules[rule.id], self.mapping.common
                 )
             )
+            self._report_progress(report, "plan", done + 1, len(self.rules))
         return evaluations, len(problems)
 
-    def plan(self, as_of: dt.date) -> Plan:
+    def plan(self, as_of: dt.date, report: RunReport | None = None) -> Plan:
         at = self.instant(as_of)
-        evaluations, _ = self.evaluate(at)
+        evaluations, _ = self.evaluate(at, report)
         keys = [a.key for e in evaluations for a in e.actions]
         keys += [s.key for e in evaluations for s in e.skipped]
         plan = build_plan(
@@ -403,33 +450,50 @@ class Pipeline:
         lost: list[Action] = []
         start = 0
         for batch in _batches(todo, WRITE_BATCH):
+            if self.stop.is_set():
+                # Left planned in the ledger: the next run plans and sends them.
+                self._stopped_applying(report, StopRequested().message, len(todo) - start)
+                return
             start += len(batch)
             self.store.mark_sent(batch, report.run_id, self.clock())
             try:
                 results = self.sink.write(batch)
-            except (ApiLimitError, AuthError) as exc:
+            except (ApiLimitError, AuthError, StopRequested) as exc:
                 # Raised before anything of this batch went out: plan it again next run.
-                code = STOPPED_API_LIMIT if isinstance(exc, ApiLimitError) else STOPPED_AUTH
                 results = [
-                    ActionResult(a.key, Outcome.PLANNED, error_code=code, message=exc.message)
+                    ActionResult(
+                        a.key, Outcome.PLANNED, error_code=stop_code(exc), message=exc.message
+                    )
                     for a in batch
                 ]
             self.store.record_results(by_key, results, report.run_id, self.clock())
             self._count(results, by_key, report)
             lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
             not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
+            self._report_progress(
+                report, "write", start - len(not_sent), len(todo), start - len(not_sent)
+            )
             if not_sent:
-                # The sink stopped (API reserve reached, session lost): start nothing new.
+                # The sink stopped (API reserve reached, session lost, stop requested): start
+                # nothing new.
                 first = not_sent[0]
-                report.stop(first.error_code or STOPPED_API_LIMIT, first.message or "")
-                log.error(
-                    "apply.stopped",
-                    reason=first.error_code,
-                    message=first.message,
-                    not_sent=len(todo) - start + len(not_sent),
+                self._stopped_applying(
+                    report,
+                    first.message or "",
+                    len(todo) - start + len(not_sent),
+                    first.error_code or STOPPED_API_LIMIT,
                 )
                 return
         self._finish_lost(lost, report)
+
+    @staticmethod
+    def _stopped_applying(
+        report: RunReport, message: str, not_sent: int, reason: str = STOPPED_SIGNAL
+    ) -> None:
+        report.stop(reason, message)
+        # A requested stop is the operator's doing; running out of API or session is not.
+        level = log.warning if reason == STOPPED_SIGNAL else log.error
+        level("apply.stopped", reason=reason, message=message, not_sent=not_sent)
 
     @staticmethod
     def _count(
@@ -483,7 +547,7 @@ class Pipeline:
                 self.reconcile(report)
             if pull:
                 self.pull(report, run_start)
-            plan = self.plan(as_of)
+            plan = self.plan(as_of, report)
             report.plan = plan
             report.record_errors += len(plan.errors)
             for problem in plan.errors:
@@ -524,8 +588,9 @@ class Pipeline:
     def _recorded(self, report: RunReport, kind: str, started_at: dt.datetime) -> Iterator[None]:
         """Around one run: its row in ``runs``, the stop signals, one ``run.summary``.
 
-        Running out of API reserve or of a renewable session stops the run cleanly (the
-        next run resumes); any other error is recorded as the run's status and re-raised.
+        Running out of API reserve or of a renewable session, or a requested stop, ends the
+        run cleanly as ``stopped`` (the next run resumes); any other error is recorded as the
+        run's status and re-raised.
         """
         started = time.monotonic()
         status: str | None = None
@@ -537,6 +602,9 @@ class Pipeline:
                 report.stop(STOPPED_API_LIMIT, str(exc))
             except AuthError as exc:
                 report.stop(STOPPED_AUTH, str(exc))
+            except StopRequested as exc:
+                report.stop(STOPPED_SIGNAL, exc.message)
+                log.warning("run.stopped", reason=STOPPED_SIGNAL, message=exc.message)
             except BaseException as exc:
                 status = f"error: {type(exc).__name__}"
                 raise

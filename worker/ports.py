@@ -8,13 +8,14 @@
   the local org write; :class:`~worker.sinks.DryRunSink` refuses every write.
 
 Both are driven by :mod:`worker.pipeline`, which owns the SQLite cache, the ledger and the
-audit log; sources and sinks never touch the database.
+audit log; sources and sinks never touch the database. The pipeline tells the edge how far a
+run has got through a :data:`ProgressPort`; the edge decides how to show it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +92,25 @@ class TargetState:
     stamp: str | None
     closed: bool = False
     converted: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run has got, reported after each page, rule and write batch.
+
+    ``done`` of ``total`` counts the phase's own unit: records read in ``pull`` (the total
+    is not known ahead), rules evaluated in ``plan``, actions sent in ``write``.
+    """
+
+    phase: str  # "pull", "plan" or "write"
+    done: int
+    total: int | None
+    records_read: int
+    actions_sent: int
+    api_calls: int
+
+
+ProgressPort = Callable[[Progress], None]
 
 
 class Source(Protocol):

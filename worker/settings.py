@@ -75,6 +75,11 @@ class WorkerSettings(BaseSettings):
     interval_seconds: int = Field(
         default=900, ge=10, description="Pause between cycles with `run --loop`."
     )
+    progress_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Off a terminal, log a `progress` event this often during a run.",
+    )
     lock_ttl_seconds: int = Field(
         default=1800,
         ge=30,

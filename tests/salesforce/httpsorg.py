@@ -11,7 +11,8 @@ the connection without an answer, which is what the client then sees.
 A throwaway self-signed certificate for IP 127.0.0.1 is made in a temporary folder; the
 worker trusts it through ``REQUESTS_CA_BUNDLE=<server.ca_bundle>``.
 
-:attr:`HttpsOrg.after_write` runs right after a write request was applied and before its
+:attr:`HttpsOrg.latency` holds every answer back that many seconds (a slow org, a long
+way away); :attr:`HttpsOrg.after_write` runs right after a write request was applied and before its
 answer is sent (e.g. to SIGKILL the client at that instant); if it returns True the answer
 is not sent and the connection is closed.
 
@@ -30,6 +31,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +192,7 @@ class HttpsOrg:
         self.lock = threading.RLock()
         self.calls: list[Call] = []
         self.after_write: Callable[[Call], bool | None] | None = None
+        self.latency = 0.0  # seconds added to each request before it is handled
         self._httpd = _Server((HOST, 0), _Handler)
         self._httpd.owner = self
         self.port = int(self._httpd.server_address[1])
@@ -236,6 +239,8 @@ class HttpsOrg:
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], str | bytes]:
         """Route one request to the org; raise _Drop to answer nothing."""
+        if self.latency:
+            time.sleep(self.latency)
         prepared = requests.Request(
             method, self.url + target, headers=headers, data=body or None
         ).prepare()

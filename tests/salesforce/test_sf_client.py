@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from worker.errors import (
     FatalApiError,
     RetriableError,
     SalesforceError,
+    StopRequested,
 )
 from worker.ports import ApiUsage
 from worker.salesforce.client import SalesforceClient, SubRequest, parse_limit_header
@@ -309,3 +312,61 @@ def test_no_secret_reaches_the_logs(mock: responses.RequestsMock) -> None:
     assert "Bearer" not in text
     assert "secret-soql" not in text
     assert logs, "the retry must have been logged"
+
+
+# -- stopping (SIGTERM/SIGINT) -------------------------------------------------------------------
+def stoppable(stop: threading.Event, **options: Any) -> SalesforceClient:
+    """A client that really waits (on the stop token) between retries."""
+    s = settings(instance_url=ACME, access_token=TOKEN, max_attempts=5, retry_max_seconds=600)
+    return SalesforceClient(s, wait=tenacity.wait_fixed(60), stop=stop, **options)
+
+
+def test_a_stop_cuts_a_retry_pause_short(mock: responses.RequestsMock) -> None:
+    mock.get(LIMITS, status=503, json=load_fixture("errors/SERVER_UNAVAILABLE.json"))
+    stop = threading.Event()
+    client = stoppable(stop)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StopRequested):
+        client.get_json(client.data_path("limits"), kind="limits")
+    assert time.monotonic() - started < 5  # not the 60 s pause
+    assert len(mock.calls) == 1  # and no retry after it
+
+
+def test_after_a_stop_no_request_is_sent(mock: responses.RequestsMock) -> None:
+    mock.get(LIMITS, json=load_fixture("limits.json"))
+    stop = threading.Event()
+    stop.set()
+    client = stoppable(stop)
+    with pytest.raises(StopRequested):
+        client.get_json(client.data_path("limits"), kind="limits")
+    assert len(mock.calls) == 0
+
+
+@pytest.mark.parametrize(
+    ("idempotent", "expected"), [(True, StopRequested), (False, UnknownOutcomeError)]
+)
+def test_an_answer_is_given_up_the_grace_period_after_a_stop(
+    mock: responses.RequestsMock, idempotent: bool, expected: type[Exception]
+) -> None:
+    """The read timeout is 120 s; a stop waits only ``stop_grace`` for the answer. A write
+    given up may have been applied: its outcome is unknown, to be reconciled."""
+    release = threading.Event()
+
+    def slow_answer(_request: Any) -> tuple[int, dict[str, str], str]:
+        release.wait(30)
+        return 200, {}, '{"compositeResponse": []}'
+
+    mock.add_callback("POST", COMPOSITE, callback=slow_answer)
+    stop = threading.Event()
+    client = stoppable(stop, stop_grace=0.5)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(expected):
+            client.request(
+                "POST", client.data_path("composite"), kind="write", json={}, idempotent=idempotent
+            )
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()

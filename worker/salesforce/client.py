@@ -23,6 +23,13 @@ What it guarantees, whoever calls it:
   moves Cases to the Default Case Owner), and so does every non-GET Composite subrequest,
   since subrequests inherit only ``Accept``, ``Authorization`` and ``Content-Type`` from the
   composite call. A subrequest that sets the header itself (a step that opts in) keeps it.
+- **Stopping** (``stop``, a :class:`threading.Event` set on SIGTERM/SIGINT): once set, no
+  new request is sent and a retry's or poll's pause ends at once, both raising
+  :class:`~worker.errors.StopRequested`. The request in flight is given ``stop_grace``
+  seconds (default 5) to answer, never the whole read timeout: each exchange runs in a
+  daemon thread the caller waits on. An answer still missing then is given up: an
+  idempotent request raises StopRequested (a later run sends it again), any other one
+  :class:`~worker.salesforce.errors.UnknownOutcomeError` (the next run reconciles it).
 - **Dry run**: a ``read_only`` client refuses anything but GET (``DryRunWriteError``), save a
   Composite whose subrequests are all GETs (reads batched five to a call cost the same).
 - **Secrets**: headers and bodies are never logged; errors carry status, errorCode, message
@@ -38,7 +45,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -54,6 +62,7 @@ from worker.errors import (
     FatalApiError,
     RetriableError,
     SalesforceError,
+    StopRequested,
 )
 from worker.ports import ApiUsage, OrgIdentity
 from worker.salesforce.auth import Authenticator, Grant, build_authenticator, session_ids
@@ -68,6 +77,7 @@ from worker.salesforce.errors import (
 from worker.salesforce.settings import SalesforceSettings
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Full jitter: each wait is uniform in [0, min(60, 1 * 2**attempt)] seconds.
 DEFAULT_WAIT: wait_base = tenacity.wait_random_exponential(multiplier=1, max=60)
@@ -79,6 +89,8 @@ USERINFO_PATH = "/services/oauth2/userinfo"  # OpenID Connect UserInfo, on the o
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 _SESSION_CODES = frozenset({"INVALID_SESSION_ID", "INVALID_AUTH_HEADER"})
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+STOP_GRACE_SECONDS = 5.0  # a stop's wait for the answer in flight: well inside Heroku's 30 s
+_STOP_POLL_SECONDS = 0.1  # how often a wait for an answer looks at the stop token
 
 ErrorParser = Callable[[requests.Response], SalesforceError]
 BodyFactory = Callable[[str], str]
@@ -168,9 +180,11 @@ class SalesforceClient:
         http: requests.Session | None = None,
         authenticator: Authenticator | None = None,
         wait: wait_base | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         read_only: bool = False,
         store_refresh_token: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
+        stop_grace: float = STOP_GRACE_SECONDS,
     ) -> None:
         self.settings = settings
         self.read_only = read_only
@@ -179,7 +193,9 @@ class SalesforceClient:
             settings, store_refresh_token=store_refresh_token
         )
         self._wait = wait if wait is not None else DEFAULT_WAIT
-        self._sleep = sleep
+        self._sleep = sleep  # None: wait on the stop token, so a stop ends the pause
+        self._stop = stop or threading.Event()
+        self._stop_grace = stop_grace
         self._grant: Grant | None = None
         self._generation = 0
         self._auth_lock = threading.Lock()
@@ -270,14 +286,23 @@ class SalesforceClient:
                 | _stop_before_waiting(self.settings.retry_max_seconds)
             ),
             wait=self._wait,
-            sleep=self._sleep,
+            sleep=self.pause,
             before_sleep=_log_retry(kind, what),
             reraise=True,
         )
 
     def pause(self, seconds: float) -> None:
-        """Sleep with the injected sleep function (Bulk API polling)."""
-        self._sleep(seconds)
+        """The client's one way to wait (retry backoff, Bulk API polling); a stop ends it
+        at once with StopRequested."""
+        if self._sleep is None:
+            self._stop.wait(seconds)
+        else:
+            self._sleep(seconds)
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise StopRequested("stop requested (SIGTERM/SIGINT): no new request sent")
 
     # -- requests ------------------------------------------------------------------------------
     def request(
@@ -382,7 +407,11 @@ class SalesforceClient:
             if self._grant is None:
                 if self._authenticator.renewable:  # a ready token takes no request
                     self._count("oauth", api=False)
-                self._grant = self._authenticator.authenticate(self._http)
+                self._grant = self._in_flight(
+                    partial(self._authenticator.authenticate, self._http),
+                    what="sign-in",
+                    idempotent=True,
+                )
                 self._generation += 1
             return self._grant, self._generation
 
@@ -401,7 +430,11 @@ class SalesforceClient:
                 ) from None
             log.info("salesforce.reauth", reason=cause.error_code or cause.status)
             self._count("oauth", api=False)
-            self._grant = self._authenticator.authenticate(self._http)
+            self._grant = self._in_flight(
+                partial(self._authenticator.authenticate, self._http),
+                what="sign-in",
+                idempotent=True,
+            )
             self._generation += 1
 
     def _send_renewing(self, call: _Call) -> requests.Response:
@@ -422,17 +455,23 @@ class SalesforceClient:
         headers.update(call.headers)
         data = call.body_factory(token) if call.body_factory is not None else call.data
         shown = _path_of(call.path)
+        self._check_stop()
         self._count(call.kind)
         started = time.monotonic()
         try:
-            response = self._http.request(
-                call.method,
-                grant.instance_url + call.path,
-                json=call.json,
-                data=data,
-                params=call.params,
-                headers=headers,
-                timeout=self.settings.timeout,
+            response = self._in_flight(
+                partial(
+                    self._http.request,
+                    call.method,
+                    grant.instance_url + call.path,
+                    json=call.json,
+                    data=data,
+                    params=call.params,
+                    headers=headers,
+                    timeout=self.settings.timeout,
+                ),
+                what=f"{call.method} {shown}",
+                idempotent=call.idempotent,
             )
         except requests.ConnectTimeout:
             raise RetriableError("connect timeout", url=shown) from None
@@ -488,6 +527,38 @@ class SalesforceClient:
                 url=shown,
             )
         raise error
+
+    def _in_flight(self, exchange: Callable[[], T], *, what: str, idempotent: bool) -> T:
+        """Run one HTTP exchange, waiting for its answer at most ``stop_grace`` seconds
+        once a stop is requested (see the module docstring)."""
+        outcome: list[tuple[T, None] | tuple[None, BaseException]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append((exchange(), None))
+            except BaseException as exc:  # handed to the waiting caller below
+                outcome.append((None, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="salesforce-request", daemon=True).start()
+        deadline: float | None = None
+        while not done.wait(_STOP_POLL_SECONDS):
+            if deadline is None and self._stop.is_set():
+                deadline = time.monotonic() + self._stop_grace
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("salesforce.answer_given_up", request=what, waited_s=self._stop_grace)
+                problem = f"no answer to {what} within {self._stop_grace:g} s of the stop"
+                if idempotent:
+                    raise StopRequested(f"stop requested (SIGTERM/SIGINT): {problem}")
+                raise UnknownOutcomeError(
+                    f"{problem}; reconcile before resending", error_code="UNKNOWN_OUTCOME"
+                )
+        value, error = outcome[0]
+        if error is not None:
+            raise error
+        return value  # type: ignore[return-value]
 
     def _note_usage(self, header: str | None) -> None:
         usage = parse_limit_header(header)

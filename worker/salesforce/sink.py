@@ -46,7 +46,8 @@ result's message; a Lead known to be converted is never updated.
 API budget: before each batch the client's reserve is checked. If it is reached before
 anything was sent, ``write`` raises :class:`~worker.errors.ApiLimitError`; if some batches
 already went out, the rest come back ``PLANNED`` with error ``API_LIMIT`` (not sent, plan
-them again next run) and the next call raises.
+them again next run) and the next call raises. A stop (SIGTERM/SIGINT, see the client) is
+handled the same way, with error ``STOP_REQUESTED``: no composite starts after it.
 """
 
 from __future__ import annotations
@@ -66,8 +67,6 @@ import structlog
 
 from worker import schema
 from worker.actions import (
-    STOPPED_API_LIMIT,
-    STOPPED_AUTH,
     Action,
     ActionResult,
     AddCaseComment,
@@ -75,9 +74,17 @@ from worker.actions import (
     CreateTask,
     Outcome,
     SendEmail,
+    StopCause,
     UpdateRecord,
+    stop_code,
 )
-from worker.errors import ApiLimitError, AuthError, RetriableError, SalesforceError
+from worker.errors import (
+    ApiLimitError,
+    AuthError,
+    RetriableError,
+    SalesforceError,
+    StopRequested,
+)
 from worker.mapping import OrgMapping
 from worker.ports import ApiUsage, TargetState
 from worker.records import RecordRef, format_sf_datetime, parse_sf_datetime
@@ -173,7 +180,7 @@ class SalesforceSink:
         self.task_key_field = task_key_field.strip()
         self._calls = 0
         self._converted: set[str] = set()
-        self._stopped: ApiLimitError | AuthError | None = None
+        self._stopped: StopCause | None = None
 
     def api_calls(self) -> int:
         return self._calls
@@ -224,14 +231,14 @@ class SalesforceSink:
         state = _WriteState(results=[None] * len(actions))
         try:
             self._write(actions, state)
-        except (ApiLimitError, AuthError) as exc:
+        except (ApiLimitError, AuthError, StopRequested) as exc:
             # The run must stop. If nothing went out, say so by raising; otherwise hand back
             # what was done (the rest still PLANNED) and raise on the next call instead.
             if not state.sent_any:
                 raise
             self._stopped = exc
-            code = STOPPED_API_LIMIT if isinstance(exc, ApiLimitError) else STOPPED_AUTH
-            log.warning("salesforce.write_stopped", reason=exc.error_code, message=exc.message)
+            code = stop_code(exc)
+            log.warning("salesforce.write_stopped", reason=code, message=exc.message)
             for i, result in enumerate(state.results):
                 if result is None:
                     state.results[i] = ActionResult(

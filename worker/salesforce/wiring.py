@@ -7,6 +7,7 @@ Salesforce is kept in the store (see :mod:`worker.salesforce.tokens`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,23 +39,35 @@ def load_salesforce_settings() -> SalesforceSettings:
 
 
 def _client(
-    settings: SalesforceSettings, store: Store, state_dir: Path | None, *, read_only: bool
+    settings: SalesforceSettings,
+    store: Store,
+    state_dir: Path | None,
+    *,
+    read_only: bool,
+    stop: threading.Event | None = None,
 ) -> SalesforceClient:
     tokens = RefreshTokenStore(store, settings.refresh_token, state_dir)
     current = tokens.current()
     if current is not settings.refresh_token:
         settings = settings.model_copy(update={"refresh_token": current})
-    return SalesforceClient(settings, read_only=read_only, store_refresh_token=tokens.save)
+    return SalesforceClient(
+        settings, read_only=read_only, store_refresh_token=tokens.save, stop=stop
+    )
 
 
 def open_salesforce(
-    mapping: LoadedMapping, *, write: bool, store: Store, state_dir: Path | None
+    mapping: LoadedMapping,
+    *,
+    write: bool,
+    store: Store,
+    state_dir: Path | None,
+    stop: threading.Event,
 ) -> tuple[Source, Sink]:
     """``state_dir``: where an older version kept a rotated refresh token (moved into the
     store once), None when the store is not a local file."""
     settings = load_salesforce_settings()
     check_auth_config(settings)
-    client = _client(settings, store, state_dir, read_only=not write)
+    client = _client(settings, store, state_dir, read_only=not write, stop=stop)
     source = SalesforceSource(client, org_name=mapping.common.org.name)
     sink = SalesforceSink(client, task_key_field=mapping.common.org.task_key_field)
     if write:
