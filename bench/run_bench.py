@@ -76,9 +76,9 @@ import tenacity  # noqa: E402
 
 from bench.fake_server import RUN_START, FakeOrgProcess, peak_rss_mb  # noqa: E402
 from worker.actions import Action, AddCaseComment, CreateTask, FieldChange, UpdateRecord  # noqa: E402
+from worker.keys import key_marker  # noqa: E402
 from worker.ports import ObjectQuery  # noqa: E402
 from worker.records import RecordRef  # noqa: E402
-from worker.rules.kit import key_marker  # noqa: E402
 from worker.salesforce.client import SalesforceClient  # noqa: E402
 from worker.salesforce.settings import SalesforceSettings  # noqa: E402
 from worker.salesforce.sink import SalesforceSink  # noqa: E402

@@ -38,9 +38,9 @@ from worker.actions import (
     UpdateRecord,
 )
 from worker.errors import ConfigError
+from worker.keys import comment_body, cut_text, key_marker, task_what_id, with_key_marker
 from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page, TargetState
 from worker.records import RecordRef, format_sf_datetime, id18, parse_sf_datetime
-from worker.rules.kit import key_marker, with_key_marker
 
 MANIFEST = "manifest.json"
 RECORDS_DIR = "records"
@@ -156,16 +156,16 @@ def _apply_one(
             raise _LocalWriteError(
                 "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead"
             )
-        target.update(action.values())
+        target.update({name: cut_text(name, v, []) for name, v in action.values().items()})
         target[schema.SYSTEM_MODSTAMP] = stamp
         return ActionResult(action.key, Outcome.APPLIED, sf_id=action.target.id)
     if isinstance(action, CreateTask):
         fields: dict[str, Any] = {
-            schema.SUBJECT: action.subject,
+            schema.SUBJECT: cut_text(schema.SUBJECT, action.subject, []),
             schema.DESCRIPTION: action.description,
             schema.ACTIVITY_DATE: action.due.isoformat(),
             schema.OWNER_ID: action.owner_id,
-            schema.WHAT_ID: action.what_id,
+            schema.WHAT_ID: task_what_id(action.who_id, action.what_id),
             schema.WHO_ID: action.who_id,
             schema.IS_CLOSED: False,
             **action.fields,
@@ -192,7 +192,7 @@ def _apply_one(
             action.key,
             {
                 schema.PARENT_ID: action.target.id,
-                schema.COMMENT_BODY: action.body,
+                schema.COMMENT_BODY: comment_body(action.body, action.key, []),
                 schema.IS_PUBLISHED: action.published,
             },
             stamp,

@@ -15,12 +15,12 @@ import pytest
 
 from worker.actions import Action, CreateTask, SendEmail, UpdateRecord
 from worker.errors import MappingError
+from worker.keys import key_marker
 from worker.localorg import apply_actions, iter_raw_records, read_manifest
 from worker.mapping import LoadedMapping, OrgMapping, load_mapping
 from worker.records import Record, Snapshot
 from worker.rules import ALL_RULES, Evaluation, Verdict, evaluate_rule, rule_models
 from worker.rules.collections import STEPS, CollectionsSettings
-from worker.rules.kit import key_marker
 
 from .declared import is_picklist, undeclared, walk_demo
 

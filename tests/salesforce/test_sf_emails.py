@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from worker.actions import Outcome
+from worker.keys import keys_in_text
 from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline, RunReport
 from worker.rules import ALL_RULES, rule_models
-from worker.rules.kit import keys_in_text
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
 from worker.store import Store

@@ -24,8 +24,8 @@ from worker.actions import (
     UpdateRecord,
 )
 from worker.errors import ApiLimitError, AuthError, DryRunWriteError
+from worker.keys import key_marker
 from worker.records import RecordRef
-from worker.rules.kit import key_marker
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.sink import SalesforceSink
 

@@ -61,6 +61,7 @@ from pydantic import Field, model_validator
 from worker import schema
 from worker.actions import Action
 from worker.errors import RecordError
+from worker.keys import task_key
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
@@ -69,7 +70,6 @@ from worker.rules.kit import (
     append_line,
     is_completed,
     render,
-    task_key,
     template_placeholders,
     worker_emails,
     worker_tasks,

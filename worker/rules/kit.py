@@ -8,7 +8,6 @@ Nothing here does I/O or reads the clock.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,39 +28,11 @@ from worker.actions import (
     make_key,
 )
 from worker.errors import TemplateError
+from worker.keys import keys_in_text, task_key, with_key_marker
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, RecordRef, format_sf_datetime
 
 Channel = Literal["call", "email", "task"]
-
-_MARKER = re.compile(r"\[sop-worker ([^\]\s]+)\]")
-
-
-def key_marker(key: str) -> str:
-    """The tag that carries an action key inside text (Task description, CaseComment)."""
-    return f"[sop-worker {key}]"
-
-
-def keys_in_text(text: str | None) -> list[str]:
-    return _MARKER.findall(text or "")
-
-
-def with_key_marker(text: str, key: str) -> str:
-    """``text`` ending with the key's marker (added after a blank line when missing)."""
-    marker = key_marker(key)
-    if marker in text:
-        return text
-    return f"{text}\n\n{marker}" if text else marker
-
-
-def task_key(task: Record, org: OrgMapping) -> str | None:
-    """The worker's action key on a Task: its external-id field, else the text marker."""
-    if org.org.task_key_field:
-        value = task.get(org.org.task_key_field)
-        if isinstance(value, str) and value:
-            return value
-    found = keys_in_text(task.text(schema.DESCRIPTION))
-    return found[0] if found else None
 
 
 def worker_tasks(snapshot: Any, record_id: str, rule_id: str, org: OrgMapping) -> dict[str, Record]:
@@ -291,8 +262,6 @@ class Emit:
             who_id = who_id or self.record.id
         else:
             what_id = what_id or self.record.id
-        if who_id and who_id.startswith(schema.LEAD_ID_PREFIX):
-            what_id = None  # Salesforce rejects a WhatId beside a Lead WhoId
         task_type, subtype = {
             "call": (tasks.call_type, tasks.call_subtype),
             "email": (tasks.email_type, tasks.email_subtype),
@@ -313,11 +282,11 @@ class Emit:
         if self.org.org.task_key_field:
             fields[self.org.org.task_key_field] = meta["key"]
         else:
-            body = f"{description}\n\n{key_marker(meta['key'])}"
+            body = with_key_marker(description, meta["key"])
         owner = owner_id or self.record.text(schema.OWNER_ID)
         return CreateTask(
             **meta,
-            subject=subject[: schema.SUBJECT_MAX_CHARS],
+            subject=subject,
             description=body,
             due=due,
             due_at=due_at,
@@ -361,10 +330,8 @@ class Emit:
         step_key: str | None = None,
     ) -> AddCaseComment:
         meta = self._meta(step_id, step_key, reason)
-        marker = key_marker(meta["key"])
-        room = schema.COMMENT_BODY_MAX_BYTES - len(marker.encode()) - 2
-        text = body.encode()[:room].decode(errors="ignore")
-        return AddCaseComment(**meta, body=f"{text}\n\n{marker}", published=published)
+        body = with_key_marker(body, meta["key"])
+        return AddCaseComment(**meta, body=body, published=published)
 
     def email(
         self,

@@ -29,10 +29,11 @@ from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.keys import task_key
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
-from worker.rules.kit import Emit, append_line, logged_response, render, task_key, worker_tasks
+from worker.rules.kit import Emit, append_line, logged_response, render, worker_tasks
 
 RULE_ID = "payment_followup"
 STEPS = ("identify", "initial", "followup", "log", "final", "closeout")
