@@ -36,6 +36,7 @@ from worker.salesforce.writes.state import (
 
 
 def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -> None:
+    """Write ``actions``, each result into ``state`` by position."""
     records: list[PreparedRecord] = []
     emails: list[tuple[int, SendEmail]] = []
     converts: list[tuple[int, ConvertLead]] = []
@@ -85,7 +86,7 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
 
 
 def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
-    """API calls :meth:`write` will make (no retries; lookups paged once)."""
+    """API calls :func:`write_all` will make (no retries; lookups paged once)."""
     chunks: dict[bool, int] = {True: 0, False: 0}
     counts: dict[tuple[str, Operation, bool], int] = {}
     lookup_parents: dict[str, set[str]] = {}
