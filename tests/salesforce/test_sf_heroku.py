@@ -35,7 +35,7 @@ def test_dynos_with_wiped_disks_share_one_history(
         dyno.mkdir()
         env = {**live.env, "HOME": str(dyno), "WORKER_DB_PATH": str(dyno / "w.db")}
         live.server.reset_calls()
-        second = run_cli(["run"], env, dyno)
+        second = run_cli(["run", "--as-of-is-intended"], env, dyno)
         assert second.returncode == EXIT_OK, second.stderr[-2000:]
         assert live.writes() == []  # nothing new the same day
         assert list(dyno.iterdir()) == []  # nothing kept on the dyno's disk
