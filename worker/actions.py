@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -88,9 +88,8 @@ class Action:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind.value
-        out: dict[str, Any] = _jsonable(data)
+        out: dict[str, Any] = _jsonable(self)  # field by field: no deep copy (asdict's)
+        out["kind"] = self.kind.value
         return out
 
 
@@ -236,6 +235,8 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
 
 
 def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Mapping):
