@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from worker.business_hours import BusinessCalendar, Shift
-from worker.errors import ConfigError, MappingError
+from worker.business_hours import BusinessCalendar, Shift, holiday_rule, org_calendar
+from worker.errors import ConfigError, MappingError, RecordError
 from worker.mapping import load_mapping
+from worker.records import Record
 from worker.rules import rule_models
 
 from .test_mapping import broken
@@ -201,6 +203,12 @@ CLOSED_WEEK = "\n".join(
             "calendar",
             "monday: shift 16:00-18:00 overlaps",
         ),
+        (
+            "[calendar]\n",
+            '[calendar]\nsource = "org"\n',
+            "calendar",
+            "remove friday, monday, thursday, tuesday, wednesday",
+        ),
         ('holiday_country = "US"', 'holiday_country = "XX"', "org.holiday_country", "'XX'"),
         ("closed_days = []", 'closed_days = ["2026-02-30"]', "calendar.closed_days.0", "date"),
     ],
@@ -221,3 +229,137 @@ def test_the_mapping_calendar_is_the_orgs_one_calendar(tmp_path: Path) -> None:
     cal = load_mapping(path, rule_models()).common.calendar
     assert cal.zone == CHICAGO
     assert cal.add(at("2026-11-25 16:30"), dt.timedelta(hours=1)) == at("2026-11-30 07:30")
+
+
+# -- the org's BusinessHours and Holiday records -----------------------------------------------
+
+
+def record(sobject: str, rid: str, **fields: Any) -> Record:
+    return Record(sobject, rid, {"Id": rid, **fields})
+
+
+def business_hours(rid: str = "01m000000000001AAA", **fields: Any) -> Record:
+    day = {"StartTime": "08:00:00.000Z", "EndTime": "18:00:00.000Z"}
+    values: dict[str, Any] = {
+        f"{d}{edge}": day[edge]
+        for d in ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+        for edge in day
+    }
+    values.update(
+        SaturdayStartTime=None,
+        SaturdayEndTime=None,
+        SundayStartTime=None,
+        SundayEndTime=None,
+        IsActive=True,
+        IsDefault=True,
+        TimeZoneSidKey="America/New_York",
+    )
+    values.update(fields)
+    return record("BusinessHours", rid, **values)
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+THANKSGIVING = record(
+    "Holiday",
+    "0C0000000000001AAA",
+    Name="Thanksgiving",
+    IsAllDay=True,
+    IsRecurrence=True,
+    RecurrenceType="RecursYearlyNth",
+    RecurrenceInstance="Fourth",
+    RecurrenceDayOfWeekMask=16,
+    RecurrenceMonthOfYear="November",
+    RecurrenceStartDate="2020-11-26",
+    ActivityDate=None,
+)
+CHRISTMAS_EVE_AFTERNOON = record(
+    "Holiday",
+    "0C0000000000002AAA",
+    Name="Christmas Eve",
+    IsAllDay=False,
+    StartTimeInMinutes=720,
+    EndTimeInMinutes=1440,
+    IsRecurrence=False,
+    ActivityDate="2026-12-24",
+)
+BASE = calendar(country=None)
+
+
+def test_org_business_hours_and_holidays() -> None:
+    cal = org_calendar([business_hours()], [THANKSGIVING, CHRISTMAS_EVE_AFTERNOON], BASE)
+    assert cal.zone == NEW_YORK
+    # Thanksgiving recurs on the fourth Thursday of November, years after its start date.
+    assert not cal.is_business_day(dt.date(2030, 11, 28))
+    assert cal.add(at("2026-11-25 17:30", NEW_YORK), dt.timedelta(hours=1)) == at(
+        "2026-11-27 08:30", NEW_YORK
+    )
+    # Christmas Eve closes at noon.
+    assert cal.add(at("2026-12-24 11:30", NEW_YORK), dt.timedelta(hours=1)) == at(
+        "2026-12-25 08:30", NEW_YORK
+    )
+
+
+def test_org_hours_of_24_hours_and_closed_days() -> None:
+    hours = business_hours(SaturdayStartTime="00:00:00.000Z", SaturdayEndTime="00:00:00.000Z")
+    cal = org_calendar([hours], [], BASE)
+    assert cal.elapsed(at("2026-11-21 00:00", NEW_YORK), at("2026-11-22 00:00", NEW_YORK)) == (
+        dt.timedelta(hours=24)
+    )
+    assert not cal.is_business_day(dt.date(2026, 11, 22))  # Sunday: no start time
+
+
+def test_only_the_active_default_business_hours_count() -> None:
+    inactive = business_hours("01m000000000002AAA", IsActive=False)
+    other = business_hours("01m000000000003AAA", IsDefault=False)
+    with pytest.raises(ConfigError, match="no active default BusinessHours"):
+        org_calendar([inactive, other], [], BASE)
+
+
+@pytest.mark.parametrize(
+    ("fields", "rule"),
+    [
+        ({"RecurrenceType": "RecursDaily", "RecurrenceInterval": 3}, "FREQ=DAILY;INTERVAL=3"),
+        ({"RecurrenceType": "RecursEveryWeekday"}, "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"),
+        (
+            {"RecurrenceType": "RecursWeekly", "RecurrenceDayOfWeekMask": 2 + 32},
+            "FREQ=WEEKLY;INTERVAL=1;BYDAY=MO,FR",
+        ),
+        (
+            {"RecurrenceType": "RecursMonthly", "RecurrenceDayOfMonth": 15},
+            "FREQ=MONTHLY;INTERVAL=1;BYMONTHDAY=15",
+        ),
+        (
+            {
+                "RecurrenceType": "RecursMonthlyNth",
+                "RecurrenceDayOfWeekMask": 2,
+                "RecurrenceInstance": "Last",
+            },
+            "FREQ=MONTHLY;INTERVAL=1;BYDAY=MO;BYSETPOS=-1",
+        ),
+        (
+            {
+                "RecurrenceType": "RecursYearly",
+                "RecurrenceMonthOfYear": "July",
+                "RecurrenceDayOfMonth": 4,
+                "RecurrenceEndDateOnly": "2030-12-31",
+            },
+            "FREQ=YEARLY;BYMONTH=7;BYMONTHDAY=4;UNTIL=20301231",
+        ),
+    ],
+)
+def test_holiday_recurrence_as_a_rule(fields: dict[str, Any], rule: str) -> None:
+    assert holiday_rule(record("Holiday", "0C0000000000003AAA", **fields)) == rule
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"RecurrenceType": "RecursFortnightly"}, "RecurrenceType"),
+        ({"RecurrenceType": "RecursYearly", "RecurrenceDayOfMonth": 4}, "RecurrenceMonthOfYear"),
+        ({"RecurrenceType": "RecursWeekly"}, "RecurrenceDayOfWeekMask"),
+    ],
+)
+def test_a_malformed_holiday_names_its_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(RecordError) as err:
+        holiday_rule(record("Holiday", "0C0000000000004AAA", **fields))
+    assert err.value.field == field

@@ -2,17 +2,18 @@
 and closed days, and the arithmetic of business time over it.
 
 One calendar serves every rule and every object (Salesforce's own business hours apply to
-Cases only): the mapping's ``[calendar]`` section, on ``org.calendar``. Pure: no clock, no
-I/O.
+Cases only), on ``org.calendar``: the mapping's ``[calendar]`` section, or with ``source =
+"org"`` the org's default ``BusinessHours`` and its ``Holiday`` records
+(:func:`org_calendar`, from the cached records at each evaluation). Pure: no clock, no I/O.
 
 How time is counted:
 
 - A weekday's hours are shifts in the calendar's zone, ``"09:00-17:00"``; a shift whose end
   is at or before its start runs past midnight into the next day (``"22:00-06:00"``), and
   ``"00:00-24:00"`` is the whole day.
-- A closure (a public holiday of ``[org] holiday_country``, a closed day of the mapping)
-  removes its period, midnight to midnight when it is all day, from every shift it
-  overlaps, including an overnight shift begun the evening before.
+- A closure (a public holiday of ``[org] holiday_country``, a closed day of the mapping, a
+  Holiday record) removes its period, midnight to midnight when it is all day, from every
+  shift it overlaps, including an overnight shift begun the evening before.
 - Business time is real elapsed time: on the night the clocks go forward a ``00:00-24:00``
   day holds 23 hours. A local time the change skips is read in the offset before it (02:30
   on a spring-forward night is 03:30 daylight time); a local time that occurs twice is its
@@ -27,14 +28,16 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
+from dateutil import rrule
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, RecordError
+from worker.records import Record
 
 MINUTES_PER_DAY = 24 * 60
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -83,13 +86,35 @@ class Closure:
 
 
 @dataclass(frozen=True)
+class RecurringClosure:
+    """A closure repeating by a date rule from ``first`` (a recurring Holiday record)."""
+
+    rule: str  # an RFC 5545 RRULE, as dateutil reads it
+    first: dt.date
+    start: int = 0
+    end: int = MINUTES_PER_DAY
+    name: str = ""
+
+    def days_in(self, year: int) -> list[dt.date]:
+        rule = rrule.rrulestr(self.rule, dtstart=dt.datetime.combine(self.first, dt.time(0)))
+        lo = dt.datetime(year, 1, 1)
+        hi = dt.datetime(year, 12, 31)
+        return [d.date() for d in rule.between(lo, hi, inc=True)]
+
+    def on(self, day: dt.date) -> Closure:
+        return Closure(day, self.start, self.end, self.name)
+
+
+@dataclass(frozen=True)
 class BusinessCalendar:
-    """Working hours per weekday (``week[0]`` is Monday) in ``zone``, less ``closures`` and,
-    when ``country`` is set, that country's (and subdivision's) public holidays."""
+    """Working hours per weekday (``week[0]`` is Monday) in ``zone``, less ``closures``,
+    the ``recurring`` ones and, when ``country`` is set, that country's (and subdivision's)
+    public holidays."""
 
     zone: ZoneInfo
     week: tuple[tuple[Shift, ...], ...]
     closures: tuple[Closure, ...] = ()
+    recurring: tuple[RecurringClosure, ...] = ()
     country: str | None = None
     subdivision: str | None = None
     _days: dict[dt.date, tuple[Period, ...]] = field(
@@ -261,6 +286,9 @@ class BusinessCalendar:
             for closure in self.closures:
                 if closure.day.year == day.year:
                     found.setdefault(closure.day, []).append(closure)
+            for recurring in self.recurring:
+                for when in recurring.days_in(day.year):
+                    found.setdefault(when, []).append(recurring.on(when))
             if self.country:
                 for when, name in _holidays(self.country, self.subdivision, day.year).items():
                     found.setdefault(when, []).append(Closure(when, name=str(name)))
@@ -300,3 +328,170 @@ def _holidays(country: str, subdivision: str | None, year: int) -> holidays.Holi
         raise ConfigError(
             f"holiday calendar: country {country!r} / subdivision {subdivision!r} is not known"
         ) from None
+
+
+# -- the org's BusinessHours and Holiday records ---------------------------------------------
+# What the pull reads of them with [calendar] source = "org".
+
+_DAY_FIELDS = tuple(day.capitalize() for day in WEEKDAYS)
+BUSINESS_HOURS_FIELDS = (
+    "Name",
+    "IsActive",
+    "IsDefault",
+    "TimeZoneSidKey",
+    *(f"{day}{edge}Time" for day in _DAY_FIELDS for edge in ("Start", "End")),
+)
+HOLIDAY_FIELDS = (
+    "Name",
+    "ActivityDate",
+    "IsAllDay",
+    "StartTimeInMinutes",
+    "EndTimeInMinutes",
+    "IsRecurrence",
+    "RecurrenceType",
+    "RecurrenceInterval",
+    "RecurrenceDayOfWeekMask",
+    "RecurrenceDayOfMonth",
+    "RecurrenceInstance",
+    "RecurrenceMonthOfYear",
+    "RecurrenceStartDate",
+    "RecurrenceEndDateOnly",
+)
+# RecurrenceDayOfWeekMask: Sunday = 1, Monday = 2, ... Saturday = 64.
+_MASK_DAYS = ((1, "SU"), (2, "MO"), (4, "TU"), (8, "WE"), (16, "TH"), (32, "FR"), (64, "SA"))
+_INSTANCES = {"First": 1, "Second": 2, "Third": 3, "Fourth": 4, "Last": -1}
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+def org_calendar(
+    hours: Sequence[Record], holiday_records: Sequence[Record], base: BusinessCalendar
+) -> BusinessCalendar:
+    """The calendar of the org's default, active ``BusinessHours`` record, in its own
+    ``TimeZoneSidKey``, closed on the org's ``Holiday`` records (recurring ones by their
+    rule) besides ``base``'s closed days and public holidays.
+
+    A day whose start time is empty is closed; a start equal to its end (both 00:00) is
+    open all day, as Salesforce's "24 hours" setting stores it. Holidays are not linked to
+    business hours through the API, so every Holiday of the org applies.
+    """
+    defaults = [r for r in hours if r.flag("IsDefault") and r.flag("IsActive")]
+    if not defaults:
+        raise ConfigError(
+            "calendar: source = 'org' but the org has no active default BusinessHours "
+            "(Setup > Business Hours); or set the hours in the mapping's [calendar]"
+        )
+    record = defaults[0]
+    zone_name = record.text("TimeZoneSidKey") or ""
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RecordError(record.id, "TimeZoneSidKey", f"unknown time zone {zone_name!r}") from None
+    week: list[tuple[Shift, ...]] = []
+    for label in _DAY_FIELDS:
+        start = _sf_time(record, f"{label}StartTime")
+        end = _sf_time(record, f"{label}EndTime")
+        if start is None or end is None:
+            week.append(())
+        else:
+            week.append((Shift(start, end if end > start else end + MINUTES_PER_DAY),))
+    fixed: list[Closure] = []
+    recurring: list[RecurringClosure] = []
+    for holiday in holiday_records:
+        name = holiday.text("Name") or ""
+        start, end = 0, MINUTES_PER_DAY
+        if not holiday.flag("IsAllDay"):
+            start = int(holiday.number("StartTimeInMinutes") or 0)
+            end = int(holiday.number("EndTimeInMinutes") or MINUTES_PER_DAY)
+        if holiday.flag("IsRecurrence"):
+            first = holiday.date("RecurrenceStartDate")
+            if first is None:
+                raise RecordError(holiday.id, "RecurrenceStartDate", "empty on a recurring holiday")
+            recurring.append(RecurringClosure(holiday_rule(holiday), first, start, end, name))
+        else:
+            day = holiday.date("ActivityDate")
+            if day is None:
+                raise RecordError(holiday.id, "ActivityDate", "empty on a one-off holiday")
+            fixed.append(Closure(day, start, end, name))
+    try:
+        return BusinessCalendar(
+            zone=zone,
+            week=tuple(week),
+            closures=(*base.closures, *fixed),
+            recurring=tuple(recurring),
+            country=base.country,
+            subdivision=base.subdivision,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"calendar: BusinessHours {record.id}: {exc}") from None
+
+
+def holiday_rule(holiday: Record) -> str:
+    """A recurring Holiday's recurrence fields as an RFC 5545 RRULE."""
+    kind = holiday.text("RecurrenceType") or ""
+    interval = int(holiday.number("RecurrenceInterval") or 1)
+    mask = int(holiday.number("RecurrenceDayOfWeekMask") or 0)
+    days = ",".join(code for bit, code in _MASK_DAYS if mask & bit)
+    instance = _INSTANCES.get(holiday.text("RecurrenceInstance") or "")
+    month_name = holiday.text("RecurrenceMonthOfYear") or ""
+    month = _MONTHS.index(month_name) + 1 if month_name in _MONTHS else None
+    day_of_month = holiday.number("RecurrenceDayOfMonth")
+
+    def need(value: object, field_name: str) -> str:
+        if value is None or value == "":
+            raise RecordError(holiday.id, field_name, f"empty on a {kind} holiday")
+        return str(value)
+
+    parts: dict[str, Callable[[], str]] = {
+        "RecursDaily": lambda: f"FREQ=DAILY;INTERVAL={interval}",
+        "RecursEveryWeekday": lambda: "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR",
+        "RecursWeekly": lambda: (
+            f"FREQ=WEEKLY;INTERVAL={interval};BYDAY={need(days, 'RecurrenceDayOfWeekMask')}"
+        ),
+        "RecursMonthly": lambda: (
+            f"FREQ=MONTHLY;INTERVAL={interval};"
+            f"BYMONTHDAY={need(day_of_month, 'RecurrenceDayOfMonth')}"
+        ),
+        "RecursMonthlyNth": lambda: (
+            f"FREQ=MONTHLY;INTERVAL={interval};BYDAY={need(days, 'RecurrenceDayOfWeekMask')};"
+            f"BYSETPOS={need(instance, 'RecurrenceInstance')}"
+        ),
+        "RecursYearly": lambda: (
+            f"FREQ=YEARLY;BYMONTH={need(month, 'RecurrenceMonthOfYear')};"
+            f"BYMONTHDAY={need(day_of_month, 'RecurrenceDayOfMonth')}"
+        ),
+        "RecursYearlyNth": lambda: (
+            f"FREQ=YEARLY;BYMONTH={need(month, 'RecurrenceMonthOfYear')};"
+            f"BYDAY={need(days, 'RecurrenceDayOfWeekMask')};"
+            f"BYSETPOS={need(instance, 'RecurrenceInstance')}"
+        ),
+    }
+    build = parts.get(kind)
+    if build is None:
+        raise RecordError(holiday.id, "RecurrenceType", f"not a recurrence type: {kind!r}")
+    rule = build()
+    until = holiday.date("RecurrenceEndDateOnly")
+    return f"{rule};UNTIL={until:%Y%m%d}" if until else rule
+
+
+def _sf_time(record: Record, name: str) -> int | None:
+    """Minutes after midnight of a Salesforce time value (``"09:00:00.000Z"``)."""
+    text = record.text(name)
+    if text is None:
+        return None
+    match = re.match(r"^(\d{2}):(\d{2})", text)
+    if not match:
+        raise RecordError(record.id, name, f"not a time: {text!r}")
+    return int(match.group(1)) * 60 + int(match.group(2))

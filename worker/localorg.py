@@ -358,10 +358,9 @@ class LocalOrg:
                     deleted.append(raw[schema.ID])
                 else:
                     rows.append(_project(raw, query.fields))
-            rows.sort(
-                key=lambda r: (str(r.get(schema.SYSTEM_MODSTAMP) or ""), str(r.get(schema.ID)))
-            )
-            yield Page(query.sobject, rows, deleted)
+            stamp = query.replication.stamp
+            rows.sort(key=lambda r: (str(r.get(stamp) or ""), str(r.get(schema.ID))))
+            yield Page(query.sobject, rows, deleted, stamp_field=stamp)
 
     def identity(self) -> OrgIdentity:
         """The org named in the manifest (the working copy is a copy of the same org)."""
@@ -458,7 +457,7 @@ class LocalOrg:
 def _in_window(raw: Mapping[str, Any], query: ObjectQuery) -> bool:
     """Incremental reads honour the lower bound only: a local org has its own dates (its
     manifest's as-of), so the real clock's upper bound would hide records dated after it."""
-    stamp = raw.get(schema.SYSTEM_MODSTAMP)
+    stamp = raw.get(query.replication.stamp)
     if not isinstance(stamp, str) or query.since is None:
         return True
     return parse_sf_datetime(stamp) >= query.since

@@ -19,12 +19,13 @@ Every problem is reported with the file and the dotted key path, never a traceba
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -138,6 +139,11 @@ class ObjectSection(StrictModel):
         description="Scope filters: field -> allowed values (ANDed, values escaped). Values "
         "of an Id field (Id, OwnerId, RecordTypeId, ...) may be 15-character Ids.",
     )
+    replication_key: str = Field(
+        default="",
+        description="Datetime field the incremental read orders and resumes on; empty: the "
+        "platform's own (SystemModstamp; CreatedDate for field-history objects).",
+    )
 
     @field_validator("filters")
     @classmethod
@@ -170,6 +176,11 @@ class CalendarSection(StrictModel):
     """When the business is open: one calendar for every rule and object, in the [org] time
     zone. See docs/engine.md."""
 
+    source: Literal["mapping", "org"] = Field(
+        default="mapping",
+        description="'mapping': the hours below; 'org': the org's default BusinessHours (in "
+        "its own time zone) and its Holiday records, read at every pull.",
+    )
     monday: tuple[str, ...] = ("09:00-17:00",)
     tuesday: tuple[str, ...] = ("09:00-17:00",)
     wednesday: tuple[str, ...] = ("09:00-17:00",)
@@ -194,8 +205,18 @@ class CalendarSection(StrictModel):
                 Shift.parse(str(shift))
         return shifts
 
+    @model_validator(mode="after")
+    def _hours_in_one_place(self) -> CalendarSection:
+        given = sorted(set(WEEKDAYS) & self.model_fields_set)
+        if self.source == "org" and given:
+            raise ValueError(
+                f"source = 'org' reads the hours from the org: remove {', '.join(given)}"
+            )
+        return self
+
     def build(self, org: OrgSection) -> BusinessCalendar:
-        """The calendar of these hours in the org's time zone."""
+        """The calendar of these hours in the org's time zone (with ``source = "org"``, the
+        org's hours take their place at each evaluation)."""
         return BusinessCalendar.weekdays(
             {day: getattr(self, day) for day in WEEKDAYS},
             org.zone,
@@ -302,12 +323,21 @@ class OrgMapping:
     tasks: TaskSection
     objects: Mapping[str, ObjectSection]
     calendar: BusinessCalendar
+    calendar_from_org: bool = False  # the pipeline puts the org's BusinessHours in its place
+
+    def replication(self, sobject: str) -> schema.Replication:
+        """How ``sobject`` is read incrementally (see :func:`worker.schema.replication`)."""
+        found = schema.replication(sobject)
+        section = self.objects.get(sobject)
+        if section and section.replication_key:
+            return dataclasses.replace(found, stamp=section.replication_key)
+        return found
 
     def name_field(self, sobject: str) -> str:
         section = self.objects.get(sobject)
         if section and section.name_field:
             return section.name_field
-        return schema.NAME_FIELDS.get(sobject, "Name")
+        return schema.name_field(sobject)
 
 
 @dataclass(frozen=True)
@@ -369,6 +399,7 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
             tasks=top.tasks,
             objects=dict(top.objects),
             calendar=calendar,
+            calendar_from_org=top.calendar.source == "org",
         ),
         retention=top.retention,
         precedence=top.precedence,

@@ -12,7 +12,8 @@ Exactly-once, step by step:
    Salesforce (``REQUEST_TIME_LIMIT``), then is sent again.
 2. ``pull``: per object, one incremental query on SystemModstamp from the watermark (the
    live source widens it by an overlap window); each page is committed, then its watermark,
-   never past the run's start.
+   never past the run's start. Related objects read otherwise (field history on CreatedDate,
+   queue members read whole) follow :func:`worker.schema.replication`.
 3. ``plan``: rules over the cached snapshot, at the run's instant (:meth:`Pipeline.instant`);
    keys the ledger already applied are left out.
 4. ``apply``: every action's target (the record the rule acted on) is read again once,
@@ -61,6 +62,7 @@ from worker.actions import (
     SendEmail,
     stop_code,
 )
+from worker.business_hours import BUSINESS_HOURS_FIELDS, HOLIDAY_FIELDS, org_calendar
 from worker.errors import ApiLimitError, AuthError, ConfigError, SalesforceError, StopRequested
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
@@ -167,11 +169,14 @@ def object_fields(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> dict[st
     for rule in rules:
         for sobject, names in mapping.rules[rule.id].needs().items():
             needed.setdefault(sobject, set()).update(names)
+    if mapping.common.calendar_from_org:
+        needed.setdefault(schema.BUSINESS_HOURS, set()).update(BUSINESS_HOURS_FIELDS)
+        needed.setdefault(schema.HOLIDAY, set()).update(HOLIDAY_FIELDS)
     for sobject, section in mapping.common.objects.items():
         if sobject in needed:
             needed[sobject].update(section.fields)
     for sobject, names in needed.items():
-        names.update(schema.ALWAYS_FIELDS)
+        names.update(mapping.common.replication(sobject).fields())
         names.add(mapping.common.name_field(sobject))
         if sobject == schema.TASK:
             names.update(schema.TASK_FIELDS)
@@ -310,10 +315,13 @@ class Pipeline:
             filters = dict(section.filters) if section else {}
             digest = fields_hash(names, filters)
             hashes[sobject] = digest
-            mark = self.store.watermark(sobject, digest)
+            replication = self.mapping.common.replication(sobject)
+            mark = None if replication.full else self.store.watermark(sobject, digest)
             if mark is None:
                 self.store.reset_cache(sobject)
-            queries.append(ObjectQuery(sobject, names, filters, mark, run_start))
+            queries.append(ObjectQuery(sobject, names, filters, mark, run_start, replication))
+            if replication.full:
+                hashes.pop(sobject)  # read whole every time: no watermark to keep
         unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
         self._check_stop("before the pull")
         for page in self.source.fetch(queries):
@@ -326,7 +334,7 @@ class Pipeline:
                 newest = stamp if newest is None else max(newest, stamp)
             if newest is not None and not page.settled:
                 unsettled[page.sobject] = newest
-            elif newest is not None:
+            elif newest is not None and page.sobject in hashes:
                 # Never past the run's start: a record stamped later (clock skew, a write
                 # landing during this read) is read again next cycle rather than missed.
                 mark = min(newest, run_start)
@@ -359,13 +367,17 @@ class Pipeline:
             log.warning(
                 "cache.unreadable_record", record_id=problem.record_id, problem=problem.problem
             )
+        common = self.mapping.common
+        if common.calendar_from_org:
+            calendar = org_calendar(
+                snapshot.of(schema.BUSINESS_HOURS), snapshot.of(schema.HOLIDAY), common.calendar
+            )
+            common = dataclasses.replace(common, calendar=calendar)
         evaluations: list[Evaluation] = []
         for done, rule in enumerate(self.rules):
             self._check_stop("during planning")
             evaluations.extend(
-                evaluate_rule(
-                    rule, snapshot, as_of, self.mapping.rules[rule.id], self.mapping.common
-                )
+                evaluate_rule(rule, snapshot, as_of, self.mapping.rules[rule.id], common)
             )
             self._report_progress(report, "plan", done + 1, len(self.rules))
         return evaluations, len(problems)
@@ -667,9 +679,11 @@ def _batches(actions: Sequence[Action], size: int) -> Iterator[list[Action]]:
 
 
 def _usable(page: Page, report: RunReport) -> Page:
-    """The page without records that cannot be cached: no Id to key them on, or no
-    SystemModstamp to order them by. Each is counted as a record error and logged."""
+    """The page without records that cannot be cached: no Id to key them on, or no stamp
+    (SystemModstamp, or the object's own replication field) to order them by. Each is
+    counted as a record error and logged."""
     kept = []
+    stamp = page.stamp_field
     for raw in page.records:
         rid = raw.get(schema.ID)
         problem = None
@@ -677,9 +691,9 @@ def _usable(page: Page, report: RunReport) -> Page:
             problem = "no Id"
         else:
             try:
-                parse_sf_datetime(str(raw.get(schema.SYSTEM_MODSTAMP) or ""))
+                parse_sf_datetime(str(raw.get(stamp) or ""))
             except ValueError:
-                problem = f"SystemModstamp is not a datetime: {raw.get(schema.SYSTEM_MODSTAMP)!r}"
+                problem = f"{stamp} is not a datetime: {raw.get(stamp)!r}"
         if problem is None:
             kept.append(raw)
             continue

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from worker.actions import Action, ActionResult
 from worker.records import RecordRef
+from worker.schema import SYSTEM_MODSTAMP, USUAL, Replication
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,17 @@ class ObjectQuery:
     filters: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     since: dt.datetime | None = None  # the watermark; a live source widens it by its overlap
     until: dt.datetime | None = None  # inclusive upper bound: the run's start time
+    # Which field ``since`` and ``until`` bound and the read is ordered by, and whether the
+    # object has IsDeleted (see worker.schema.replication).
+    replication: Replication = USUAL
 
 
 @dataclass(frozen=True)
 class Page:
     """One page of one object's records. ``deleted_ids`` are rows seen with IsDeleted.
 
-    ``settled``: every row stamped at or before this page's newest SystemModstamp has been
+    ``settled``: every row stamped at or before this page's newest stamp (its
+    ``stamp_field``: SystemModstamp, or CreatedDate for field history) has been
     delivered, so the watermark may move there once the page is committed. True for each
     page of a read ordered by SystemModstamp; an unordered read (Bulk API) marks only its
     last page, and the watermark moves once, to the newest stamp of the whole read.
@@ -48,6 +53,7 @@ class Page:
     records: Sequence[Mapping[str, Any]]
     deleted_ids: Sequence[str] = ()
     settled: bool = True
+    stamp_field: str = SYSTEM_MODSTAMP  # the field the read is ordered by (its replication)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ values, which Task marks a reply) lives in ``mappings/``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 ID = "Id"
 SYSTEM_MODSTAMP = "SystemModstamp"
 IS_DELETED = "IsDeleted"
@@ -81,11 +83,80 @@ KEY_PREFIXES = {
     "500": CASE,
 }
 
-# The field that names a record, for standard objects whose name field is not ``Name``.
-NAME_FIELDS = {TASK: SUBJECT, CASE: "CaseNumber", CASE_COMMENT: ID, EMAIL_MESSAGE: SUBJECT}
+# Objects a rule may read beside its own (related records, see docs/engine.md).
+USER = "User"
+GROUP = "Group"  # a queue is a Group with Type = 'Queue'
+GROUP_MEMBER = "GroupMember"
+LEAD_HISTORY = "LeadHistory"
+OPPORTUNITY_HISTORY = "OpportunityHistory"
+CAMPAIGN_MEMBER = "CampaignMember"
+EVENT = "Event"
+BUSINESS_HOURS = "BusinessHours"
+HOLIDAY = "Holiday"
 
-# Fields every cached record carries, whatever the mapping asks for.
-ALWAYS_FIELDS = (ID, SYSTEM_MODSTAMP, IS_DELETED)
+# The field that names a record, for standard objects whose name field is not ``Name``
+# (a field-history object has none either: its Id).
+NAME_FIELDS = {
+    TASK: SUBJECT,
+    EVENT: SUBJECT,
+    CASE: "CaseNumber",
+    CASE_COMMENT: ID,
+    EMAIL_MESSAGE: SUBJECT,
+    GROUP_MEMBER: ID,
+    OPPORTUNITY_HISTORY: ID,
+    CAMPAIGN_MEMBER: ID,
+}
+
+
+def name_field(sobject: str) -> str:
+    """The platform's name field of ``sobject``."""
+    return NAME_FIELDS.get(sobject) or (ID if sobject.endswith("History") else "Name")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How one object is read incrementally.
+
+    ``stamp``: the datetime field reads are ordered by and resume from (SystemModstamp; a
+    field-history object has only CreatedDate, its rows never change). ``deletes``: the
+    object has ``IsDeleted``, so ``queryAll`` returns deleted rows flagged. ``full``: every
+    pull reads the whole object again, because a row can vanish without a trace (a hard
+    delete, no ``IsDeleted``): a removed queue member or holiday must leave the cache too.
+    """
+
+    stamp: str = SYSTEM_MODSTAMP
+    deletes: bool = True
+    full: bool = False
+
+    def fields(self) -> tuple[str, ...]:
+        """The fields every cached record of the object carries."""
+        return (ID, self.stamp, IS_DELETED) if self.deletes else (ID, self.stamp)
+
+
+USUAL = Replication()  # SystemModstamp, IsDeleted, incremental
+
+# Objects that differ from the usual SystemModstamp + IsDeleted (object reference).
+REPLICATION = {
+    USER: Replication(deletes=False),  # users are deactivated (IsActive), never deleted
+    GROUP: Replication(deletes=False, full=True),
+    GROUP_MEMBER: Replication(deletes=False, full=True),
+    OPPORTUNITY_HISTORY: Replication(),  # stage history: SystemModstamp and IsDeleted
+    BUSINESS_HOURS: Replication(deletes=False),  # never deleted, only made inactive
+    HOLIDAY: Replication(deletes=False, full=True),
+}
+
+
+def replication(sobject: str) -> Replication:
+    """How ``sobject`` is read: :data:`REPLICATION`, else by CreatedDate for a field-history
+    object (``LeadHistory``, ``Account__History``), else SystemModstamp with IsDeleted."""
+    known = REPLICATION.get(sobject)
+    if known is not None:
+        return known
+    if sobject.endswith("History"):
+        return Replication(stamp=CREATED_DATE)
+    return USUAL
+
+
 TASK_FIELDS = (
     WHAT_ID,
     WHO_ID,

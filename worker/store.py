@@ -251,11 +251,12 @@ class Store:
     def save_page(self, page: Page, name_field: str, synced_at: dt.datetime) -> str | None:
         """Upsert one page of records and drop its deleted ids, in one transaction.
 
-        Returns the highest SystemModstamp in the page (the new safe watermark)."""
+        Returns the highest stamp in the page (SystemModstamp, or the object's own
+        replication field): the new safe watermark."""
         rows = []
         newest: str | None = None
-        for raw in page.records:  # each with an Id and a SystemModstamp (see pipeline._usable)
-            stamp = str(raw[schema.SYSTEM_MODSTAMP])
+        for raw in page.records:  # each with an Id and its stamp (see pipeline._usable)
+            stamp = str(raw[page.stamp_field])
             newest = max(newest or stamp, stamp)
             rows.append(
                 {

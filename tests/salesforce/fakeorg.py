@@ -88,6 +88,14 @@ PREFIXES = {
     "EmailMessage": "02s",
     "Case": "500",
     "LeadStatus": "01J",
+    "Group": "00G",
+    "GroupMember": "011",
+    "LeadHistory": "017",
+    "OpportunityHistory": "008",
+    "CampaignMember": "00v",
+    "Campaign": "701",
+    "BusinessHours": "01m",
+    "Holiday": "0C0",
 }
 
 
@@ -147,6 +155,24 @@ _SYSTEM = (
     _f("CreatedDate", "datetime", updateable=False, createable=False),
     _f("LastModifiedDate", "datetime", updateable=False, createable=False),
 )
+# Where an object's system fields differ from those five (object reference): User, Group,
+# GroupMember, BusinessHours and Holiday have no IsDeleted (users and business hours are
+# deactivated, the others deleted for good: queryAll never returns them); GroupMember has
+# Id, SystemModstamp and its two lookups only; a field-history object (LeadHistory) has
+# CreatedDate but no SystemModstamp or LastModifiedDate, its rows never change.
+NO_IS_DELETED = frozenset({"User", "Group", "GroupMember", "BusinessHours", "Holiday"})
+SYSTEM_OMITTED = {
+    **{obj: frozenset({"IsDeleted"}) for obj in NO_IS_DELETED},
+    "GroupMember": frozenset({"IsDeleted", "CreatedDate", "LastModifiedDate"}),
+    "LeadHistory": frozenset({"SystemModstamp", "LastModifiedDate"}),
+}
+
+
+def system_fields(sobject: str) -> tuple[FieldDef, ...]:
+    omitted = SYSTEM_OMITTED.get(sobject, frozenset())
+    return tuple(f for f in _SYSTEM if f.name not in omitted)
+
+
 TASK_STATUSES = ("Not Started", "In Progress", "Completed")
 TASK_DESCRIPTION_MAX = 32000
 EMAIL_BODY_MAX = 32000  # EmailMessage TextBody / HtmlBody
@@ -234,7 +260,92 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Email", "email"),
             _ref("AccountId", "Account", "Account"),
         ),
-        "User": (_f("Name"), _f("Email", "email"), _ref("UserRoleId", "UserRole", "UserRole")),
+        "User": (
+            _f("Name"),
+            _f("Email", "email"),
+            _f("IsActive", "boolean"),
+            _f("TimeZoneSidKey", "picklist", picklist=("America/Chicago", "America/New_York")),
+            _ref("ManagerId", "User", "Manager"),
+            _ref("UserRoleId", "UserRole", "UserRole"),
+        ),
+        "Group": (
+            _f("Name"),
+            _f("DeveloperName"),
+            _f("Type", "picklist", picklist=("Regular", "Queue", "Role", "Organization")),
+            _f("Email", "email"),
+        ),
+        "GroupMember": (
+            _ref("GroupId", "Group", "Group"),
+            _ref("UserOrGroupId", ("User", "Group"), "UserOrGroup"),
+        ),
+        "LeadHistory": (
+            _ref("LeadId", "Lead", "Lead"),
+            _f("Field", "picklist", picklist=("Status", "Owner", "created")),
+            _f("DataType", "picklist", picklist=("Text", "EntityId", "DynamicEnum")),
+            _f("OldValue", "anyType", filterable=False),
+            _f("NewValue", "anyType", filterable=False),
+        ),
+        "OpportunityHistory": (
+            _ref("OpportunityId", "Opportunity", "Opportunity"),
+            _f("StageName", "picklist", picklist=stages, updateable=False, createable=False),
+            _f("Amount", "currency", updateable=False, createable=False),
+            _f("CloseDate", "date", updateable=False, createable=False),
+            _f("Probability", "percent", updateable=False, createable=False),
+        ),
+        "Campaign": (_f("Name"), _f("IsActive", "boolean")),
+        "CampaignMember": (
+            _ref("CampaignId", "Campaign", "Campaign"),
+            _ref("LeadId", "Lead", "Lead"),
+            _ref("ContactId", "Contact", "Contact"),
+            _f("Status", "picklist", picklist=("Sent", "Responded")),
+            _f("HasResponded", "boolean", updateable=False, createable=False),
+        ),
+        "Event": (
+            _f("Subject", "combobox"),
+            _f("StartDateTime", "datetime"),
+            _f("EndDateTime", "datetime"),
+            _f("ActivityDateTime", "datetime"),
+            _f("DurationInMinutes", "int"),
+            _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
+            _ref("WhoId", ("Lead", "Contact"), "Who"),
+            owner,
+        ),
+        "BusinessHours": (
+            _f("Name"),
+            _f("IsActive", "boolean"),
+            _f("IsDefault", "boolean"),
+            _f("TimeZoneSidKey", "picklist", picklist=("America/Chicago", "America/New_York")),
+            *(
+                _f(f"{day}{edge}Time", "time")
+                for day in (
+                    "Monday",
+                    "Tuesday",
+                    "Wednesday",
+                    "Thursday",
+                    "Friday",
+                    "Saturday",
+                    "Sunday",
+                )
+                for edge in ("Start", "End")
+            ),
+        ),
+        "Holiday": (
+            _f("Name"),
+            _f("Description"),
+            _f("ActivityDate", "date"),
+            _f("IsAllDay", "boolean"),
+            _f("StartTimeInMinutes", "int"),
+            _f("EndTimeInMinutes", "int"),
+            _f("IsRecurrence", "boolean"),
+            _f("RecurrenceType", "picklist", picklist=("RecursYearly", "RecursYearlyNth")),
+            _f("RecurrenceInterval", "int"),
+            _f("RecurrenceDayOfWeekMask", "int"),
+            _f("RecurrenceDayOfMonth", "int"),
+            _f("RecurrenceInstance", "picklist", picklist=("First", "Fourth", "Last")),
+            _f("RecurrenceMonthOfYear", "picklist", picklist=("July", "November", "December")),
+            _f("RecurrenceStartDate", "date"),
+            _f("RecurrenceEndDateOnly", "date"),
+        ),
         "Opportunity": (
             _f("Name"),
             _f("StageName", "picklist", picklist=stages),
@@ -368,7 +479,7 @@ def default_schema() -> dict[str, dict[str, FieldDef]]:
     """Standard fields plus the custom fields deployed from salesforce/."""
     custom = metadata_fields()
     return {
-        obj: {f.name: f for f in (*_SYSTEM, *fields, *custom.get(obj, ()))}
+        obj: {f.name: f for f in (*system_fields(obj), *fields, *custom.get(obj, ()))}
         for obj, fields in standard_fields().items()
     }
 
@@ -572,6 +683,8 @@ class FakeOrg:
             "SystemModstamp": stamp,
             "LastModifiedDate": stamp,
         }
+        for name in SYSTEM_OMITTED.get(sobject, ()):  # the object has no such field
+            del record[name]
         if sobject == "Lead":
             record["IsConverted"] = False
         record.update(fields)
@@ -605,8 +718,13 @@ class FakeOrg:
         record["SystemModstamp"] = record["LastModifiedDate"] = self.stamp()
 
     def delete(self, record_id: str) -> None:
+        """To the recycle bin (queryAll shows it with IsDeleted), or gone for good from an
+        object without IsDeleted (a GroupMember, a Holiday)."""
         sobject = self._sobject_of(record_id)
         record = self._materialize(sobject, record_id)
+        if sobject in NO_IS_DELETED:
+            del self.records[sobject][record_id]
+            return
         record["IsDeleted"] = True
         record["SystemModstamp"] = self.stamp()
 

@@ -175,22 +175,25 @@ def incremental_select(
     until: dt.datetime | None,
     *,
     ordered: bool = True,
+    replication: schema.Replication = schema.USUAL,
 ) -> str:
-    """The pull query of one object: always Id, SystemModstamp, IsDeleted; the scope
-    filters; ``SystemModstamp`` between the (inclusive) bounds; ordered by stamp then Id.
+    """The pull query of one object: always Id, its stamp (SystemModstamp, or CreatedDate
+    for a field-history object) and IsDeleted where the object has it; the scope filters;
+    the stamp between the (inclusive) bounds; ordered by stamp then Id.
 
     Bulk API 2.0 gets ``ordered=False`` (ORDER BY defeats its PK chunking).
     """
+    stamp = replication.stamp
     where: list[Condition] = list(filter_conditions(filters))
     if since is not None:
-        where.append(Condition(schema.SYSTEM_MODSTAMP, ">=", since))
+        where.append(Condition(stamp, ">=", since))
     if until is not None:
-        where.append(Condition(schema.SYSTEM_MODSTAMP, "<=", until))
+        where.append(Condition(stamp, "<=", until))
     return select(
         Select(
             sobject=sobject,
-            fields=(*schema.ALWAYS_FIELDS, *fields),
+            fields=(*replication.fields(), *fields),
             where=tuple(where),
-            order_by=(schema.SYSTEM_MODSTAMP, schema.ID) if ordered else (),
+            order_by=(stamp, schema.ID) if ordered else (),
         )
     )

@@ -4,7 +4,9 @@ For each :class:`~worker.ports.ObjectQuery`:
 
 - SOQL from the mapping (:func:`~worker.salesforce.soql.incremental_select`): always
   ``Id, SystemModstamp, IsDeleted``; the scope filters; ``SystemModstamp >= since -
-  SF_OVERLAP_SECONDS AND SystemModstamp <= until``; ``ORDER BY SystemModstamp, Id``.
+  SF_OVERLAP_SECONDS AND SystemModstamp <= until``; ``ORDER BY SystemModstamp, Id``. An
+  object read otherwise (:func:`worker.schema.replication`: ``CreatedDate`` for field
+  history; no ``IsDeleted`` on User, Group, GroupMember, ...) is queried on its own fields.
 - ``queryAll``, so rows deleted since the last run come back with ``IsDeleted = true``:
   they go to :attr:`Page.deleted_ids`, never to :attr:`Page.records` (the ``deleted``
   resource only reaches back 15 days; ``queryAll`` reaches the whole recycle bin).
@@ -80,7 +82,13 @@ class SalesforceSource:
         if since is not None:
             since = since - dt.timedelta(seconds=self._client.settings.overlap_seconds)
         return incremental_select(
-            query.sobject, query.fields, query.filters, since, query.until, ordered=ordered
+            query.sobject,
+            query.fields,
+            query.filters,
+            since,
+            query.until,
+            ordered=ordered,
+            replication=query.replication,
         )
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
@@ -104,11 +112,11 @@ class SalesforceSource:
                     )
                     yield from self._bulk(query, first.records)
                     continue
-                yield self._page(query.sobject, first.records)
+                yield self._page(query, first.records)
                 url = first.next_url
                 while url:
                     page = self._metered(next_page, self._client, url, kind="query_more")
-                    yield self._page(query.sobject, page.records)
+                    yield self._page(query, page.records)
                     url = page.next_url
 
     # -- Bulk API 2.0 -----------------------------------------------------------------------
@@ -164,14 +172,19 @@ class SalesforceSource:
             for row in _iter_csv(content, query.sobject, convert, client.data_path()):
                 rows.append(row)
                 if len(rows) == PAGE_ROWS:
-                    yield self._page(query.sobject, rows, settled=False)
+                    yield self._page(query, rows, settled=False)
                     rows = []
             del content
             if rows:
-                yield self._page(query.sobject, rows, settled=False)
+                yield self._page(query, rows, settled=False)
             # The last set says "null" (a string) rather than leaving the header out.
             if not next_locator or next_locator == "null":
-                yield Page(sobject=query.sobject, records=(), settled=True)
+                yield Page(
+                    sobject=query.sobject,
+                    records=(),
+                    settled=True,
+                    stamp_field=query.replication.stamp,
+                )
                 return
             locator = next_locator
 
@@ -213,7 +226,9 @@ class SalesforceSource:
         return result
 
     @staticmethod
-    def _page(sobject: str, rows: Sequence[Mapping[str, Any]], *, settled: bool = True) -> Page:
+    def _page(
+        query: ObjectQuery, rows: Sequence[Mapping[str, Any]], *, settled: bool = True
+    ) -> Page:
         records = []
         deleted = []
         for row in rows:
@@ -223,7 +238,13 @@ class SalesforceSource:
                     deleted.append(rid)
             else:
                 records.append(row)
-        return Page(sobject=sobject, records=records, deleted_ids=tuple(deleted), settled=settled)
+        return Page(
+            sobject=query.sobject,
+            records=records,
+            deleted_ids=tuple(deleted),
+            settled=settled,
+            stamp_field=query.replication.stamp,
+        )
 
 
 # -- CSV typing ----------------------------------------------------------------------------
