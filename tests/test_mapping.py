@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from worker.errors import MappingError
-from worker.mapping import load_mapping
+from worker.mapping import Placeholders, load_mapping
 from worker.rules import rule_models
 
 from .conftest import DEFAULT_MAPPING
@@ -80,6 +81,42 @@ def broken(tmp_path: Path, old: str, new: str) -> Path:
             "assignment_rule_steps: not a step of this rule: return_to_queue",
         ),
         (
+            'initial_subject = "Payment follow-up #{attempt}: initial contact - {account}"',
+            'initial_subject = "Payment follow-up #{attempt}: initial contact - {acount}"',
+            "rules.payment_followup.initial_subject",
+            "unknown placeholder(s) {acount} (this template can use {account}, {age}, {as_of}",
+        ),
+        (
+            'log_line = "{date} Attempt {attempt}: {subject}"',
+            'log_line = "{date} Attempt {attempt}: {subject} ({account})"',
+            "rules.payment_followup.log_line",
+            "unknown placeholder(s) {account}",
+        ),
+        (
+            'closeout_note = "{as_of} Closed out',
+            'closeout_note = "{as_of} {attempt} Closed out',
+            "rules.payment_followup.closeout_note",
+            "unknown placeholder(s) {attempt}",
+        ),
+        (
+            'closeout_note = "{as_of} Closed out',
+            'closeout_note = "{as_of Closed out',
+            "rules.payment_followup.closeout_note",
+            "malformed template",
+        ),
+        (
+            'closeout_note = "{as_of} Closed out',
+            'closeout_note = "{} Closed out',
+            "rules.payment_followup.closeout_note",
+            "a placeholder without a name",
+        ),
+        (
+            'closeout_note = "{as_of} Closed out',
+            'closeout_note = "{as_of:%Y} Closed out',
+            "rules.payment_followup.closeout_note",
+            "placeholder(s) as_of: write {name} without a format",
+        ),
+        (
             "[rules.payment_followup]\n",
             "[rules.payment_followups]\n",
             "rules.payment_followups",
@@ -138,3 +175,30 @@ def test_a_scope_filter_id_that_is_not_an_id_names_the_key(tmp_path: Path) -> No
         load_mapping(path, rule_models())
     assert f"{path}: objects.Opportunity.filters" in str(info.value)
     assert "'005M00' is not a record Id" in str(info.value)
+
+
+def _undeclared_templates(value: object, path: str) -> list[str]:
+    """Key paths of text values with a {placeholder} that no Placeholders mark covers."""
+    if isinstance(value, BaseModel):
+        found = []
+        for name, info in type(value).model_fields.items():
+            if not any(isinstance(m, Placeholders) for m in info.metadata):
+                found += _undeclared_templates(getattr(value, name), f"{path}.{name}")
+        return found
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _undeclared_templates(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _undeclared_templates(v, f"{path}.{i}")]
+    if isinstance(value, str) and re.search(r"\{[a-z_]+\}", value):
+        return [path]
+    return []
+
+
+def test_every_template_in_the_mapping_is_checked_at_load() -> None:
+    loaded = load_mapping(DEFAULT_MAPPING, rule_models())
+    unchecked = [
+        p
+        for rule_id, section in loaded.rules.items()
+        for p in _undeclared_templates(section, f"rules.{rule_id}")
+    ]
+    assert unchecked == []

@@ -15,14 +15,19 @@ Layout::
     [rules.<id>]       one section per rule, validated by that rule's settings model
 
 Every problem is reported with the file and the dotted key path, never a traceback.
+Message templates (Task subjects, notes, scripts) are marked ``Annotated[str,
+Placeholders(...)]`` in their rule's settings model, naming the values the rule fills in;
+each is checked at load, so a misspelt ``{acount}`` is a mapping error, not a record error
+at plan time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,6 +41,62 @@ from worker import schema
 from worker.business_hours import WEEKDAYS, BusinessCalendar, Shift
 from worker.errors import ConfigError, MappingError
 from worker.records import full_record_id
+
+
+@dataclass(frozen=True)
+class Placeholders:
+    """Marks a settings field as a message template: ``Annotated[str, Placeholders(names)]``,
+    ``names`` being the values the rule fills in (see :func:`template_problems`)."""
+
+    names: frozenset[str]
+
+
+def template_problems(model: BaseModel, prefix: str) -> list[tuple[str, str]]:
+    """(key path, problem) for every template in ``model`` (nested sections, tables of
+    sections included) that is malformed or uses a placeholder its rule does not fill in."""
+    out: list[tuple[str, str]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{prefix}.{name}"
+        marks = [m for m in info.metadata if isinstance(m, Placeholders)]
+        if not marks:
+            out.extend(_nested_template_problems(value, path))
+        elif isinstance(value, str) and (problem := _template_problem(value, marks[0].names)):
+            out.append((path, problem))
+    return out
+
+
+def _nested_template_problems(value: object, path: str) -> list[tuple[str, str]]:
+    if isinstance(value, BaseModel):
+        return template_problems(value, path)
+    items: Iterable[tuple[object, object]] = ()
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    return [p for key, item in items for p in _nested_template_problems(item, f"{path}.{key}")]
+
+
+def _template_problem(template: str, allowed: frozenset[str]) -> str | None:
+    try:
+        fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(template)]
+    except ValueError as exc:
+        return f"malformed template: {exc} (write {{{{ and }}}} for a literal brace)"
+    used = [(n, spec, conv) for n, spec, conv in fields if n is not None]
+    if any(not n for n, _, _ in used):
+        return "a placeholder without a name: {} (write {{}} for literal braces)"
+    unknown = sorted({n for n, _, _ in used} - allowed)
+    if unknown:
+        return (
+            f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} "
+            f"(this template can use {', '.join('{' + a + '}' for a in sorted(allowed))})"
+        )
+    formatted = sorted({n for n, spec, conv in used if spec or conv})
+    if formatted:
+        return (
+            f"placeholder(s) {', '.join(formatted)}: write {{name}} without a format or conversion"
+        )
+    return None
 
 
 class StrictModel(BaseModel):
@@ -387,6 +448,8 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
             rules[rule_id] = model.model_validate(section)
         except ValidationError as exc:
             problems.extend(_problems(exc, prefix=f"rules.{rule_id}"))
+            continue
+        problems.extend(template_problems(rules[rule_id], f"rules.{rule_id}"))
     for i, rule_id in enumerate(top.precedence):
         if rule_id not in rule_models:
             problems.append((f"precedence[{i}]", f"unknown rule {rule_id!r}"))

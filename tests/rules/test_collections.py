@@ -753,14 +753,14 @@ def _mapping_with(tmp_path: Path, old: str, new: str) -> Path:
         (
             'case_note_line = "{date} {label}: {text}"',
             'case_note_line = "{date} {lable}: {text}"',
-            "rules.collections",
-            "case_note_line: unknown placeholder(s) lable",
+            "rules.collections.case_note_line",
+            "unknown placeholder(s) {lable}",
         ),
         (
             "note = \"Task for {csm_name}: confirm Finance's 2nd",
             "note = \"Task for {csm}: confirm Finance's 2nd",
-            "rules.collections.cadence.second_reminder",
-            "note: unknown placeholder(s) csm",
+            "rules.collections.cadence.second_reminder.note",
+            "unknown placeholder(s) {csm}",
         ),
         (
             'overdue_source = "due_date_field"\noldest_due_date_field = "Oldest_Unpaid_Due_Date__c"',

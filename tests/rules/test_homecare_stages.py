@@ -869,7 +869,7 @@ def test_demo_org_records(mapping: LoadedMapping, name: str, verdict: Verdict) -
             '\nfollowup_subject = "',
             '\nfollowup_subject = "{owner} ',
             "followup_subject",
-            "unknown placeholder(s) owner",
+            "unknown placeholder(s) {owner}",
         ),
         (
             'scheduled_stage = "Assessment Scheduled"',

@@ -21,7 +21,7 @@ from worker.ports import ObjectQuery
 from worker.records import Record, Snapshot
 from worker.rules import rule_models
 from worker.rules.base import Evaluation, Verdict, evaluate_rule
-from worker.rules.rejected_payments import PLACEHOLDERS, RULE, STEPS, RejectedPaymentsSettings
+from worker.rules.rejected_payments import RULE, STEPS, RejectedPaymentsSettings
 
 from .declared import is_picklist, undeclared, walk_demo
 
@@ -535,11 +535,6 @@ def test_mapping_validation(tmp_path: Path, old: str, new: str, key: str, fragme
     assert any(k == want and fragment in msg for k, msg in caught.value.problems), (
         caught.value.problems
     )
-
-
-def test_every_template_is_checked_against_its_placeholders() -> None:
-    fields = set(type(SETTINGS.templates).model_fields)
-    assert fields == set(PLACEHOLDERS)
 
 
 # -- the demo org ------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -62,7 +62,7 @@ from worker import schema
 from worker.actions import Action
 from worker.errors import RecordError
 from worker.keys import task_key
-from worker.mapping import OrgMapping, RuleSettings, StrictModel
+from worker.mapping import OrgMapping, Placeholders, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -70,7 +70,6 @@ from worker.rules.kit import (
     append_line,
     is_completed,
     render,
-    template_placeholders,
     worker_emails,
     worker_tasks,
 )
@@ -129,8 +128,12 @@ class CadenceStep(StrictModel):
         description="task: a Task for the CSM; email: an email to the main contact (or a "
         "Task to send it when the email action is off); field: set a field on the Account."
     )
-    subject: str | None = Field(default=None, description="Task or email subject template.")
-    body: str | None = Field(default=None, description="Task description or email body.")
+    subject: Annotated[str | None, Placeholders(STEP_PLACEHOLDERS)] = Field(
+        default=None, description="Task or email subject template."
+    )
+    body: Annotated[str | None, Placeholders(STEP_PLACEHOLDERS)] = Field(
+        default=None, description="Task description or email body."
+    )
     field: str | None = Field(default=None, description="Account field a field step sets.")
     value: str | None = Field(default=None, description="The value a field step sets.")
     date_field: str | None = Field(
@@ -142,7 +145,9 @@ class CadenceStep(StrictModel):
         default=False, description="Clear the field when the episode exits (sequence opt-out)."
     )
     high_priority: bool = False
-    note: str = Field(description="Case-notes text for this step (a template).")
+    note: Annotated[str, Placeholders(STEP_PLACEHOLDERS)] = Field(
+        description="Case-notes text for this step (a template)."
+    )
 
     @model_validator(mode="after")
     def _action_fields(self) -> CadenceStep:
@@ -150,10 +155,6 @@ class CadenceStep(StrictModel):
             raise ValueError(f"a {self.action} step needs subject and body")
         if self.action == "field" and not (self.field and self.value):
             raise ValueError("a field step needs field and value")
-        for name in ("subject", "body", "note"):
-            unknown = template_placeholders(getattr(self, name) or "") - STEP_PLACEHOLDERS
-            if unknown:
-                raise ValueError(f"{name}: unknown placeholder(s) {', '.join(sorted(unknown))}")
         return self
 
 
@@ -198,18 +199,30 @@ class CollectionsSettings(RuleSettings):
     reply_task_values: tuple[str, ...] = Field(min_length=1)
     case_notes_field: str = Field(description="Account notes field every step appends to.")
     case_notes_max_chars: int = Field(ge=40, le=131072)
-    case_note_line: str = Field(description="Line appended per step: {date} {label} {text}.")
+    case_note_line: Annotated[str, Placeholders(NOTE_LINE_PLACEHOLDERS)] = Field(
+        description="Line appended per step: {date} {label} {text}."
+    )
     catch_up: Literal["latest", "all"] = Field(
         default="latest",
         description="latest: an account first seen late gets only the step(s) due now, earlier "
         "missed steps are reported as skipped; all: every missed step at once.",
     )
-    email_task_subject: str = Field(description="Task subject when the email action is off.")
-    email_task_description: str = Field(description="Task body when the email action is off.")
-    task_close_note: str = Field(description="Appended to a cadence Task closed on exit.")
-    exit_reply_note: str = Field(description="Case-notes text when the main contact replied.")
-    exit_current_note: str = Field(description="Case-notes text when the account is current.")
-    exit_episode_note: str = Field(
+    email_task_subject: Annotated[str, Placeholders(EMAIL_TASK_PLACEHOLDERS)] = Field(
+        description="Task subject when the email action is off."
+    )
+    email_task_description: Annotated[str, Placeholders(EMAIL_TASK_PLACEHOLDERS)] = Field(
+        description="Task body when the email action is off."
+    )
+    task_close_note: Annotated[str, Placeholders(CLOSE_NOTE_PLACEHOLDERS)] = Field(
+        description="Appended to a cadence Task closed on exit."
+    )
+    exit_reply_note: Annotated[str, Placeholders(EXIT_REPLY_PLACEHOLDERS)] = Field(
+        description="Case-notes text when the main contact replied."
+    )
+    exit_current_note: Annotated[str, Placeholders(EXIT_PLACEHOLDERS)] = Field(
+        description="Case-notes text when the account is current."
+    )
+    exit_episode_note: Annotated[str, Placeholders(EXIT_PLACEHOLDERS)] = Field(
         description="Case-notes text when Tasks of an earlier, ended episode are closed."
     )
     cadence: dict[str, CadenceStep]
@@ -241,19 +254,6 @@ class CollectionsSettings(RuleSettings):
                         f"segments.{name}.values: {value!r} is also in segments.{seen[value]}"
                     )
                 seen[value] = name
-        checks: list[tuple[str, str, frozenset[str]]] = [
-            ("case_note_line", self.case_note_line, NOTE_LINE_PLACEHOLDERS),
-            ("email_task_subject", self.email_task_subject, EMAIL_TASK_PLACEHOLDERS),
-            ("email_task_description", self.email_task_description, EMAIL_TASK_PLACEHOLDERS),
-            ("task_close_note", self.task_close_note, CLOSE_NOTE_PLACEHOLDERS),
-            ("exit_reply_note", self.exit_reply_note, EXIT_REPLY_PLACEHOLDERS),
-            ("exit_current_note", self.exit_current_note, EXIT_PLACEHOLDERS),
-            ("exit_episode_note", self.exit_episode_note, EXIT_PLACEHOLDERS),
-        ]
-        for name, template, allowed in checks:
-            unknown_ph = template_placeholders(template) - allowed
-            if unknown_ph:
-                raise ValueError(f"{name}: unknown placeholder(s) {', '.join(sorted(unknown_ph))}")
         return self
 
     def needs(self) -> dict[str, set[str]]:

@@ -65,14 +65,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from worker import schema
 from worker.actions import Action
 from worker.errors import RecordError
-from worker.mapping import OrgMapping, RuleSettings
+from worker.mapping import OrgMapping, Placeholders, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -82,7 +82,6 @@ from worker.rules.kit import (
     is_completed,
     phone_to_call,
     render,
-    template_placeholders,
     worker_tasks,
 )
 
@@ -102,35 +101,23 @@ STEPS = (
     "schedule",
 )
 
-# Which placeholders each template may use (checked when the mapping is loaded).
-_OWN_PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "first_contact_subject": frozenset({"name", "status", "created"}),
-    "first_contact_description": frozenset({"name", "status", "created"}),
-    "followup_subject": frozenset(
-        {"name", "status", "attempt", "max_attempts", "followup", "max_followups"}
-    ),
-    "followup_description": frozenset(
-        {"name", "status", "attempt", "max_attempts", "followup", "max_followups"}
-    ),
-    "reengage_subject": frozenset({"name", "touch", "closed", "reason"}),
-    "reengage_description": frozenset({"name", "touch", "closed", "reason"}),
-    "qualify_subject": frozenset({"name", "status", "missing"}),
-    "qualify_description": frozenset({"name", "status", "missing"}),
-    "budget_guard_subject": frozenset({"name", "reason", "budget_field"}),
-    "budget_guard_description": frozenset({"name", "reason", "budget_field"}),
-    "convert_subject": frozenset({"name", "status"}),
-    "convert_description": frozenset({"name", "status"}),
-    "opportunity_name": frozenset({"name"}),
-    "nurture_subject": frozenset({"name", "touch", "closed", "reason"}),
-    "nurture_description": frozenset({"name", "touch", "closed", "reason"}),
-    "assessment_followup_subject": frozenset({"name", "stage", "attempt", "max_attempts"}),
-    "assessment_followup_description": frozenset({"name", "stage", "attempt", "max_attempts"}),
-}
+
+# The templates, each with the placeholders it may use (checked when the mapping is loaded).
 # Every Task text may also use {phone}: the record's number to call (``_Ctx.phone``).
-_TEMPLATES = {
-    name: fields | {"phone"} if name.endswith(("_subject", "_description")) else fields
-    for name, fields in _OWN_PLACEHOLDERS.items()
-}
+def _task_text(*names: str) -> Placeholders:
+    return Placeholders(frozenset({*names, "phone"}))
+
+
+_FirstContactText = Annotated[str, _task_text("name", "status", "created")]
+_FollowupText = Annotated[
+    str, _task_text("name", "status", "attempt", "max_attempts", "followup", "max_followups")
+]
+_TouchText = Annotated[str, _task_text("name", "touch", "closed", "reason")]
+_QualifyText = Annotated[str, _task_text("name", "status", "missing")]
+_BudgetGuardText = Annotated[str, _task_text("name", "reason", "budget_field")]
+_ConvertText = Annotated[str, _task_text("name", "status")]
+_AssessmentText = Annotated[str, _task_text("name", "stage", "attempt", "max_attempts")]
+_OpportunityName = Annotated[str, Placeholders(frozenset({"name"}))]
 
 _ZIP5 = re.compile(r"\d{5}")
 
@@ -249,37 +236,25 @@ class HomecareStagesSettings(RuleSettings):
     nurture_first_after_days: int = Field(ge=0, description="'a follow up call three weeks out'.")
     nurture_every_months: int = Field(ge=1)
     # -- texts -----------------------------------------------------------------------------
-    first_contact_subject: str
-    first_contact_description: str
-    followup_subject: str
-    followup_description: str
-    reengage_subject: str
-    reengage_description: str
-    qualify_subject: str
-    qualify_description: str
-    budget_guard_subject: str
-    budget_guard_description: str
-    convert_subject: str
-    convert_description: str
-    opportunity_name: str
-    nurture_subject: str
-    nurture_description: str
-    assessment_followup_subject: str
-    assessment_followup_description: str
+    first_contact_subject: _FirstContactText
+    first_contact_description: _FirstContactText
+    followup_subject: _FollowupText
+    followup_description: _FollowupText
+    reengage_subject: _TouchText
+    reengage_description: _TouchText
+    qualify_subject: _QualifyText
+    qualify_description: _QualifyText
+    budget_guard_subject: _BudgetGuardText
+    budget_guard_description: _BudgetGuardText
+    convert_subject: _ConvertText
+    convert_description: _ConvertText
+    opportunity_name: _OpportunityName
+    nurture_subject: _TouchText
+    nurture_description: _TouchText
+    assessment_followup_subject: _AssessmentText
+    assessment_followup_description: _AssessmentText
 
     # Cross-field checks sit on the later field, so an error names the key to fix.
-    @field_validator(*_TEMPLATES)
-    @classmethod
-    def _known_placeholders(cls, value: str, info: ValidationInfo) -> str:
-        allowed = _TEMPLATES[str(info.field_name)]
-        extra = template_placeholders(value) - allowed
-        if extra:
-            raise ValueError(
-                f"unknown placeholder(s) {', '.join(sorted(extra))} "
-                f"(allowed: {', '.join(sorted(allowed))})"
-            )
-        return value
-
     @field_validator("lead_closed_status")
     @classmethod
     def _statuses_distinct(cls, value: str, info: ValidationInfo) -> str:

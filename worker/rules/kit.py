@@ -154,10 +154,6 @@ def render(
     return template.format_map(dict(values))
 
 
-def template_placeholders(template: str) -> set[str]:
-    return {p for _, p, _, _ in string.Formatter().parse(template) if p}
-
-
 def add_months(day: dt.date, months: int) -> dt.date:
     """Calendar months, clamped to the month's end (Jan 31 + 1 month = Feb 28/29)."""
     result: dt.date = day + relativedelta(months=months)

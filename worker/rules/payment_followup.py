@@ -23,20 +23,27 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
 from worker.keys import task_key
-from worker.mapping import OrgMapping, RuleSettings
+from worker.mapping import OrgMapping, Placeholders, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import Emit, append_line, logged_response, render, worker_tasks
 
 RULE_ID = "payment_followup"
 STEPS = ("identify", "initial", "followup", "log", "final", "closeout")
+
+# The values every template of this rule may use (see ``decide``); an attempt's Task texts
+# also get its number.
+_VALUES = frozenset(
+    {"opportunity", "account", "close_date", "age", "final_day", "closeout_date", "as_of"}
+)
+_AttemptText = Annotated[str, Placeholders(_VALUES | {"attempt"})]
 
 
 class PaymentFollowupSettings(RuleSettings):
@@ -65,13 +72,13 @@ class PaymentFollowupSettings(RuleSettings):
     response_flag_field: str | None = Field(
         default=None, description="Optional checkbox on the record that marks a response."
     )
-    initial_subject: str
-    followup_subject: str
-    final_subject: str
-    attempt_description: str
-    final_description: str
-    log_line: str
-    closeout_note: str
+    initial_subject: _AttemptText
+    followup_subject: _AttemptText
+    final_subject: _AttemptText
+    attempt_description: _AttemptText
+    final_description: _AttemptText
+    log_line: Annotated[str, Placeholders(frozenset({"date", "attempt", "subject"}))]
+    closeout_note: Annotated[str, Placeholders(_VALUES)]
 
     @model_validator(mode="after")
     def _days_in_order(self) -> PaymentFollowupSettings:

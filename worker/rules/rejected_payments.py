@@ -38,14 +38,14 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
 from worker.errors import RecordError
-from worker.mapping import OrgMapping, RuleSettings, StrictModel
+from worker.mapping import OrgMapping, Placeholders, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -55,7 +55,6 @@ from worker.rules.kit import (
     logged_response,
     phone_to_call,
     render,
-    template_placeholders,
     worker_emails,
     worker_tasks,
 )
@@ -77,52 +76,43 @@ _BASE = frozenset(
     }
 )
 _ATTEMPT = _BASE | {"attempt", "attempts_completed", "due_date", "phone"}
-PLACEHOLDERS: dict[str, frozenset[str]] = {
-    "voice_script": _BASE,
-    "voicemail_script": _BASE,
-    "attempt_subject": _ATTEMPT,
-    "attempt_description": _ATTEMPT | {"voice_script", "voicemail_script"},
-    "log_comment": _BASE | {"attempt", "attempt_date", "outcome"},
-    "close_comment": _BASE | {"attempts_made", "last_attempt", "as_of"},
-    "email_subject": _BASE,
-    "email_body": _BASE,
-    "email_task_note": _BASE | {"email_to", "email_subject", "email_body"},
-}
 
 
 class RejectedPaymentTemplates(StrictModel):
     """The SOP's scripts and the worker's own texts, with ``{placeholder}`` fields."""
 
-    voice_script: str = Field(description="SOP 'Outbound Voice Script'.")
-    voicemail_script: str = Field(description="SOP 'Voicemail Script'.")
-    attempt_subject: str = Field(description="Subject of each call Task (the commitment).")
-    attempt_description: str = Field(
+    voice_script: Annotated[str, Placeholders(_BASE)] = Field(
+        description="SOP 'Outbound Voice Script'."
+    )
+    voicemail_script: Annotated[str, Placeholders(_BASE)] = Field(
+        description="SOP 'Voicemail Script'."
+    )
+    attempt_subject: Annotated[str, Placeholders(_ATTEMPT)] = Field(
+        description="Subject of each call Task (the commitment)."
+    )
+    attempt_description: Annotated[
+        str, Placeholders(_ATTEMPT | {"voice_script", "voicemail_script"})
+    ] = Field(
         description="Description of each call Task; embeds {voice_script} and {voicemail_script}."
     )
-    log_comment: str = Field(description="Internal CaseComment logging one attempt.")
-    close_comment: str = Field(description="Internal CaseComment written when closing.")
-    email_subject: str = Field(description="SOP 'Email to Homeowner' subject.")
-    email_body: str = Field(description="SOP 'Email to Homeowner' body.")
-    email_task_note: str = Field(
+    log_comment: Annotated[str, Placeholders(_BASE | {"attempt", "attempt_date", "outcome"})] = (
+        Field(description="Internal CaseComment logging one attempt.")
+    )
+    close_comment: Annotated[
+        str, Placeholders(_BASE | {"attempts_made", "last_attempt", "as_of"})
+    ] = Field(description="Internal CaseComment written when closing.")
+    email_subject: Annotated[str, Placeholders(_BASE)] = Field(
+        description="SOP 'Email to Homeowner' subject."
+    )
+    email_body: Annotated[str, Placeholders(_BASE)] = Field(
+        description="SOP 'Email to Homeowner' body."
+    )
+    email_task_note: Annotated[
+        str, Placeholders(_BASE | {"email_to", "email_subject", "email_body"})
+    ] = Field(
         description="Description of the Task asking the rep to send the email, when the org "
         "does not let the worker send email."
     )
-
-    @field_validator("*")
-    @classmethod
-    def _known_placeholders(cls, value: str, info: ValidationInfo) -> str:
-        allowed = PLACEHOLDERS[str(info.field_name)]
-        try:
-            used = template_placeholders(value)
-        except ValueError as exc:
-            raise ValueError(f"malformed template: {exc}") from None
-        unknown = sorted(used - allowed)
-        if unknown:
-            raise ValueError(
-                f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
-                f"known: {', '.join(sorted(allowed))}"
-            )
-        return value
 
 
 class RejectedPaymentsSettings(RuleSettings):
