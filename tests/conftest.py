@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from worker import redact
 from worker.mapping import LoadedMapping, load_mapping
 from worker.rules import rule_models
 from worker.store import Store, database_url
@@ -103,3 +104,9 @@ def execute(store: Store, sql: str, params: Mapping[str, Any] | None = None) -> 
         return result.fetchall() if result.returns_rows else result.rowcount
 
     return store.transaction(work)
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_from_other_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secret values registered by one test (the settings it loaded) stay in that test."""
+    monkeypatch.setattr(redact, "_secrets", redact._Secrets())

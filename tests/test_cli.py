@@ -467,7 +467,9 @@ def test_apply_says_in_one_line_that_it_takes_the_json_plan(
     as_csv = tmp_path / "plan.csv"
     assert invoke("plan", *org_args(demo_copy, db), "--out", str(as_csv)).exit_code == 0
     assert as_csv.read_text().startswith("key,kind,rule")
-    result = invoke("apply", *org_args(demo_copy, db), str(as_csv))
+    result = invoke(
+        "apply", *org_args(demo_copy, db), str(as_csv), env={"WORKER_LOG_FORMAT": "console"}
+    )
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"Error: {as_csv} is the CSV view of a plan, for reading; apply takes the JSON plan "

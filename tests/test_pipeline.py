@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from worker import pipeline
 from worker.actions import (
     STOPPED_API_LIMIT,
+    STOPPED_AUTH,
     STOPPED_SIGNAL,
     Action,
     ActionResult,
@@ -28,7 +30,7 @@ from worker.actions import (
     UpdateRecord,
 )
 from worker.app import App, open_app
-from worker.errors import ApiLimitError
+from worker.errors import ApiLimitError, AuthError
 from worker.localorg import LocalOrg
 from worker.plan import Plan, build_plan
 from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page, TargetState
@@ -126,7 +128,7 @@ def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> 
     second = app.pipeline.run("r2", AS_OF, write=True)
     assert second.stop_reason is None
     assert second.failed == 0
-    assert run_status(app, "r2") == "ok"
+    assert run_status(app, "r2") == "ok, with errors"  # the demo org's malformed records
     assert set(sink.written) == planned
     assert max(sink.written.values()) == 1  # each key written once across both runs
 
@@ -376,3 +378,31 @@ def test_an_unordered_read_moves_the_watermark_only_once_it_is_complete(app: App
     app.pipeline.source = UnorderedSource(stop_after_first=False)
     app.pipeline.run("r2", AS_OF, write=False)
     assert opportunity_watermark(app) == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
+
+
+def error_events(logs: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [e["event"] for e in logs if e["log_level"] == "error"]
+
+
+def test_a_sign_in_refused_during_the_pull_stops_the_run_with_one_error_event(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(queries: object) -> Iterator[Page]:
+        raise AuthError("[invalid_grant, HTTP 400] jwt login refused: authentication failure")
+        yield  # a generator, like the real source
+
+    monkeypatch.setattr(app.pipeline.source, "fetch", refused)
+    with capture_logs() as logs:
+        report = app.pipeline.run("r1", AS_OF, write=True)
+    assert report.stop_reason == STOPPED_AUTH
+    assert error_events(logs) == ["run.stopped"]
+    (stopped,) = [e for e in logs if e["event"] == "run.stopped"]
+    assert "authentication failure" in stopped["message"]
+    assert run_status(app, "r1") == "stopped"
+
+
+def test_the_reserve_reached_at_a_write_logs_one_error_event(app: App) -> None:
+    with_sink(app, [("raise",)])
+    with capture_logs() as logs:
+        app.pipeline.run("r1", AS_OF, write=True)
+    assert error_events(logs) == ["apply.stopped"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from worker.errors import ConfigError, StoreError
+from worker.errors import ConfigError, LockHeldError, StoreError
 from worker.localorg import LocalOrg, read_manifest
 from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline
@@ -184,11 +184,18 @@ def open_app(
 
 
 @contextmanager
-def run_lock(app: App, run_id: str) -> Iterator[None]:
+def run_lock(app: App, run_id: str, mode: str | None = None) -> Iterator[None]:
     """Hold the run lease for the block, renewed in the background every third of its
-    length, so a long run keeps it while a dead one loses it."""
+    length, so a long run keeps it while a dead one loses it. A run (``mode`` given)
+    refused because another holds the lease is recorded in ``runs`` as locked."""
     ttl = dt.timedelta(seconds=app.settings.lock_ttl_seconds)
-    app.store.acquire_lock(run_id, app.clock(), ttl)
+    try:
+        app.store.acquire_lock(run_id, app.clock(), ttl)
+    except LockHeldError as exc:
+        if mode:
+            as_of = app.settings.as_of or org_today(app.settings, app.mapping, app.clock)
+            app.store.record_locked_run(run_id, mode, as_of, app.clock(), str(exc))
+        raise
     stop = threading.Event()
     beat = threading.Thread(
         target=keep_lease,

@@ -4,7 +4,8 @@ Exit codes: 0 ok; 1 some actions failed; 2 usage, configuration or authenticatio
 3 another run holds the lock; 4 stopped early, on the API budget reserve or on SIGTERM/SIGINT
 (the next run resumes); 5 the outcome of some writes is unknown after the run's own reconcile
 (the next run reconciles them).
-One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr.
+One error boundary (:class:`_Group`) turns the worker's own errors into one line on stderr
+(one ``cli.error`` event when logs are JSON). Every output stream scrubs configured secrets.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar, cast
 
 import click
 import structlog
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from worker import __version__, report
 from worker.actions import STOPPED_AUTH, STOPPED_SIGNAL, Outcome
@@ -35,6 +38,7 @@ from worker.app import (
     run_lock,
 )
 from worker.errors import (
+    ApiLimitError,
     AuthError,
     ConfigError,
     DryRunWriteError,
@@ -42,12 +46,13 @@ from worker.errors import (
     SalesforceError,
     SopWorkerError,
 )
-from worker.logs import configure_logging
+from worker.logs import configure_logging, log_fatal
 from worker.pipeline import RunReport
 from worker.plan import Plan
 from worker.ports import ProgressPort
 from worker.progress import ProgressBars, ProgressLog
 from worker.records import full_record_id
+from worker.redact import REDACTED, ScrubbedStream, scrub
 from worker.rules import ALL_RULES
 from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings, parse_as_of
@@ -56,39 +61,56 @@ from worker.store import Store, copy_store, resolve_store_arg
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_STOPPED, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
 F = TypeVar("F", bound=Callable[..., Any])
+_JSON_LOGS = "sop_worker.json_logs"  # click context meta: how this invocation logs
 log = structlog.get_logger()
 
 
 class _Group(click.Group):
-    """The one error boundary: the worker's errors become a message and an exit code."""
+    """The one error boundary: the worker's errors become a message and an exit code.
+
+    The message is one ``cli.error`` event at error level when logs are JSON lines, else a
+    plain ``Error: ...`` line on stderr; either way with every configured secret scrubbed.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LockHeldError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_LOCKED)
+            _fail(ctx, exc, EXIT_LOCKED)
         except DryRunWriteError:
             raise  # a bug: keep the traceback
         except (ConfigError, AuthError) as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_CONFIG)
+            _fail(ctx, exc, EXIT_CONFIG)
+        except ApiLimitError as exc:
+            _fail(ctx, exc, EXIT_STOPPED)
         except SopWorkerError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_FAILED)
+            _fail(ctx, exc, EXIT_FAILED)
+
+
+def _fail(ctx: click.Context, exc: SopWorkerError, code: int) -> NoReturn:
+    message = scrub(str(exc))
+    if not log_fatal(message, code, ctx.meta.get(_JSON_LOGS)):
+        click.echo(f"Error: {message}", err=True)
+    ctx.exit(code)
 
 
 def exit_code(result: RunReport) -> int:
-    """Authentication lost mid-run needs a person (2); failed actions need a look (1); a
-    stop on the API reserve or on a signal resumes by itself next run (4); writes whose
-    answer was lost and that the org does not show yet are reconciled by the next run (5)."""
-    if result.stop_reason == STOPPED_AUTH:
-        return EXIT_CONFIG
+    """Failed actions need a look (1); a stop on the API reserve or on a signal resumes by
+    itself next run (4); writes whose answer was lost and that the org does not show yet are
+    reconciled by the next run (5). Records skipped as unreadable keep 0: the status says
+    "ok, with errors". A run stopped by the sign-in is exit 2 (``_raise_if_signed_out``)."""
     if result.failed:
         return EXIT_FAILED
     if result.stop_reason:
         return EXIT_STOPPED
     return EXIT_UNKNOWN if result.unknown else EXIT_OK
+
+
+def _raise_if_signed_out(result: RunReport) -> None:
+    """A run stopped because the org refused the credentials (or the session expired and
+    cannot be renewed) ends as that error: exit 2 with the org's own words."""
+    if result.stop_reason == STOPPED_AUTH:
+        raise AuthError(result.stopped or "authentication failed")
 
 
 def _settings_options(func: F) -> F:
@@ -208,7 +230,8 @@ def _results_option(func: F) -> F:
 
 def _settings(kwargs: dict[str, Any]) -> WorkerSettings:
     settings = load_settings(**kwargs)
-    configure_logging(settings.log_level, settings.log_format)
+    json_logs = configure_logging(settings.log_level, settings.log_format)
+    click.get_current_context().meta[_JSON_LOGS] = json_logs
     return settings
 
 
@@ -219,8 +242,15 @@ def _progress(settings: WorkerSettings) -> AbstractContextManager[ProgressPort]:
     return ProgressLog(settings.progress_seconds)
 
 
+class _Console(Console):
+    """Scrubs secrets from each text before rich lays it out (a folded cell would split one)."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(scrub(text, escape(REDACTED)), **kwargs)
+
+
 def _console() -> Console:
-    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    return _Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -286,7 +316,9 @@ def run(
             stop=stop,
         )
         if not loop:
-            sys.exit(exit_code(cycle()))
+            result = cycle()
+            _raise_if_signed_out(result)
+            sys.exit(exit_code(result))
         _loop(cycle, settings, stop)
 
 
@@ -295,8 +327,7 @@ def _loop(cycle: Callable[[], RunReport], settings: WorkerSettings, stop: thread
     while not stop.is_set():
         try:
             result = cycle()
-            if result.stop_reason == STOPPED_AUTH:
-                sys.exit(EXIT_CONFIG)  # no later cycle can do better without new credentials
+            _raise_if_signed_out(result)  # no later cycle can do better without new credentials
             worst = max(worst, EXIT_FAILED if result.failed else EXIT_OK)
             if result.stop_reason == STOPPED_SIGNAL and worst == EXIT_OK:
                 worst = EXIT_STOPPED  # the stop cut this cycle short: the next run resumes
@@ -326,7 +357,7 @@ def _one_cycle(
     with (
         _progress(settings) as progress,
         open_app(settings, write=write, stop=stop, progress=progress) as app,
-        run_lock(app, run_id),
+        run_lock(app, run_id, "run" if write else "dry-run"),
     ):
         as_of = resolve_as_of(settings, app.mapping, app.clock, write=write, intended=intended)
         with _results_written(app, run_id, results):
@@ -378,7 +409,7 @@ def plan(
         stop_on_signals() as stop,
         _progress(settings) as progress,
         open_app(settings, write=False, stop=stop, progress=progress) as app,
-        run_lock(app, run_id),
+        run_lock(app, run_id, "dry-run"),
     ):
         result = app.pipeline.run(
             run_id, resolve_as_of(settings, app.mapping, app.clock), write=False
@@ -386,7 +417,9 @@ def plan(
         if result.stop_reason == STOPPED_SIGNAL:
             click.echo(f"Stopped before the plan was complete: {result.stopped}", err=True)
             sys.exit(EXIT_STOPPED)
-        assert result.plan is not None
+        _raise_if_signed_out(result)
+        if result.plan is None:  # the API reserve was reached before anything was planned
+            raise ApiLimitError(result.stopped or "stopped on the API budget reserve")
         the_plan = app.pipeline.narrow(result.plan, rule=rule, record_id=record_id)
     if record_id and not (the_plan.actions or the_plan.skipped or the_plan.errors):
         click.echo(
@@ -433,7 +466,7 @@ def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwa
         stop_on_signals() as stop,
         _progress(settings) as progress,
         open_app(settings, write=True, stop=stop, progress=progress) as app,
-        run_lock(app, run_id),
+        run_lock(app, run_id, "apply"),
     ):
         check_as_of(
             saved.as_of,
@@ -449,6 +482,7 @@ def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwa
         click.echo(report.machine_text("json", result.summary()), nl=False)
     else:
         report.print_summary(result.summary(), _console())
+    _raise_if_signed_out(result)
     sys.exit(exit_code(result))
 
 
@@ -530,8 +564,9 @@ def _one_run(store: Store, prefix: str) -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @_format_option("table", "json", "jsonl")
 def runs(limit: int, fmt: str, **kwargs: Any) -> None:
-    """Recent runs, newest first: status (ok, failed, unknown, stopped, running, error),
-    actions by rule and outcome, API calls and seconds."""
+    """Recent runs, newest first: status (ok; ok, with errors; unknown; failed; stopped;
+    running; killed; locked; error), actions by rule and outcome, record errors, outcomes
+    unknown, API calls and seconds."""
     settings = _settings(kwargs)
     with Store.open(settings.store_target) as store:
         found = store.runs(limit=limit)
@@ -674,4 +709,7 @@ def copy(source: str, target: str, fmt: str, **kwargs: Any) -> None:
 
 
 def main() -> None:
+    # Every output stream scrubs the configured secrets, whatever writes to it.
+    sys.stdout = cast(TextIO, ScrubbedStream(sys.stdout))
+    sys.stderr = cast(TextIO, ScrubbedStream(sys.stderr))
     cli(prog_name="sop-worker")

@@ -63,7 +63,14 @@ from worker.actions import (
     stop_code,
 )
 from worker.business_hours import BUSINESS_HOURS_FIELDS, HOLIDAY_FIELDS, org_calendar
-from worker.errors import ApiLimitError, AuthError, ConfigError, SalesforceError, StopRequested
+from worker.errors import (
+    ApiLimitError,
+    AuthError,
+    ConfigError,
+    SalesforceError,
+    SopWorkerError,
+    StopRequested,
+)
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import (
@@ -111,11 +118,15 @@ class RunReport:
 
     @property
     def status(self) -> str:
+        """stopped, failed, unknown (writes whose answer was lost), "ok, with errors"
+        (records skipped as unreadable) or ok."""
         if self.stop_reason:
             return "stopped"
         if self.failed:
             return "failed"
-        return UNKNOWN if self.unknown else "ok"
+        if self.unknown:
+            return UNKNOWN
+        return "ok, with errors" if self.record_errors else "ok"
 
     @property
     def failed(self) -> int:
@@ -138,11 +149,13 @@ class RunReport:
             "org_id": self.org.org_id if self.org else None,
             "as_of": self.as_of.isoformat(),
             "dry_run": self.dry_run,
+            "status": self.status,
             "records_read": dict(sorted(self.records_read.items())),
             "actions": {
                 f"{rule}:{outcome}": n for (rule, outcome), n in sorted(self.outcomes.items())
             },
             "record_errors": self.record_errors,
+            "unknown_outcomes": self.unknown,
             "api_calls": self.api_calls,
             "api_remaining": self.api_remaining,
             "stopped": self.stopped,
@@ -514,7 +527,7 @@ class Pipeline:
         for result in results:
             report.outcomes[(by_key[result.key].rule, _outcome_label(result.outcome))] += 1
             if result.outcome is Outcome.FAILED:
-                log.warning(
+                log.error(
                     "action.failed",
                     key=result.key,
                     error_code=result.error_code,
@@ -610,23 +623,25 @@ class Pipeline:
             self.store.begin_run(report.run_id, kind, report.as_of, started_at)
             try:
                 yield
-            except ApiLimitError as exc:
-                report.stop(STOPPED_API_LIMIT, str(exc))
-            except AuthError as exc:
-                report.stop(STOPPED_AUTH, str(exc))
+            except (ApiLimitError, AuthError) as exc:
+                reason = STOPPED_API_LIMIT if isinstance(exc, ApiLimitError) else STOPPED_AUTH
+                report.stop(reason, str(exc))
+                log.error("run.stopped", reason=reason, message=str(exc))
             except StopRequested as exc:
                 report.stop(STOPPED_SIGNAL, exc.message)
                 log.warning("run.stopped", reason=STOPPED_SIGNAL, message=exc.message)
             except BaseException as exc:
                 status = f"error: {type(exc).__name__}"
+                if isinstance(exc, Exception) and not isinstance(exc, SopWorkerError):
+                    log.exception("run.crashed")  # a bug: the CLI reports the worker's own
                 raise
             finally:
                 report.api_calls = self.source.api_calls() + self.sink.api_calls()
                 usage = self.sink.usage() or self.source.usage()
                 report.api_remaining = usage.remaining if usage else None
                 report.seconds = time.monotonic() - started
-                summary = report.summary()
-                self.store.finish_run(report.run_id, status or report.status, summary, self.clock())
+                summary = {**report.summary(), "status": status or report.status}
+                self.store.finish_run(report.run_id, summary["status"], summary, self.clock())
                 log.info("run.summary", **summary)
 
 

@@ -208,11 +208,14 @@ class Plan:
 
     @classmethod
     def read(cls, path: str | Path) -> Plan:
+        what = "a plan file is the JSON that `sop-worker plan --out FILE.json` writes"
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise PlanFileError(f"{path}: no such plan file") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise PlanFileError(f"{path}: not a plan file (not UTF-8 text); {what}") from None
+        except OSError as exc:
             raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
         if text.lstrip("\ufeff").split("\n", 1)[0].strip() == ",".join(PLAN_CSV_COLUMNS):
             raise PlanFileError(
@@ -222,9 +225,9 @@ class Plan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
+            raise PlanFileError(f"{path}: cannot read plan: {exc}; {what}") from None
         if not isinstance(data, dict):
-            raise PlanFileError(f"{path}: not a plan file")
+            raise PlanFileError(f"{path}: not a plan file; {what}")
         return cls.from_dict(data)
 
 

@@ -190,11 +190,13 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     )
     table.add_column("What")
     table.add_column("Count", justify="right")
+    table.add_row("status", summary["status"])
     for sobject, n in summary["records_read"].items():
         table.add_row(f"records read: {sobject}", str(n))
     for key, n in summary["actions"].items():
         table.add_row(f"actions {key}", str(n))
     table.add_row("record errors", str(summary["record_errors"]))
+    table.add_row("outcomes unknown (checked next run)", str(summary["unknown_outcomes"]))
     table.add_row("API calls used", str(summary["api_calls"]))
     table.add_row(
         "API calls remaining today",
@@ -202,7 +204,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     )
     table.add_row("seconds", str(summary["seconds"]))
     if summary.get("stopped"):
-        table.add_row("stopped", summary["stopped"])
+        table.add_row("stopped", escape(summary["stopped"]))
     console.print(table)
 
 
@@ -260,7 +262,7 @@ def print_audit(rows: Sequence[AuditRow], console: Console) -> None:
         change = r.after or ""
         if r.before:
             change = f"{r.before} -> {r.after}"
-        error = " ".join(p for p in (r.error_code, r.message) if p)
+        error = escape(" ".join(p for p in (r.error_code, r.message) if p))
         table.add_row(
             r.ts[:19],
             r.run_id[:8],
@@ -325,6 +327,8 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
         "As of",
         "Status",
         "Actions",
+        "Record errors",
+        "Unknown",
         "API calls",
         "Seconds",
     ):
@@ -341,8 +345,10 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
             str(run.get("started_at") or "")[:19],
             str(run.get("mode") or ""),
             str(run.get("as_of") or ""),
-            status,
+            escape(status),
             actions or "-",
+            str(summary.get("record_errors", "")),
+            str(summary.get("unknown_outcomes", "")),
             str(summary.get("api_calls", "")),
             str(summary.get("seconds", "")),
         )
@@ -462,7 +468,7 @@ def print_findings(findings: Sequence[Finding], checked: int, console: Console) 
             table.add_column(name, overflow="fold")
         for f in findings:
             where = ".".join(p for p in (f.sobject, f.field) if p) or f.kind.value
-            table.add_row(f.severity.value, where, f.message, f.fix)
+            table.add_row(f.severity.value, where, escape(f.message), f.fix)
         console.print(table)
     errors = sum(1 for f in findings if f.severity is Severity.ERROR)
     warnings = len(findings) - errors

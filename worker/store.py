@@ -29,6 +29,7 @@ run reconciles what was sent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,6 +51,7 @@ from worker.errors import LockHeldError, RecordError, StoreError
 from worker.migrations import MIGRATION_LOCK_ID, MIGRATIONS, SCHEMA_VERSION, TABLES
 from worker.ports import Page
 from worker.records import Record, Snapshot, parse_sf_datetime
+from worker.redact import redact_value
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -57,6 +59,10 @@ T = TypeVar("T")
 RECORDS, WATERMARKS, RUNS = TABLES["records"], TABLES["watermarks"], TABLES["runs"]
 LEDGER, AUDIT, RUN_LOCK = TABLES["ledger"], TABLES["audit"], TABLES["run_lock"]
 SECRETS = TABLES["store_secrets"]
+# Statuses of a run the store itself sets; the pipeline sets the others (ok, failed, ...).
+RUN_RUNNING = "running"
+RUN_KILLED = "killed"  # its process died; a later run took its lease over
+RUN_LOCKED = "locked"  # refused: another run held the lock
 CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
 RECONNECTS = 3  # attempts of one transaction whose connection dropped
 
@@ -360,7 +366,7 @@ class Store:
             "started_at": now.isoformat(),
             "mode": mode,
             "as_of": as_of.isoformat(),
-            "status": "running",
+            "status": RUN_RUNNING,
         }
         self.transaction(lambda c: c.execute(RUNS.insert(), [row]))
 
@@ -384,11 +390,18 @@ class Store:
         values = {
             "finished_at": now.isoformat(),
             "status": status,
-            "summary": json.dumps(summary, default=str),
+            "summary": json.dumps(redact_value(dict(summary)), default=str),
         }
         self.transaction(
             lambda c: c.execute(RUNS.update().where(RUNS.c.run_id == run_id).values(values))
         )
+
+    def record_locked_run(
+        self, run_id: str, mode: str, as_of: dt.date, now: dt.datetime, message: str
+    ) -> None:
+        """A run that did not start because another run holds the lock."""
+        self.begin_run(run_id, mode, as_of, now)
+        self.finish_run(run_id, RUN_LOCKED, {"run_id": run_id, "stopped": message}, now)
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         query = sa.select(RUNS).order_by(RUNS.c.started_at.desc()).limit(limit)
@@ -487,6 +500,7 @@ class Store:
             return
         ledger, audit = [], []
         for result in results:
+            result = dataclasses.replace(result, message=redact_value(result.message))
             action = actions[result.key]
             row = _ledger_row(action, run_id, result.outcome, now)
             row.update(sf_id=result.sf_id, error_code=result.error_code, message=result.message)
@@ -641,6 +655,13 @@ class Store:
                 raise LockHeldError(
                     f"another run holds the lock: {row.holder} (pid {row.pid} on {row.host}) "
                     f"until {row.expires_at}; it is taken over after that if the run died"
+                )
+            if row and row.holder != holder:
+                # The lease of a run that died: its row would say "running" forever.
+                conn.execute(
+                    RUNS.update()
+                    .where(RUNS.c.run_id == row.holder, RUNS.c.status == RUN_RUNNING)
+                    .values(status=RUN_KILLED, finished_at=now.isoformat())
                 )
             lease = {
                 "name": "run",

@@ -602,6 +602,9 @@ def test_a_validation_error_fails_that_action_only(
         (closeout["key"], "FIELD_CUSTOM_VALIDATION_EXCEPTION")
     ]
     assert "Payment status is locked by Finance" in failed[0]["message"]
+    logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    (event,) = [e for e in logged if e["event"] == "action.failed"]
+    assert (event["level"], event["key"]) == ("error", closeout["key"])
     assert org.get(target) == before
     assert_applied_once(org, local_plan["actions"], skip=frozenset({closeout["key"]}))
     assert set(not_applied(live.audit(), local_plan)) == {closeout["key"]}

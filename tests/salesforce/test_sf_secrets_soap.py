@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 from structlog.testing import capture_logs
 
 from worker.errors import AuthError, SalesforceError
+from worker.logs import redact_secrets
 from worker.ports import ApiUsage, ObjectQuery
 from worker.salesforce.soap import (
     LeadConvertRequest,
@@ -17,6 +19,8 @@ from worker.salesforce.soap import (
     soap_error,
 )
 from worker.salesforce.source import SalesforceSource
+from worker.salesforce.wiring import load_salesforce_settings
+from worker.store import Store
 
 from .fakeorg import FakeOrg
 from .sfhelpers import FIXTURES, make_client
@@ -148,3 +152,30 @@ def test_soap_call_renews_an_expired_session_and_rebuilds_the_envelope(
     assert result.outcome is Outcome.APPLIED
     assert len(org.oauth_requests) == 2
     assert org.calls_by_kind["soap"] == 2  # the fault, then the replay with the new session
+
+
+def test_configured_secret_values_are_scrubbed_from_log_events_and_stored_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {
+        "SF_CLIENT_SECRET": "client+secret/value=",
+        "SF_PASSWORD": "hunter2 hunter2",
+        "SF_SECURITY_TOKEN": "SECTOKEN123",
+        "SF_REFRESH_TOKEN": "5Aep861refresh",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    load_salesforce_settings()  # registers the secret values, once
+    echo = (
+        "proxy: bad request client_secret=client%2Bsecret%2Fvalue%3D&password=hunter2+hunter2"
+        "SECTOKEN123&refresh_token=5Aep861refresh (raw: client+secret/value=)"
+    )
+    event = redact_secrets(None, "error", {"event": "run.stopped", "message": echo})
+    with Store.memory() as store:
+        store.begin_run("r1", "run", dt.date(2026, 11, 23), dt.datetime.now(dt.UTC))
+        store.finish_run("r1", "stopped", {"stopped": echo}, dt.datetime.now(dt.UTC))
+        stored = repr(store.runs())
+    for text in (str(event), stored):
+        assert "proxy: bad request" in text
+        for value in (*values.values(), "client%2Bsecret%2Fvalue%3D", "hunter2+hunter2"):
+            assert value not in text

@@ -197,6 +197,12 @@ class SalesforceSettings(BaseSettings):
         return (self.connect_timeout, self.read_timeout)
 
 
+def secret_values(settings: SalesforceSettings) -> list[str]:
+    """The value of every secret setting that is set (to scrub them from all output)."""
+    found = (getattr(settings, name) for name in type(settings).model_fields)
+    return [value.get_secret_value() for value in found if isinstance(value, SecretStr)]
+
+
 def _missing(settings: SalesforceSettings, names: tuple[str, ...]) -> list[str]:
     out = []
     for name in names:

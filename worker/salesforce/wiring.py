@@ -19,10 +19,11 @@ from worker.errors import ConfigError
 from worker.mapping import LoadedMapping
 from worker.pipeline import object_fields
 from worker.ports import Sink, Source
+from worker.redact import register_secrets
 from worker.rules.base import Rule
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.doctor import Finding, run_doctor
-from worker.salesforce.settings import SalesforceSettings, check_auth_config
+from worker.salesforce.settings import SalesforceSettings, check_auth_config, secret_values
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
 from worker.salesforce.tokens import RefreshTokenStore
@@ -32,10 +33,13 @@ from worker.store import Store
 
 
 def load_salesforce_settings() -> SalesforceSettings:
+    """The ``SF_*`` settings; their secret values are scrubbed from every output from now on."""
     try:
-        return SalesforceSettings()
+        settings = SalesforceSettings()
     except ValidationError as exc:
         raise settings_error(exc, "SF_") from None
+    register_secrets(secret_values(settings))
+    return settings
 
 
 def _client(
@@ -50,8 +54,14 @@ def _client(
     current = tokens.current()
     if current is not settings.refresh_token:
         settings = settings.model_copy(update={"refresh_token": current})
+        register_secrets(secret_values(settings))
+
+    def keep_rotated(token: str) -> None:
+        register_secrets([token])
+        tokens.save(token)
+
     return SalesforceClient(
-        settings, read_only=read_only, store_refresh_token=tokens.save, stop=stop
+        settings, read_only=read_only, store_refresh_token=keep_rotated, stop=stop
     )
 
 
