@@ -648,7 +648,7 @@ def test_a_lost_answer_is_reconciled_and_finished_in_the_same_run(
     left = not_applied(rows, local_plan)
     assert not left, _listing(left)
     (run,) = runs(live)
-    assert run["status"] == "ok"
+    assert run["status"] == "ok, with errors"  # the demo org's malformed records
     assert not [k for k in run["summary"]["actions"] if k.endswith(":unknown")]
 
     live.server.reset_calls()
