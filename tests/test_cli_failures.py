@@ -53,7 +53,7 @@ def test_a_run_with_record_errors_says_so_in_runs(demo_copy: Path, tmp_path: Pat
     assert row["summary"]["record_errors"] == 8  # the demo org's malformed records
     assert row["summary"]["unknown_outcomes"] == 0
     table = invoke("runs", "--db-path", str(db)).stdout
-    assert "Record errors" in table
+    assert "Errors" in table
     assert "ok, with errors" in table
     assert any(
         e["event"] == "rule.record_error" and e["level"] == "warning" for e in events(result)

@@ -327,8 +327,7 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
         "As of",
         "Status",
         "Actions",
-        "Record errors",
-        "Unknown",
+        "Errors",  # records skipped as unreadable
         "API calls",
         "Seconds",
     ):
@@ -348,7 +347,6 @@ def print_runs(runs: Sequence[Mapping[str, Any]], console: Console) -> None:
             escape(status),
             actions or "-",
             str(summary.get("record_errors", "")),
-            str(summary.get("unknown_outcomes", "")),
             str(summary.get("api_calls", "")),
             str(summary.get("seconds", "")),
         )
