@@ -154,6 +154,20 @@ def test_lock_is_exclusive_until_it_expires(store: Store) -> None:
     store.acquire_lock("run3", NOW, ttl)
 
 
+def test_a_dead_runs_row_is_killed_when_its_lease_is_taken_over(store: Store) -> None:
+    ttl = dt.timedelta(minutes=30)
+    store.begin_run("run1", "run", NOW.date(), NOW)
+    store.acquire_lock("run1", NOW, ttl)
+    store.begin_run("done", "run", NOW.date(), NOW)
+    store.finish_run("done", "ok", {}, NOW)
+    store.acquire_lock("run2", NOW + dt.timedelta(minutes=31), ttl)  # run1 died
+    statuses = {r["run_id"]: r["status"] for r in store.runs()}
+    assert statuses == {"run1": "killed", "done": "ok"}
+    store.record_locked_run("run3", "run", NOW.date(), NOW, "another run holds the lock: run2")
+    locked = next(r for r in store.runs() if r["run_id"] == "run3")
+    assert (locked["status"], locked["finished_at"]) == ("locked", NOW.isoformat())
+
+
 def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once(store: Store) -> None:
     ttl = dt.timedelta(minutes=30)
     gone = subprocess.run(
