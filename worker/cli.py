@@ -565,8 +565,8 @@ def _one_run(store: Store, prefix: str) -> str:
 @_format_option("table", "json", "jsonl")
 def runs(limit: int, fmt: str, **kwargs: Any) -> None:
     """Recent runs, newest first: status (ok; ok, with errors; unknown; failed; stopped;
-    running; killed; locked; error), actions by rule and outcome, record errors, outcomes
-    unknown, API calls and seconds."""
+    running; killed; locked; error), actions by rule and outcome, record errors, API calls
+    and seconds."""
     settings = _settings(kwargs)
     with Store.open(settings.store_target) as store:
         found = store.runs(limit=limit)
