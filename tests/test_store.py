@@ -21,6 +21,8 @@ from worker.app import keep_lease
 from worker.errors import ConfigError, LockHeldError
 from worker.ports import Page
 from worker.records import RecordRef
+from worker.redact import scrub
+from worker.settings import load_settings
 from worker.store import MIGRATIONS, Store, copy_store, database_url
 
 from .conftest import execute
@@ -369,3 +371,14 @@ def test_replanning_many_open_keys_takes_the_new_plans_version(store: Store) -> 
     store.record_planned(actions, "run1", NOW)
     store.record_planned(actions, "run2", NOW)
     assert {e.run_id for e in store.ledger_entries(status=Outcome.PLANNED)} == {"run2"}
+
+
+def test_the_database_password_is_scrubbed_from_every_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://worker:pw%2FDbSecret9@db.example:5432/sop")
+    load_settings()
+    echoed = (
+        "connection to db failed for postgres://worker:pw%2FDbSecret9@db.example (pw/DbSecret9)"
+    )
+    assert "DbSecret9" not in scrub(echoed)

@@ -11,11 +11,13 @@ import datetime as dt
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.redact import register_secrets
 
 ENV_PREFIX = "WORKER_"
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -111,9 +113,17 @@ def load_settings(**overrides: Any) -> WorkerSettings:
     """Settings from environment and ``.env``, with CLI ``overrides`` (None = not given)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return WorkerSettings(**given)
+        settings = WorkerSettings(**given)
     except ValidationError as exc:
         raise settings_error(exc, ENV_PREFIX) from None
+    if settings.database_url:  # its password is a secret wherever it might be echoed
+        url = settings.database_url.get_secret_value()
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        register_secrets([url, *([unquote(password), password] if password else [])])
+    return settings
 
 
 def settings_error(exc: ValidationError, prefix: str) -> ConfigError:
