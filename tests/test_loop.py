@@ -10,9 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from worker.store import Store
 
 from .conftest import DEFAULT_MAPPING
+
+# The real CLI in subprocesses: `pytest -m "not slow"` leaves these out of a quick loop.
+pytestmark = pytest.mark.slow
 
 
 def finished_runs(db: Path) -> list[dict[str, object]]:

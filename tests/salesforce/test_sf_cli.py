@@ -36,6 +36,9 @@ from . import demo_seed
 from .fakeorg import ASSIGNABLE, ORG_ID, USER_ID, FakeOrg
 from .httpsorg import Call, HttpsOrg
 
+# The real CLI in subprocesses: `pytest -m "not slow"` leaves these out of a quick loop.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MAPPING = ROOT / "mappings" / "default.toml"
 KEY_FIELD = "SOP_Worker_Key__c"

@@ -16,6 +16,9 @@ import requests
 
 from .test_sf_cli import EXIT_CONFIG, LiveOrg, live_org, local_plan
 
+# The real CLI in subprocesses: `pytest -m "not slow"` leaves these out of a quick loop.
+pytestmark = pytest.mark.slow
+
 __all__ = ["local_plan"]  # the fixture, shared with test_sf_cli
 
 FLOWS = ("jwt", "client_credentials", "refresh_token", "password")

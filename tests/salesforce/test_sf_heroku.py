@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from worker.store import Store
 
 from .test_sf_cli import (
@@ -20,6 +22,9 @@ from .test_sf_cli import (
     run_cli,
 )
 from .test_sf_cli import local_plan as local_plan  # the fixture: the demo org's offline plan
+
+# The real CLI in subprocesses: `pytest -m "not slow"` leaves these out of a quick loop.
+pytestmark = pytest.mark.slow
 
 
 def test_dynos_with_wiped_disks_share_one_history(

@@ -38,6 +38,9 @@ from .test_sf_cli import (
     written,
 )
 
+# The real CLI in subprocesses: `pytest -m "not slow"` leaves these out of a quick loop.
+pytestmark = pytest.mark.slow
+
 local_plan = test_sf_cli.local_plan  # the plan the demo org gets offline (a fixture)
 
 STOP_DEADLINE = 10.0  # seconds from the signal to the exit
