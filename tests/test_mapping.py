@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from worker.declarations import Placeholders
 from worker.errors import MappingError
-from worker.mapping import Placeholders, load_mapping
+from worker.mapping import load_mapping
 from worker.rules import rule_models
 
 from .conftest import DEFAULT_MAPPING

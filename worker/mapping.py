@@ -16,7 +16,7 @@ Layout::
 
 Every problem is reported with the file and the dotted key path, never a traceback.
 Message templates (Task subjects, notes, scripts) are marked ``Annotated[str,
-Placeholders(...)]`` in their rule's settings model, naming the values the rule fills in;
+Placeholders(...)]`` (:mod:`worker.declarations`) in their rule's settings model, naming the values the rule fills in;
 each is checked at load, so a misspelt ``{acount}`` is a mapping error, not a record error
 at plan time.
 """
@@ -39,16 +39,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker import schema
 from worker.business_hours import WEEKDAYS, BusinessCalendar, Shift
+from worker.declarations import Placeholders, declarations
 from worker.errors import ConfigError, MappingError
 from worker.records import full_record_id
-
-
-@dataclass(frozen=True)
-class Placeholders:
-    """Marks a settings field as a message template: ``Annotated[str, Placeholders(names)]``,
-    ``names`` being the values the rule fills in (see :func:`template_problems`)."""
-
-    names: frozenset[str]
 
 
 def template_problems(model: BaseModel, prefix: str) -> list[tuple[str, str]]:
@@ -293,6 +286,12 @@ class RuleSettings(StrictModel):
     required_steps: ClassVar[tuple[str, ...]] = ()
     # Keys a rule no longer reads -> what to write instead: refused, naming the new key.
     replaced_keys: ClassVar[Mapping[str, str]] = {}
+    # Fields the rule reads that no setting names (OwnerId, CreatedDate), per sObject: an
+    # object's API name, or the name of the setting holding it. Settings that name fields
+    # and values are marked instead (FieldOf, ValuesOf, FieldValues: worker.declarations).
+    reads: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Likewise the standard fields it updates (a lead's Status at close-out).
+    updates: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     enabled: bool = True
     sop_file: str = Field(description="The SOP document this rule implements.")
@@ -339,18 +338,19 @@ class RuleSettings(StrictModel):
         return self
 
     def needs(self) -> dict[str, set[str]]:
-        """Fields this rule reads, per sObject, beyond the standard ones."""
-        return {}
+        """Fields this rule reads, per sObject, beyond the standard ones: derived from the
+        settings' annotations (:mod:`worker.declarations`) and the class's ``reads``."""
+        return declarations(self).needs
 
     def writes(self) -> dict[str, set[str]]:
         """Fields this rule updates on existing records, per sObject (doctor checks that
-        each is updateable)."""
-        return {}
+        each is updateable): the settings marked ``write``."""
+        return declarations(self).writes
 
     def picklist_values(self) -> dict[tuple[str, str], set[str]]:
         """(sObject, field) -> the picklist values this rule writes or compares against
         (doctor checks that the org has each, active)."""
-        return {}
+        return declarations(self).picklists
 
     def converted_statuses(self) -> set[str]:
         """Lead statuses this rule converts leads into (doctor checks each is Converted)."""

@@ -60,9 +60,10 @@ from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.declarations import FieldOf, Placeholders, ValuesOf
 from worker.errors import RecordError
 from worker.keys import task_key
-from worker.mapping import OrgMapping, Placeholders, RuleSettings, StrictModel
+from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -134,9 +135,11 @@ class CadenceStep(StrictModel):
     body: Annotated[str | None, Placeholders(STEP_PLACEHOLDERS)] = Field(
         default=None, description="Task description or email body."
     )
-    field: str | None = Field(default=None, description="Account field a field step sets.")
+    field: Annotated[str | None, FieldOf("sobject")] = Field(
+        default=None, description="Account field a field step sets."
+    )
     value: str | None = Field(default=None, description="The value a field step sets.")
-    date_field: str | None = Field(
+    date_field: Annotated[str | None, FieldOf("sobject")] = Field(
         default=None,
         description="Optional Account date field set to the as-of date with the value; makes "
         "the step's done-check episode-aware (done only if dated within the episode).",
@@ -172,32 +175,57 @@ class Segment(StrictModel):
 
 class CollectionsSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
+    reads: ClassVar = {
+        "sobject": (schema.OWNER_ID,),
+        # Emails the worker sent, where the org logs them as EmailMessages.
+        schema.EMAIL_MESSAGE: tuple(schema.EMAIL_MESSAGE_FIELDS),
+    }
 
     sobject: str = Field(description="Object holding the customer accounts.")
     overdue_source: Literal["days_field", "due_date_field"] = Field(
         description="How days overdue are known: a days-past-due field, or the due date of "
         "the oldest unpaid invoice."
     )
-    days_overdue_field: str | None = Field(default=None, description="Number: days past due.")
-    oldest_due_date_field: str | None = Field(
+    days_overdue_field: Annotated[str | None, FieldOf("sobject")] = Field(
+        default=None, description="Number: days past due."
+    )
+    oldest_due_date_field: Annotated[str | None, FieldOf("sobject")] = Field(
         default=None, description="Date: due date of the oldest unpaid invoice."
     )
-    overdue_amount_field: str = Field(description="Currency: the overdue balance.")
-    csm_field: str = Field(description="User lookup on the account holding the CSM (OwnerId).")
-    csm_name_field: str = Field(default="Name", description="User field with the CSM's name.")
+    overdue_amount_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Currency: the overdue balance."
+    )
+    csm_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="User lookup on the account holding the CSM (OwnerId)."
+    )
+    csm_name_field: Annotated[str, FieldOf(_USER)] = Field(
+        default="Name", description="User field with the CSM's name."
+    )
     segment_source: Literal["csm_role", "account_field"] = Field(
         description="Segment from the CSM's role (User field csm_role_field) or an Account field."
     )
-    csm_role_field: str = Field(default="UserRole.Name", description="User field: the role.")
-    segment_field: str | None = Field(default=None, description="Account field: the segment.")
+    csm_role_field: Annotated[str, FieldOf(_USER)] = Field(
+        default="UserRole.Name", description="User field: the role."
+    )
+    segment_field: Annotated[str | None, FieldOf("sobject")] = Field(
+        default=None, description="Account field: the segment."
+    )
     segments: dict[str, Segment] = Field(min_length=1)
-    contact_field: str = Field(description="Contact lookup on the account: the main POC.")
-    contact_email_field: str = "Email"
-    contact_first_name_field: str = "FirstName"
-    contact_name_field: str = "Name"
-    reply_task_field: str = Field(description="Task field that marks the contact's reply.")
-    reply_task_values: tuple[str, ...] = Field(min_length=1)
-    case_notes_field: str = Field(description="Account notes field every step appends to.")
+    contact_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Contact lookup on the account: the main POC."
+    )
+    contact_email_field: Annotated[str, FieldOf(_CONTACT)] = "Email"
+    contact_first_name_field: Annotated[str, FieldOf(_CONTACT)] = "FirstName"
+    contact_name_field: Annotated[str, FieldOf(_CONTACT)] = "Name"
+    reply_task_field: Annotated[str, FieldOf(schema.TASK)] = Field(
+        description="Task field that marks the contact's reply."
+    )
+    reply_task_values: Annotated[tuple[str, ...], ValuesOf("reply_task_field")] = Field(
+        min_length=1
+    )
+    case_notes_field: Annotated[str, FieldOf("sobject", write=True)] = Field(
+        description="Account notes field every step appends to."
+    )
     case_notes_max_chars: int = Field(ge=40, le=131072)
     case_note_line: Annotated[str, Placeholders(NOTE_LINE_PLACEHOLDERS)] = Field(
         description="Line appended per step: {date} {label} {text}."
@@ -256,41 +284,17 @@ class CollectionsSettings(RuleSettings):
                 seen[value] = name
         return self
 
-    def needs(self) -> dict[str, set[str]]:
-        account = {
-            self.overdue_amount_field,
-            self.csm_field,
-            self.contact_field,
-            self.case_notes_field,
-            schema.OWNER_ID,
-        }
-        for name in (self.days_overdue_field, self.oldest_due_date_field, self.segment_field):
-            if name:
-                account.add(name)
-        for step in self.cadence.values():
-            account.update(n for n in (step.field, step.date_field) if n)
-        return {
-            self.sobject: account,
-            _USER: {self.csm_name_field, self.csm_role_field},
-            _CONTACT: {
-                self.contact_email_field,
-                self.contact_first_name_field,
-                self.contact_name_field,
-            },
-            schema.TASK: {self.reply_task_field},
-            # Emails the worker sent, where the org logs them as EmailMessages.
-            schema.EMAIL_MESSAGE: set(schema.EMAIL_MESSAGE_FIELDS),
-        }
-
     def _steps_in_use(self) -> set[str]:
         return {name for segment in self.segments.values() for name in segment.steps}
 
     def writes(self) -> dict[str, set[str]]:
-        """The account's case notes (every step and exit), the fields of field steps a
-        segment runs (with their date fields), fields cleared on exit, and the cadence's own
-        Tasks, completed with a note on exit (Status, Description)."""
+        """Beside the case notes (every step and exit): the fields of field steps a segment
+        runs (with their date fields), fields cleared on exit, and the cadence's own Tasks,
+        completed with a note on exit (Status, Description). Which steps run is a matter of
+        the segments, so these are listed here rather than by annotation."""
         in_use = self._steps_in_use()
-        account = {self.case_notes_field}
+        out = super().writes()
+        account = out.setdefault(self.sobject, set())
         for name, step in self.cadence.items():
             if step.action != "field" or not step.field:
                 continue
@@ -298,21 +302,19 @@ class CollectionsSettings(RuleSettings):
                 account.update(n for n in (step.field, step.date_field) if n)
             elif step.clear_on_exit:
                 account.add(step.field)
-        out = {self.sobject: account}
         if any(self.cadence[name].action != "field" for name in in_use):
             out[schema.TASK] = {schema.STATUS, schema.DESCRIPTION}
         return out
 
     def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        """Reply Task types, the segment values when the segment is an Account field, and the
-        value of each field step a segment runs or that is cleared on exit. A field step may
+        """Beside the reply Task types: the segment values when the segment is an Account
+        field, and the value of each field step a segment runs or that is cleared on exit
+        (which depend on other settings, so they are listed here). A field step may
         name a text field (the sequence name, Past_Due_Sequence__c): doctor checks values
         only on fields the org describes as picklists. The completed Task status the exit
         writes comes from the mapping's ``[tasks]`` section, which this section does not
         hold: not listed here."""
-        out: dict[tuple[str, str], set[str]] = {
-            (schema.TASK, self.reply_task_field): set(self.reply_task_values)
-        }
+        out = super().picklist_values()
         if self.segment_source == "account_field" and self.segment_field:
             out.setdefault((self.sobject, self.segment_field), set()).update(
                 v for segment in self.segments.values() for v in segment.values

@@ -71,8 +71,9 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
-from worker.mapping import OrgMapping, Placeholders, RuleSettings
+from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -130,39 +131,61 @@ class HomecareStagesSettings(RuleSettings):
         "attempts in all; max_contact_attempts = 5 was 4 follow-ups)",
     }
 
+    reads: ClassVar = {
+        schema.LEAD: (schema.STATUS, schema.IS_CONVERTED, schema.CREATED_DATE, schema.OWNER_ID),
+        "opportunity_sobject": (schema.CREATED_DATE, schema.OWNER_ID),
+        schema.TASK: (schema.COMPLETED_DATE,),
+    }
+    # The lead close-out sets the status.
+    updates: ClassVar = {schema.LEAD: (schema.STATUS,)}
+
     # -- scope -------------------------------------------------------------------------------
     opportunity_sobject: str = Field(default="Opportunity", description="The opportunity object.")
-    lead_scope: dict[str, tuple[str, ...]] = Field(
+    lead_scope: Annotated[dict[str, tuple[str, ...]], FieldValues(schema.LEAD)] = Field(
         min_length=1,
         description="Lead field (dotted paths allowed) -> allowed values, ANDed: the "
         "home-care leads, e.g. RecordType.DeveloperName = Home_Care.",
     )
-    opportunity_scope: dict[str, tuple[str, ...]] = Field(
+    opportunity_scope: Annotated[
+        dict[str, tuple[str, ...]], FieldValues("opportunity_sobject", write=True)
+    ] = Field(
         min_length=1,
         description="Opportunity field -> allowed values, ANDed, e.g. Type = Home Care. Must "
         "not overlap other rules' opportunities (payment_followup uses Type = Payment).",
     )
     # -- lead statuses ---------------------------------------------------------------------
-    new_statuses: tuple[str, ...] = Field(min_length=1, description="New Lead: not contacted.")
-    attempted_statuses: tuple[str, ...] = Field(min_length=1)
-    pending_statuses: tuple[str, ...] = Field(
-        min_length=1, description="Contact Successful - Pending Qualification."
+    new_statuses: Annotated[tuple[str, ...], ValuesOf(schema.STATUS, sobject=schema.LEAD)] = Field(
+        min_length=1, description="New Lead: not contacted."
     )
-    qualified_statuses: tuple[str, ...] = Field(
-        default=(), description="Qualified but not yet converted."
+    attempted_statuses: Annotated[tuple[str, ...], ValuesOf(schema.STATUS, sobject=schema.LEAD)] = (
+        Field(min_length=1)
     )
-    lead_closed_status: str = Field(description="Status of a closed, unconverted lead.")
-    lead_reason_field: str = Field(description="Lead field holding why it was closed.")
-    lead_closed_date_field: str = Field(
+    pending_statuses: Annotated[tuple[str, ...], ValuesOf(schema.STATUS, sobject=schema.LEAD)] = (
+        Field(min_length=1, description="Contact Successful - Pending Qualification.")
+    )
+    qualified_statuses: Annotated[tuple[str, ...], ValuesOf(schema.STATUS, sobject=schema.LEAD)] = (
+        Field(default=(), description="Qualified but not yet converted.")
+    )
+    lead_closed_status: Annotated[str, ValuesOf(schema.STATUS, sobject=schema.LEAD)] = Field(
+        description="Status of a closed, unconverted lead."
+    )
+    lead_reason_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
+        description="Lead field holding why it was closed."
+    )
+    lead_closed_date_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
         description="Lead date field set on close-out; re-engagement is counted from it."
     )
-    lead_closeout_reason: str = Field(description="Reason set after the last contact attempt.")
-    reengage_reasons: tuple[str, ...] = Field(
+    lead_closeout_reason: Annotated[str, ValuesOf("lead_reason_field")] = Field(
+        description="Reason set after the last contact attempt."
+    )
+    reengage_reasons: Annotated[tuple[str, ...], ValuesOf("lead_reason_field")] = Field(
         min_length=1, description="Closed reasons that put a lead in monthly re-engagement."
     )
-    financially_unqualified_reason: str
-    budget_field: str = Field(description="Lead field where the prospect's budget is recorded.")
-    lead_opt_out_fields: tuple[str, ...] = Field(
+    financially_unqualified_reason: Annotated[str, ValuesOf("lead_reason_field")]
+    budget_field: Annotated[str, FieldOf(schema.LEAD)] = Field(
+        description="Lead field where the prospect's budget is recorded."
+    )
+    lead_opt_out_fields: Annotated[tuple[str, ...], FieldOf(schema.LEAD)] = Field(
         min_length=1, description="Lead checkboxes that stop all outreach (DoNotCall, ...)."
     )
     # -- contact attempts ------------------------------------------------------------------
@@ -173,7 +196,9 @@ class HomecareStagesSettings(RuleSettings):
     attempt_task_types: tuple[str, ...] = Field(
         default=(), description="Task Type values that are contact attempts."
     )
-    attempt_task_subtypes: tuple[str, ...] = Field(
+    attempt_task_subtypes: Annotated[
+        tuple[str, ...], ValuesOf(schema.TASK_SUBTYPE, sobject=schema.TASK)
+    ] = Field(
         default=(),
         validate_default=True,
         description="TaskSubtype values that are contact attempts.",
@@ -189,8 +214,8 @@ class HomecareStagesSettings(RuleSettings):
     )
     reengage_every_months: int = Field(ge=1)
     # -- qualification ---------------------------------------------------------------------
-    postal_code_field: str
-    city_field: str
+    postal_code_field: Annotated[str, FieldOf(schema.LEAD)]
+    city_field: Annotated[str, FieldOf(schema.LEAD)]
     service_area_postal_codes: tuple[str, ...] = Field(
         default=(), description="ZIP codes served; compared on their first 5 digits."
     )
@@ -199,37 +224,53 @@ class HomecareStagesSettings(RuleSettings):
         validate_default=True,
         description="Cities served; compared trimmed and case-insensitively.",
     )
-    looking_for_care_field: str = Field(description="Checkbox: looking for home care.")
-    financially_qualified_field: str = Field(description="Checkbox: financially qualified.")
+    looking_for_care_field: Annotated[str, FieldOf(schema.LEAD)] = Field(
+        description="Checkbox: looking for home care."
+    )
+    financially_qualified_field: Annotated[str, FieldOf(schema.LEAD)] = Field(
+        description="Checkbox: financially qualified."
+    )
     qualify_every_days: int = Field(
         ge=1, description="Days after a completed qualification Task before the next one."
     )
     convert_enabled: bool = Field(
         description="Convert qualified leads (convertLead); false = a Task to convert."
     )
-    converted_status: str
+    converted_status: Annotated[str, ValuesOf(schema.STATUS, sobject=schema.LEAD)]
     # -- opportunities ---------------------------------------------------------------------
-    stage_field: str
-    close_date_field: str
-    pending_stages: tuple[str, ...] = Field(min_length=1, description="Assessment Pending.")
-    scheduled_stage: str = Field(description="Assessment Scheduled.")
-    closed_stage: str = Field(description="Stage of a closed-out (lost) opportunity.")
-    loss_reason_field: str
-    decline_reasons: tuple[str, ...] = Field(
+    stage_field: Annotated[str, FieldOf("opportunity_sobject", write=True)]
+    close_date_field: Annotated[str, FieldOf("opportunity_sobject", write=True)]
+    pending_stages: Annotated[tuple[str, ...], ValuesOf("stage_field")] = Field(
+        min_length=1, description="Assessment Pending."
+    )
+    scheduled_stage: Annotated[str, ValuesOf("stage_field")] = Field(
+        description="Assessment Scheduled."
+    )
+    closed_stage: Annotated[str, ValuesOf("stage_field")] = Field(
+        description="Stage of a closed-out (lost) opportunity."
+    )
+    loss_reason_field: Annotated[str, FieldOf("opportunity_sobject", write=True)]
+    decline_reasons: Annotated[tuple[str, ...], ValuesOf("loss_reason_field")] = Field(
         default=(), description="Reasons (another company, family care) that close + nurture."
     )
-    hours_field: str = Field(description="Opportunity field with the hours asked for.")
+    hours_field: Annotated[str, FieldOf("opportunity_sobject")] = Field(
+        description="Opportunity field with the hours asked for."
+    )
     minimum_hours: Decimal = Field(ge=0, description="The hourly minimum.")
-    below_minimum_reason: str
-    assessment_field: str = Field(description="Assessment date/time; set = scheduled.")
+    below_minimum_reason: Annotated[str, ValuesOf("loss_reason_field")]
+    assessment_field: Annotated[str, FieldOf("opportunity_sobject")] = Field(
+        description="Assessment date/time; set = scheduled."
+    )
     max_assessment_attempts: int = Field(ge=1)
     assessment_followup_every_days: int = Field(ge=1)
-    assessment_closeout_reason: str
-    opportunity_opt_out_fields: tuple[str, ...] = Field(default=())
-    lead_phone_field: str | None = Field(
+    assessment_closeout_reason: Annotated[str, ValuesOf("loss_reason_field")]
+    opportunity_opt_out_fields: Annotated[tuple[str, ...], FieldOf("opportunity_sobject")] = Field(
+        default=()
+    )
+    lead_phone_field: Annotated[str | None, FieldOf(schema.LEAD)] = Field(
         default=None, description="The lead's number, given to its Tasks as {phone}."
     )
-    opportunity_phone_field: str | None = Field(
+    opportunity_phone_field: Annotated[str | None, FieldOf("opportunity_sobject")] = Field(
         default=None,
         description="The opportunity's number (e.g. Account.Phone), given to its Tasks as {phone}.",
     )
@@ -310,57 +351,6 @@ class HomecareStagesSettings(RuleSettings):
     def nurture_reasons(self) -> tuple[str, ...]:
         return (*self.decline_reasons, self.below_minimum_reason, self.assessment_closeout_reason)
 
-    def needs(self) -> dict[str, set[str]]:
-        lead = {
-            schema.STATUS,
-            schema.IS_CONVERTED,
-            schema.CREATED_DATE,
-            schema.OWNER_ID,
-            self.lead_reason_field,
-            self.lead_closed_date_field,
-            self.budget_field,
-            self.postal_code_field,
-            self.city_field,
-            self.looking_for_care_field,
-            self.financially_qualified_field,
-            *self.lead_scope,
-            *self.lead_opt_out_fields,
-        }
-        opportunity = {
-            schema.CREATED_DATE,
-            schema.OWNER_ID,
-            self.stage_field,
-            self.close_date_field,
-            self.loss_reason_field,
-            self.hours_field,
-            self.assessment_field,
-            *self.opportunity_scope,
-            *self.opportunity_opt_out_fields,
-        }
-        if self.lead_phone_field:
-            lead.add(self.lead_phone_field)
-        if self.opportunity_phone_field:
-            opportunity.add(self.opportunity_phone_field)
-        return {
-            schema.LEAD: lead,
-            self.opportunity_sobject: opportunity,
-            schema.TASK: {schema.COMPLETED_DATE},
-        }
-
-    def writes(self) -> dict[str, set[str]]:
-        # Lead close-out; opportunity close-out (close_nurture, assessment_closeout) and the
-        # move to the scheduled stage; the new opportunity's scope and stage after a
-        # conversion (convertLead itself is no update).
-        return {
-            schema.LEAD: {schema.STATUS, self.lead_reason_field, self.lead_closed_date_field},
-            self.opportunity_sobject: {
-                self.stage_field,
-                self.loss_reason_field,
-                self.close_date_field,
-                *self.converted_opportunity_values(),
-            },
-        }
-
     def converted_statuses(self) -> set[str]:
         return {self.converted_status} if self.convert_enabled else set()
 
@@ -374,43 +364,6 @@ class HomecareStagesSettings(RuleSettings):
         }
         values[self.stage_field] = self.pending_stages[0]
         return values
-
-    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        """Statuses, stages and reasons, the converted status (written by convertLead) and
-        the scope values of plain fields (a dotted path such as RecordType.DeveloperName is
-        no picklist). Task Type values (``attempt_task_types``) are compared against the
-        ``[tasks] type_field`` of the mapping, which this section does not name: not listed."""
-        out: dict[tuple[str, str], set[str]] = {
-            (schema.LEAD, schema.STATUS): {
-                *self.new_statuses,
-                *self.attempted_statuses,
-                *self.pending_statuses,
-                *self.qualified_statuses,
-                self.lead_closed_status,
-                self.converted_status,
-            },
-            (schema.LEAD, self.lead_reason_field): {
-                self.lead_closeout_reason,
-                *self.reengage_reasons,
-                self.financially_unqualified_reason,
-            },
-            (self.opportunity_sobject, self.stage_field): {
-                *self.pending_stages,
-                self.scheduled_stage,
-                self.closed_stage,
-            },
-            (self.opportunity_sobject, self.loss_reason_field): set(self.nurture_reasons),
-        }
-        if self.attempt_task_subtypes:
-            out[(schema.TASK, schema.TASK_SUBTYPE)] = set(self.attempt_task_subtypes)
-        for sobject, scope in (
-            (schema.LEAD, self.lead_scope),
-            (self.opportunity_sobject, self.opportunity_scope),
-        ):
-            for name, values in scope.items():
-                if "." not in name:
-                    out.setdefault((sobject, name), set()).update(values)
-        return out
 
 
 def candidates(

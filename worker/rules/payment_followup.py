@@ -29,8 +29,9 @@ from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.declarations import FieldOf, Placeholders, ValuesOf
 from worker.keys import task_key
-from worker.mapping import OrgMapping, Placeholders, RuleSettings
+from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import Emit, append_line, logged_response, render, worker_tasks
@@ -49,27 +50,41 @@ _AttemptText = Annotated[str, Placeholders(_VALUES | {"attempt"})]
 class PaymentFollowupSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
 
+    reads: ClassVar = {"sobject": (schema.OWNER_ID, "Account.Name")}
+
     sobject: str = Field(description="Object holding payment opportunities.")
-    payment_field: str = Field(description="Field that tells a payment opportunity apart.")
-    payment_values: tuple[str, ...] = Field(min_length=1)
-    stage_field: str
-    won_stages: tuple[str, ...] = Field(min_length=1)
-    close_date_field: str
-    resolved_field: str
-    resolved_values: tuple[str, ...] = Field(min_length=1)
-    status_field: str = Field(description="Field set to ``closed_status`` at close-out.")
-    closed_status: str
-    closed_reason_field: str
-    closed_reason: str
-    log_field: str = Field(description="Notes field each attempt is appended to (Next Steps).")
+    payment_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Field that tells a payment opportunity apart."
+    )
+    payment_values: Annotated[tuple[str, ...], ValuesOf("payment_field")] = Field(min_length=1)
+    stage_field: Annotated[str, FieldOf("sobject")]
+    won_stages: Annotated[tuple[str, ...], ValuesOf("stage_field")] = Field(min_length=1)
+    close_date_field: Annotated[str, FieldOf("sobject")]
+    resolved_field: Annotated[str, FieldOf("sobject")]
+    resolved_values: Annotated[tuple[str, ...], ValuesOf("resolved_field")] = Field(min_length=1)
+    # The close-out (CloseRecord) sets these two.
+    status_field: Annotated[str, FieldOf("sobject", write=True)] = Field(
+        description="Field set to ``closed_status`` at close-out."
+    )
+    closed_status: Annotated[str, ValuesOf("status_field")]
+    closed_reason_field: Annotated[str, FieldOf("sobject", write=True)]
+    closed_reason: Annotated[str, ValuesOf("closed_reason_field")]
+    # The attempt log (UpdateRecord).
+    log_field: Annotated[str, FieldOf("sobject", write=True)] = Field(
+        description="Notes field each attempt is appended to (Next Steps)."
+    )
     log_max_chars: int = Field(ge=20, le=131072)
     start_after_days: int = Field(ge=0, description="Cadence starts when the age exceeds this.")
     follow_up_every_days: int = Field(ge=1)
     final_attempt_day: int = Field(ge=1)
     late_policy: Literal["final_then_close", "close_now"] = "final_then_close"
-    response_task_field: str = Field(description="Task field that marks a customer response.")
-    response_task_values: tuple[str, ...] = Field(min_length=1)
-    response_flag_field: str | None = Field(
+    response_task_field: Annotated[str, FieldOf(schema.TASK)] = Field(
+        description="Task field that marks a customer response."
+    )
+    response_task_values: Annotated[tuple[str, ...], ValuesOf("response_task_field")] = Field(
+        min_length=1
+    )
+    response_flag_field: Annotated[str | None, FieldOf("sobject")] = Field(
         default=None, description="Optional checkbox on the record that marks a response."
     )
     initial_subject: _AttemptText
@@ -85,39 +100,6 @@ class PaymentFollowupSettings(RuleSettings):
         if self.final_attempt_day <= self.start_after_days:
             raise ValueError("final_attempt_day must be after start_after_days")
         return self
-
-    def needs(self) -> dict[str, set[str]]:
-        fields = {
-            self.payment_field,
-            self.stage_field,
-            self.close_date_field,
-            self.resolved_field,
-            self.status_field,
-            self.closed_reason_field,
-            self.log_field,
-            schema.OWNER_ID,
-            "Account.Name",
-        }
-        if self.response_flag_field:
-            fields.add(self.response_flag_field)
-        return {self.sobject: fields, schema.TASK: {self.response_task_field}}
-
-    def writes(self) -> dict[str, set[str]]:
-        # The attempt log (UpdateRecord) and the close-out (CloseRecord).
-        return {self.sobject: {self.status_field, self.closed_reason_field, self.log_field}}
-
-    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        out: dict[tuple[str, str], set[str]] = {}
-        for key, values in (
-            ((self.sobject, self.payment_field), self.payment_values),
-            ((self.sobject, self.stage_field), self.won_stages),
-            ((self.sobject, self.resolved_field), self.resolved_values),
-            ((self.sobject, self.status_field), (self.closed_status,)),
-            ((self.sobject, self.closed_reason_field), (self.closed_reason,)),
-            ((schema.TASK, self.response_task_field), self.response_task_values),
-        ):
-            out.setdefault(key, set()).update(values)
-        return out
 
 
 def candidates(

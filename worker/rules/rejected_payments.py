@@ -44,8 +44,9 @@ from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
-from worker.mapping import OrgMapping, Placeholders, RuleSettings, StrictModel
+from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
@@ -117,32 +118,56 @@ class RejectedPaymentTemplates(StrictModel):
 
 class RejectedPaymentsSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
+    reads: ClassVar = {
+        "sobject": (schema.OWNER_ID,),
+        schema.TASK: (schema.COMPLETED_DATE,),
+        schema.CASE_COMMENT: (),
+        # Emails the worker sent, where the org logs them as EmailMessages.
+        schema.EMAIL_MESSAGE: tuple(schema.EMAIL_MESSAGE_FIELDS),
+    }
 
     sobject: str = Field(description="Object the tickets arrive as (Case).")
-    request_type_field: str = Field(description="Field holding the ticket's request type.")
-    request_type_values: tuple[str, ...] = Field(
+    request_type_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Field holding the ticket's request type."
+    )
+    request_type_values: Annotated[tuple[str, ...], ValuesOf("request_type_field")] = Field(
         min_length=1, description="Request types in scope (Rejected Payments)."
     )
-    status_field: str
-    closed_statuses: tuple[str, ...] = Field(
+    # Only the close-out changes the case; attempts are new Tasks and CaseComments.
+    status_field: Annotated[str, FieldOf("sobject", write=True)]
+    closed_statuses: Annotated[tuple[str, ...], ValuesOf("status_field")] = Field(
         min_length=1, description="Status values that mean the case is closed: cadence over."
     )
-    closed_status: str = Field(description="Status set when the worker closes the case.")
-    close_values: dict[str, str] = Field(
+    closed_status: Annotated[str, ValuesOf("status_field")] = Field(
+        description="Status set when the worker closes the case."
+    )
+    close_values: Annotated[dict[str, str], FieldValues("sobject", write=True)] = Field(
         description="Other fields set on closing (Resolution, Resolution Type, Platform Area)."
     )
-    created_field: str = Field(description="Date(time) the business-day window starts from.")
-    case_number_field: str
-    homeowner_name_field: str = Field(description="Homeowner name, e.g. Contact.Name.")
-    homeowner_email_field: str = Field(description="Homeowner email address for the email step.")
-    homeowner_phone_field: str | None = Field(
+    created_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Date(time) the business-day window starts from."
+    )
+    case_number_field: Annotated[str, FieldOf("sobject")]
+    homeowner_name_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Homeowner name, e.g. Contact.Name."
+    )
+    homeowner_email_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Homeowner email address for the email step."
+    )
+    homeowner_phone_field: Annotated[str | None, FieldOf("sobject")] = Field(
         default=None,
         description="Number to call, e.g. ContactPhone: given to the call Tasks as {phone}, "
         "in international format (org.phone_region for numbers without a country code).",
     )
-    contact_id_field: str = Field(description="Lookup set as the call Task's WhoId.")
-    agent_name_field: str = Field(description="Agent name in the scripts, e.g. Owner.Name.")
-    reason_field: str = Field(description="The rejection reason from the ticket.")
+    contact_id_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Lookup set as the call Task's WhoId."
+    )
+    agent_name_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="Agent name in the scripts, e.g. Owner.Name."
+    )
+    reason_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="The rejection reason from the ticket."
+    )
     max_attempts: int = Field(ge=1, le=20)
     window_business_days: int = Field(
         ge=1,
@@ -155,18 +180,24 @@ class RejectedPaymentsSettings(RuleSettings):
     email_with_attempts: tuple[int, ...] = Field(
         default=(), description="Attempt numbers that also send the email; empty = no email."
     )
-    outcome_field: str = Field(description="Task field the rep records the call result in.")
+    outcome_field: Annotated[str, FieldOf(schema.TASK)] = Field(
+        description="Task field the rep records the call result in."
+    )
     answered_outcomes: tuple[str, ...] = Field(
         min_length=1, description="Call results meaning the homeowner was reached."
     )
     no_outcome_text: str = Field(description="Logged for an attempt never completed.")
     no_result_text: str = Field(description="Logged for an attempt completed without a result.")
-    response_statuses: tuple[str, ...] = Field(
+    response_statuses: Annotated[tuple[str, ...], ValuesOf("status_field")] = Field(
         default=(), description="Case status values that mark a homeowner response."
     )
-    response_task_field: str = Field(description="Task field marking a homeowner response.")
-    response_task_values: tuple[str, ...] = Field(min_length=1)
-    response_flag_field: str | None = Field(
+    response_task_field: Annotated[str, FieldOf(schema.TASK)] = Field(
+        description="Task field marking a homeowner response."
+    )
+    response_task_values: Annotated[tuple[str, ...], ValuesOf("response_task_field")] = Field(
+        min_length=1
+    )
+    response_flag_field: Annotated[str | None, FieldOf("sobject")] = Field(
         default=None, description="Optional checkbox on the case that marks a response."
     )
     templates: RejectedPaymentTemplates
@@ -192,55 +223,6 @@ class RejectedPaymentsSettings(RuleSettings):
         if self.status_field in self.close_values:
             raise ValueError(f"close_values: set {self.status_field} through closed_status")
         return self
-
-    def needs(self) -> dict[str, set[str]]:
-        fields = {
-            self.request_type_field,
-            self.status_field,
-            self.created_field,
-            self.case_number_field,
-            self.homeowner_name_field,
-            self.homeowner_email_field,
-            self.contact_id_field,
-            self.agent_name_field,
-            self.reason_field,
-            schema.OWNER_ID,
-            *self.close_values,
-        }
-        if self.response_flag_field:
-            fields.add(self.response_flag_field)
-        if self.homeowner_phone_field:
-            fields.add(self.homeowner_phone_field)
-        return {
-            self.sobject: fields,
-            schema.TASK: {self.outcome_field, self.response_task_field, schema.COMPLETED_DATE},
-            schema.CASE_COMMENT: set(),
-            # Emails the worker sent, where the org logs them as EmailMessages.
-            schema.EMAIL_MESSAGE: set(schema.EMAIL_MESSAGE_FIELDS),
-        }
-
-    def writes(self) -> dict[str, set[str]]:
-        # Only the close-out changes the case; attempts are new Tasks and CaseComments.
-        return {self.sobject: {self.status_field, *self.close_values}}
-
-    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        """The call result (``outcome_field``, Call Result) is a text field: not listed. The
-        ``close_values`` are listed for whatever field they name; doctor checks values only
-        on fields the org describes as picklists."""
-        out: dict[tuple[str, str], set[str]] = {
-            (self.sobject, self.request_type_field): set(self.request_type_values),
-            (self.sobject, self.status_field): {
-                *self.closed_statuses,
-                self.closed_status,
-                *self.response_statuses,
-            },
-        }
-        for name, value in self.close_values.items():
-            out.setdefault((self.sobject, name), set()).add(value)
-        out.setdefault((schema.TASK, self.response_task_field), set()).update(
-            self.response_task_values
-        )
-        return out
 
 
 def candidates(
