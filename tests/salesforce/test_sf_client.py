@@ -271,7 +271,26 @@ def test_dry_run_client_refuses_writes_before_the_network(mock: responses.Reques
             kind="x",
             json={"compositeRequest": [read.to_json()]},
         )
+    ingest = {"object": "Lead", "operation": "insert", "contentType": "CSV"}
+    with pytest.raises(DryRunWriteError, match="jobs/ingest"):  # a Bulk job that loads data
+        client.request("POST", client.data_path("jobs/ingest"), kind="bulk", json=ingest)
+    with pytest.raises(DryRunWriteError):  # not a query, whatever resource it is posted to
+        client.request("POST", client.data_path("jobs/query"), kind="bulk", json=ingest)
+    for method in ("PATCH", "DELETE"):  # aborting or deleting a query job
+        with pytest.raises(DryRunWriteError):
+            client.request(method, client.data_path("jobs/query/750x"), kind="bulk", json={})
     assert len(mock.calls) == 0
+
+
+def test_dry_run_client_creates_bulk_query_jobs(mock: responses.RequestsMock) -> None:
+    mock.post(f"{ACME}/services/data/v66.0/jobs/query", json={"id": "750x"})
+    client = SalesforceClient(
+        settings(instance_url=ACME, access_token=TOKEN), wait=tenacity.wait_none(), read_only=True
+    )
+    for operation in ("query", "queryAll"):
+        body = {"operation": operation, "query": "SELECT Id FROM Lead"}
+        client.request("POST", client.data_path("jobs/query"), kind="bulk", json=body)
+    assert len(mock.calls) == 2
 
 
 def test_only_instance_paths_carry_the_token() -> None:

@@ -30,8 +30,11 @@ What it guarantees, whoever calls it:
   daemon thread the caller waits on. An answer still missing then is given up: an
   idempotent request raises StopRequested (a later run sends it again), any other one
   :class:`~worker.salesforce.errors.UnknownOutcomeError` (the next run reconciles it).
-- **Dry run**: a ``read_only`` client refuses anything but GET (``DryRunWriteError``), save a
-  Composite whose subrequests are all GETs (reads batched five to a call cost the same).
+- **Dry run**: a ``read_only`` client sends only requests that cannot change data: GETs, a
+  Composite whose subrequests are all GETs (reads batched five to a call cost the same) and
+  the creation of a Bulk API 2.0 query job (``POST jobs/query`` with operation ``query`` or
+  ``queryAll``; polling it and fetching its results are GETs). Anything else (an ingest
+  job, a write, SOAP) is refused before the network with ``DryRunWriteError``.
 - **Secrets**: headers and bodies are never logged; errors carry status, errorCode, message
   and the URL path only. ``verify`` is left to requests, so ``REQUESTS_CA_BUNDLE`` works.
 """
@@ -88,6 +91,8 @@ NO_AUTO_ASSIGN: Mapping[str, str] = {AUTO_ASSIGN_HEADER: "FALSE"}
 USERINFO_PATH = "/services/oauth2/userinfo"  # OpenID Connect UserInfo, on the org's own host
 _API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
 _SESSION_CODES = frozenset({"INVALID_SESSION_ID", "INVALID_AUTH_HEADER"})
+_DATA_PREFIX = re.compile(r"^/services/data/v[\d.]+/")
+BULK_QUERY_OPERATIONS = frozenset({"query", "queryAll"})  # Bulk API 2.0 jobs that only read
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 STOP_GRACE_SECONDS = 5.0  # a stop's wait for the answer in flight: well inside Heroku's 30 s
 _STOP_POLL_SECONDS = 0.1  # how often a wait for an answer looks at the stop token
@@ -331,12 +336,13 @@ class SalesforceClient:
         method = method.upper()
         if not path.startswith("/services/"):
             raise ValueError(f"not an instance path: {_path_of(path)}")
-        if self.read_only and method != "GET" and not _reads_only(path, json):
+        reads = _reads_only(method, path, json)
+        if self.read_only and not reads:
             raise DryRunWriteError(f"dry run: refused {method} {_path_of(path)}")
         if self._limit_error is not None:
             raise self._limit_error
         headers = dict(headers or {})
-        if path.startswith("/services/data/") and method != "GET" and not _reads_only(path, json):
+        if path.startswith("/services/data/") and not reads:
             headers = {**NO_AUTO_ASSIGN, **headers}
         call = _Call(
             method=method,
@@ -637,9 +643,18 @@ def _path_of(url: str | None) -> str:
     return urlsplit(url or "").path
 
 
-def _reads_only(path: str, body: Any) -> bool:
-    """A Composite request whose every subrequest is a GET: a read, even though it is a POST."""
-    if not path.endswith("/composite") or not isinstance(body, Mapping):
+def _reads_only(method: str, path: str, body: Any) -> bool:
+    """Whether a request cannot change data: a GET; a Composite whose every subrequest is a
+    GET; creating a Bulk API 2.0 query job (it reads, like the GETs that poll it and fetch
+    its results). An ingest job, a write or any other POST does not qualify."""
+    if method == "GET":
+        return True
+    if method != "POST" or not isinstance(body, Mapping):
+        return False
+    rest = _DATA_PREFIX.sub("", path).strip("/")
+    if rest == "jobs/query":
+        return body.get("operation") in BULK_QUERY_OPERATIONS
+    if rest != "composite":
         return False
     subs = body.get("compositeRequest")
     return (
