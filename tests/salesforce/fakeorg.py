@@ -250,6 +250,21 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
     task_types = values(
         ("Call", "Email", "Meeting", "Other"), ("Customer Response", "Inbound Email")
     )
+    # Standard values of a new org (Setup > Object Manager shows them).
+    lead_sources = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
+    industries = (
+        "Agriculture", "Apparel", "Banking", "Biotechnology", "Chemicals", "Communications",
+        "Construction", "Consulting", "Education", "Electronics", "Energy", "Engineering",
+        "Entertainment", "Environmental", "Finance", "Food & Beverage", "Government",
+        "Healthcare", "Hospitality", "Insurance", "Machinery", "Manufacturing", "Media",
+        "Not For Profit", "Other", "Recreation", "Retail", "Shipping", "Technology",
+        "Telecommunications", "Transportation", "Utilities",
+    )  # fmt: skip
+    campaign_types = (
+        "Advertisement", "Banner Ads", "Conference", "Direct Mail", "Email", "Partners",
+        "Public Relations", "Referral Program", "Telemarketing", "Trade Show", "Webinar",
+        "Other",
+    )  # fmt: skip
     owner = _ref("OwnerId", "User", "Owner")
     return {
         "Account": (_f("Name"), _f("Phone", "phone", length=40), owner),
@@ -292,13 +307,18 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("CloseDate", "date", updateable=False, createable=False),
             _f("Probability", "percent", updateable=False, createable=False),
         ),
-        "Campaign": (_f("Name"), _f("IsActive", "boolean")),
+        "Campaign": (
+            _f("Name"),
+            _f("IsActive", "boolean"),
+            _f("Type", "picklist", picklist=campaign_types),
+        ),
         "CampaignMember": (
             _ref("CampaignId", "Campaign", "Campaign"),
             _ref("LeadId", "Lead", "Lead"),
             _ref("ContactId", "Contact", "Contact"),
             _f("Status", "picklist", picklist=("Sent", "Responded")),
             _f("HasResponded", "boolean", updateable=False, createable=False),
+            _f("FirstRespondedDate", "date", updateable=False, createable=False),
         ),
         "Event": (
             _f("Subject", "combobox"),
@@ -363,7 +383,12 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Phone", "phone", length=40),
             _f("Name", updateable=False, createable=False),
             _f("Company"),
+            _f("Title"),
             _f("Email", "email"),
+            _f("LeadSource", "picklist", picklist=lead_sources),
+            _f("Industry", "picklist", picklist=industries),
+            _f("NumberOfEmployees", "int"),
+            _f("AnnualRevenue", "currency"),
             _f("City"),
             _f("PostalCode"),
             _f("DoNotCall", "boolean"),

@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.mapping import RuleSettings
-from worker.rules import collections, homecare_stages, payment_followup, rejected_payments
+from worker.rules import (
+    collections,
+    homecare_stages,
+    lead_scoring,
+    payment_followup,
+    rejected_payments,
+)
 from worker.rules.base import (
     AsOf,
     Batch,
@@ -27,6 +33,7 @@ ALL_RULES: tuple[Rule[Any], ...] = (
     rejected_payments.RULE,
     homecare_stages.RULE,
     collections.RULE,
+    lead_scoring.RULE,
 )
 
 

@@ -1,0 +1,328 @@
+"""SOP 004 lead scoring: a 0-100 score from three point tables, its category and a breakdown.
+
+Implements Lead Management step 3 of the SOP named by ``sop_file`` in ``[rules.lead_scoring]``
+(``004_decc60c4b5a2963f.txt``, "3. Lead Scoring (Immediate)"):
+
+- steps 1-3, the demographic (0-30), firmographic (0-30) and behavioural (0-40) scores: each
+  a point table in the mapping (``groups``), summed and capped at the group's ``cap``. A row
+  matches a lead field, the lead's Tasks logged by people, or its responded campaign
+  memberships; behaviour counts only within ``behaviour_window_days`` of the evaluation day.
+  Rows sharing a ``tier`` are alternatives: only the highest-scoring match of a tier counts
+  (1,000+ employees, else 200+, else 50+).
+- step 4, the total: the three capped groups summed; the caps add up to 100 (checked at load).
+- step 5, the category: the first band of ``bands`` (highest minimum first) the total reaches.
+
+The score, the category and a short breakdown (``D22 F18 B35: VP +12, Software +10, demo
+request +20``) are written to the mapped Lead fields, only when one of them changes.
+:func:`score_lead` is pure and shared: ``lead_routing`` writes the same values in its one
+update of a lead it routes (so a routed lead gets one update, not two).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from worker import schema
+from worker.keys import task_key
+from worker.mapping import OrgMapping, RuleSettings, StrictModel
+from worker.records import Record, Snapshot
+from worker.rules.base import AsOf, Evaluation, Rule, Verdict
+from worker.rules.kit import Emit
+
+RULE_ID = "lead_scoring"
+STEPS = ("score",)
+GROUP_CAPS_TOTAL = 100  # "Sum total score (0-100 points)"
+
+
+class PointRow(StrictModel):
+    """One line of a point table: ``points`` when ``field`` matches."""
+
+    label: str = Field(min_length=1, description="Shown in the breakdown: 'VP +12'.")
+    points: int = Field(ge=0, description="Points for a match (a table never goes negative).")
+    source: Literal["lead", "task", "campaign"] = Field(
+        default="lead",
+        description="lead: a field of the lead; task: a Task a person logged on the lead; "
+        "campaign: a CampaignMember of the lead that has responded.",
+    )
+    field: str = Field(min_length=1, description="The field compared (dotted paths allowed).")
+    match: Literal["equals", "contains", "at_least", "is_set"] = Field(
+        default="equals",
+        description="equals: one of values; contains: holds one of values as whole words, in any "
+        "case; "
+        "at_least: a number >= minimum; is_set: not empty.",
+    )
+    values: tuple[str, ...] = ()
+    minimum: Decimal | None = None
+    dated_by: str = Field(
+        default="",
+        description="For a lead row: a date field that must fall within the behaviour window "
+        "(empty: the row is not windowed). Tasks are dated by ActivityDate (else "
+        "CreatedDate), campaign responses by FirstRespondedDate (else CreatedDate).",
+    )
+    tier: str = Field(
+        default="", description="Rows of one tier are alternatives: the best match counts."
+    )
+
+    @model_validator(mode="after")
+    def _operand(self) -> PointRow:
+        if self.match in ("equals", "contains") and not self.values:
+            raise ValueError(f"match = {self.match!r} needs values")
+        if self.match == "at_least" and self.minimum is None:
+            raise ValueError("match = 'at_least' needs minimum")
+        return self
+
+
+class PointGroup(StrictModel):
+    """A score group (demographic, firmographic, behavioural): rows summed, then capped."""
+
+    letter: str = Field(min_length=1, max_length=3, description="Its letter in the breakdown.")
+    cap: int = Field(ge=0, description="The group's maximum (the SOP's 30/30/40).")
+    rows: tuple[PointRow, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _behaviour_is_dated(self) -> PointGroup:
+        for i, row in enumerate(self.rows):
+            if row.source != "lead" and row.dated_by:
+                raise ValueError(
+                    f"rows[{i}]: dated_by is for lead rows (Tasks and campaign "
+                    "responses are dated by their own dates)"
+                )
+        return self
+
+
+class LeadScoringSettings(RuleSettings):
+    required_steps: ClassVar[tuple[str, ...]] = STEPS
+
+    lead_scope: dict[str, tuple[str, ...]] = Field(
+        min_length=1,
+        description="Lead field (dotted paths allowed) -> allowed values, ANDed: SOP 004's "
+        "leads, e.g. RecordType.DeveloperName = Sales.",
+    )
+    score_field: str = Field(description="Number field holding the 0-100 score.")
+    category_field: str = Field(description="Picklist holding the score's category.")
+    breakdown_field: str = Field(description="Text field holding the breakdown.")
+    breakdown_max_chars: int = Field(default=255, ge=20, le=131072)
+    bands: dict[str, int] = Field(
+        min_length=1,
+        description="Category -> the lowest score in it (the SOP's 80/60/40/20/0).",
+    )
+    behaviour_window_days: int = Field(ge=1, description="How far back behaviour counts.")
+    groups: dict[str, PointGroup] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _tables_add_up(self) -> LeadScoringSettings:
+        caps = sum(g.cap for g in self.groups.values())
+        if caps != GROUP_CAPS_TOTAL:
+            shown = ", ".join(f"{name} {g.cap}" for name, g in self.groups.items())
+            raise ValueError(f"groups: the caps add up to {caps} ({shown}), not 100")
+        if 0 not in self.bands.values():
+            raise ValueError("bands: no band starts at 0, so a low score has no category")
+        if any(not 0 <= low <= GROUP_CAPS_TOTAL for low in self.bands.values()):
+            raise ValueError("bands: a band's lowest score must be within 0-100")
+        return self
+
+    def ordered_bands(self) -> list[tuple[str, int]]:
+        """(category, lowest score), highest first."""
+        return sorted(self.bands.items(), key=lambda kv: -kv[1])
+
+    def category(self, total: int) -> str:
+        return next(name for name, low in self.ordered_bands() if total >= low)
+
+    def needs(self) -> dict[str, set[str]]:
+        lead = {
+            self.score_field,
+            self.category_field,
+            self.breakdown_field,
+            schema.IS_CONVERTED,
+            *self.lead_scope,
+        }
+        out: dict[str, set[str]] = {schema.LEAD: lead}
+        for group in self.groups.values():
+            for row in group.rows:
+                if row.source == "lead":
+                    lead.add(row.field)
+                    if row.dated_by:
+                        lead.add(row.dated_by)
+                elif row.source == "task":
+                    out.setdefault(schema.TASK, set()).add(row.field)
+                else:
+                    out.setdefault(schema.CAMPAIGN_MEMBER, set()).update(
+                        {row.field, "LeadId", "HasResponded", "FirstRespondedDate", "CreatedDate"}
+                    )
+        return out
+
+    def writes(self) -> dict[str, set[str]]:
+        return {schema.LEAD: {self.score_field, self.category_field, self.breakdown_field}}
+
+    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
+        out: dict[tuple[str, str], set[str]] = {(schema.LEAD, self.category_field): set(self.bands)}
+        compared = [(schema.LEAD, name, values) for name, values in self.lead_scope.items()]
+        sobjects = {"lead": schema.LEAD, "task": schema.TASK}
+        compared += [
+            (sobjects[row.source], row.field, row.values)
+            for group in self.groups.values()
+            for row in group.rows
+            if row.match == "equals" and row.source in sobjects
+        ]
+        for sobject, name, values in compared:
+            if "." not in name:
+                out.setdefault((sobject, name), set()).update(values)
+        return out
+
+
+@dataclass(frozen=True)
+class Score:
+    """A lead's score: per group (capped), the matched rows, the total and category."""
+
+    groups: tuple[tuple[str, int], ...]  # (letter, capped points)
+    items: tuple[tuple[str, int], ...]  # (row label, points) that counted
+    total: int
+    category: str
+    capped: tuple[str, ...] = ()  # letters of groups whose rows passed the cap
+
+    def breakdown(self, max_chars: int) -> str:
+        head = " ".join(f"{letter}{points}" for letter, points in self.groups)
+        parts = ", ".join(f"{label} +{points}" for label, points in self.items)
+        text = f"{head}: {parts}" if parts else f"{head}: no points"
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    def values(self, s: LeadScoringSettings) -> dict[str, object]:
+        """The lead fields this score is written to."""
+        return {
+            s.score_field: self.total,
+            s.category_field: self.category,
+            s.breakdown_field: self.breakdown(s.breakdown_max_chars),
+        }
+
+
+def in_scope(lead: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
+    return not lead.flag(schema.IS_CONVERTED) and all(
+        lead.text(name) in values for name, values in scope.items()
+    )
+
+
+def score_lead(
+    lead: Record, snapshot: Snapshot, day: dt.date, s: LeadScoringSettings, org: OrgMapping
+) -> Score:
+    """The lead's score on ``day`` (pure)."""
+    since = day - dt.timedelta(days=s.behaviour_window_days)
+    groups: list[tuple[str, int]] = []
+    items: list[tuple[str, int]] = []
+    capped: list[str] = []
+    for group in s.groups.values():
+        best: dict[str, PointRow] = {}
+        counted: list[PointRow] = []
+        for row in group.rows:
+            if not _matches(row, lead, snapshot, since, day, org):
+                continue
+            if not row.tier:
+                counted.append(row)
+            elif row.tier not in best or row.points > best[row.tier].points:
+                best[row.tier] = row
+        rows = [r for r in group.rows if r in counted or best.get(r.tier) is r]
+        raw = sum(r.points for r in rows)
+        if raw > group.cap:
+            capped.append(group.letter)
+        groups.append((group.letter, min(raw, group.cap)))
+        items.extend((r.label, r.points) for r in rows)
+    total = sum(points for _, points in groups)
+    return Score(tuple(groups), tuple(items), total, s.category(total), tuple(capped))
+
+
+def _matches(
+    row: PointRow,
+    lead: Record,
+    snapshot: Snapshot,
+    since: dt.date,
+    day: dt.date,
+    org: OrgMapping,
+) -> bool:
+    if row.source == "lead":
+        if row.dated_by and not _within(lead.date(row.dated_by), since, day):
+            return False
+        return _value_matches(row, lead)
+    if row.source == "task":
+        found: Iterable[Record] = (
+            t
+            for t in snapshot.tasks_for(lead.id)
+            if not task_key(t, org)
+            and _within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE), since, day)
+        )
+    else:
+        found = (
+            m
+            for m in snapshot.children(schema.CAMPAIGN_MEMBER, "LeadId", lead.id)
+            if m.flag("HasResponded")
+            and _within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE), since, day)
+        )
+    return any(_value_matches(row, r) for r in found)
+
+
+def _within(when: dt.date | None, since: dt.date, day: dt.date) -> bool:
+    return when is not None and since <= when <= day
+
+
+def _value_matches(row: PointRow, record: Record) -> bool:
+    if row.match == "at_least":
+        number = record.number(row.field)
+        return number is not None and row.minimum is not None and number >= row.minimum
+    value = record.text(row.field)
+    if value is None:
+        return False
+    if row.match == "is_set":
+        return True
+    if row.match == "equals":
+        return value in row.values
+    return any(_words(v).search(value) for v in row.values)
+
+
+@functools.cache
+def _words(phrase: str) -> re.Pattern[str]:
+    """``phrase`` as whole words in any case: "CTO" is in "CTO, Acme", not in "Director"."""
+    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", re.IGNORECASE)
+
+
+def score_key(values: Mapping[str, object], day: dt.date) -> str:
+    """The step key of writing these values on ``day``: a new score is a new key, so an
+    earlier score's write (applied, or superseded by lead_routing's) never hides it."""
+    digest = hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:10]
+    return f"score-{day.isoformat()}-{digest}"
+
+
+def candidates(snapshot: Snapshot, s: LeadScoringSettings, org: OrgMapping) -> Iterable[Record]:
+    return (r for r in snapshot.of(schema.LEAD) if in_scope(r, s.lead_scope))
+
+
+def decide(
+    lead: Record, snapshot: Snapshot, at: AsOf, s: LeadScoringSettings, org: OrgMapping
+) -> Evaluation:
+    emit = Emit.on(RULE_ID, s, org, lead)
+    score = score_lead(lead, snapshot, at.date, s, org)
+    values = score.values(s)
+    text = values[s.breakdown_field]
+    why = f"score {score.total} ({score.category}): {text}"
+    if score.capped:
+        why += f"; capped: {', '.join(score.capped)}"
+    action = emit.update("score", values, reason=why, step_key=score_key(values, at.date))
+    if action is None:
+        return Evaluation(RULE_ID, emit.target, Verdict.DONE, f"{why}; already written")
+    return Evaluation(RULE_ID, emit.target, Verdict.ACT, why, (action,))
+
+
+RULE: Rule[LeadScoringSettings] = Rule(
+    id=RULE_ID,
+    title="SOP 004 lead scoring",
+    settings_model=LeadScoringSettings,
+    step_ids=STEPS,
+    candidates=candidates,
+    decide=decide,
+)
