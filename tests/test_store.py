@@ -23,7 +23,7 @@ from worker.ports import Page
 from worker.records import RecordRef
 from worker.redact import scrub
 from worker.settings import load_settings
-from worker.store import MIGRATIONS, Store, copy_store, database_url
+from worker.store import MIGRATIONS, Store, Watermark, copy_store, database_url
 
 from .conftest import execute
 
@@ -91,7 +91,10 @@ def test_a_database_from_before_org_ids_keeps_its_history_and_gains_them(tmp_pat
 def test_save_page_upserts_and_deletes(store: Store) -> None:
     rec = {"Id": "006A", "Name": "A", "SystemModstamp": "2026-11-20T10:00:00.000+0000"}
     newer = {**rec, "Name": "A2", "SystemModstamp": "2026-11-21T10:00:00.000+0000"}
-    assert store.save_page(Page("Opportunity", [rec]), "Name", NOW) == rec["SystemModstamp"]
+    assert store.save_page(Page("Opportunity", [rec]), "Name", NOW) == (
+        rec["SystemModstamp"],
+        rec["Id"],
+    )
     store.save_page(Page("Opportunity", [newer, rec | {"Id": "006B"}]), "Name", NOW)
     snapshot, problems = store.load_snapshot(["Opportunity"])
     assert problems == []
@@ -108,7 +111,7 @@ def test_watermark_resets_when_fields_change(store: Store) -> None:
         NOW,
     )
     store.set_watermark("Lead", "2026-11-20T10:00:00.000+0000", "h1", NOW)
-    assert store.watermark("Lead", "h1") == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
+    assert store.watermark("Lead", "h1") == Watermark(dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC))
     assert store.watermark("Lead", "h2") is None
 
 

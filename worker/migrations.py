@@ -181,7 +181,23 @@ def _v3(conn: Connection) -> None:
     conn.execute(sa.text("DELETE FROM watermarks"))
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create(_v1_tables), _v2, _v3)
+# Migration 4: a watermark is a cursor on (stamp, Id), with the time of the read it came from.
+WATERMARK_CURSOR_COLUMNS = ("last_id", "read_at")
+
+
+def _v4(conn: Connection) -> None:
+    """Each watermark keeps the Id of the last record read at its stamp and when that read
+    began, so an incremental read resumes after it instead of reading its stamp again."""
+    for column in WATERMARK_CURSOR_COLUMNS:
+        conn.execute(sa.text(f'ALTER TABLE "watermarks" ADD COLUMN "{column}" TEXT'))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _create(_v1_tables),
+    _v2,
+    _v3,
+    _v4,
+)
 
 SCHEMA_VERSION = sa.Table(
     "schema_version", sa.MetaData(), sa.Column("version", sa.Integer, nullable=False)
@@ -193,4 +209,6 @@ _v1_tables(METADATA)
 for _table, _column in ORG_ID_COLUMNS:
     METADATA.tables[_table].append_column(sa.Column(_column, sa.Text))
 _v3_tables(METADATA)
+for _column in WATERMARK_CURSOR_COLUMNS:
+    METADATA.tables["watermarks"].append_column(sa.Column(_column, sa.Text))
 TABLES = METADATA.tables

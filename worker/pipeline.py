@@ -94,6 +94,7 @@ WRITE_BATCH = 1000  # one composite request of five 200-record collections
 # commit. An email whose log the org does not show yet is sent again only after that.
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
 UNKNOWN = "unknown"  # an outcome (and a run status): the answer to a write was lost
+Cursor = tuple[dt.datetime, str | None]  # (stamp, Id of the last record read at that stamp)
 
 
 @dataclass
@@ -323,6 +324,7 @@ class Pipeline:
     def pull(self, report: RunReport, run_start: dt.datetime) -> None:
         queries = []
         hashes = {}
+        marks: dict[str, Cursor] = {}  # where each object's read stands: (stamp, Id)
         for sobject, names in object_fields(self.mapping, self.rules).items():
             section = self.mapping.common.objects.get(sobject)
             filters = dict(section.filters) if section else {}
@@ -332,10 +334,23 @@ class Pipeline:
             mark = None if replication.full else self.store.watermark(sobject, digest)
             if mark is None:
                 self.store.reset_cache(sobject)
-            queries.append(ObjectQuery(sobject, names, filters, mark, run_start, replication))
+            else:
+                marks[sobject] = (mark.stamp, mark.after_id)
+            queries.append(
+                ObjectQuery(
+                    sobject,
+                    names,
+                    filters,
+                    mark.stamp if mark else None,
+                    run_start,
+                    replication,
+                    after_id=mark.after_id if mark else None,
+                    read_at=mark.read_at if mark else None,
+                )
+            )
             if replication.full:
                 hashes.pop(sobject)  # read whole every time: no watermark to keep
-        unsettled: dict[str, dt.datetime] = {}  # newest stamp so far of an unordered read
+        unsettled: dict[str, Cursor] = {}  # newest (stamp, Id) so far of an unordered read
         self._check_stop("before the pull")
         for page in self.source.fetch(queries):
             page = _usable(page, report)
@@ -343,16 +358,25 @@ class Pipeline:
             saved = self.store.save_page(page, name_field, self.clock())
             newest = unsettled.pop(page.sobject, None)
             if saved:
-                stamp = parse_sf_datetime(saved)
-                newest = stamp if newest is None else max(newest, stamp)
+                found = (parse_sf_datetime(saved[0]), saved[1])
+                newest = found if newest is None else max(newest, found, key=_cursor_key)
             if newest is not None and not page.settled:
                 unsettled[page.sobject] = newest
-            elif newest is not None and page.sobject in hashes:
+            elif page.sobject in hashes and (newest or marks.get(page.sobject)):
                 # Never past the run's start: a record stamped later (clock skew, a write
                 # landing during this read) is read again next cycle rather than missed.
-                mark = min(newest, run_start)
+                # A read that found nothing new keeps its cursor and notes when it ran.
+                cursor = newest or marks[page.sobject]
+                if cursor[0] > run_start:
+                    cursor = (run_start, None)
+                marks[page.sobject] = cursor
                 self.store.set_watermark(
-                    page.sobject, format_sf_datetime(mark), hashes[page.sobject], self.clock()
+                    page.sobject,
+                    format_sf_datetime(cursor[0]),
+                    hashes[page.sobject],
+                    self.clock(),
+                    after_id=cursor[1],
+                    read_at=run_start,
                 )
             report.records_read[page.sobject] += len(page.records)
             log.debug(
@@ -643,6 +667,10 @@ class Pipeline:
                 summary = {**report.summary(), "status": status or report.status}
                 self.store.finish_run(report.run_id, summary["status"], summary, self.clock())
                 log.info("run.summary", **summary)
+
+
+def _cursor_key(cursor: Cursor) -> tuple[dt.datetime, str]:
+    return cursor[0], cursor[1] or ""
 
 
 def _outcome_label(outcome: Outcome) -> str:

@@ -31,11 +31,17 @@ class ObjectQuery:
     sobject: str
     fields: tuple[str, ...]
     filters: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    since: dt.datetime | None = None  # the watermark; a live source widens it by its overlap
+    since: dt.datetime | None = None  # the watermark: the stamp of the last record read
     until: dt.datetime | None = None  # inclusive upper bound: the run's start time
     # Which field ``since`` and ``until`` bound and the read is ordered by, and whether the
     # object has IsDeleted (see worker.schema.replication).
     replication: Replication = USUAL
+    # The cursor's Id: the last record read at ``since``, in (stamp, Id) order (None: read
+    # from ``since`` inclusive), and when the read that reached it began. A live source
+    # reads again only what a late commit could still hide among: rows stamped within its
+    # overlap before ``read_at``.
+    after_id: str | None = None
+    read_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

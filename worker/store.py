@@ -115,6 +115,17 @@ class AuditRow:
 
 
 @dataclass(frozen=True)
+class Watermark:
+    """Where an object's incremental read resumes: the (stamp, Id) of the last record read
+    in order (``after_id`` None: from ``stamp`` inclusive) and when that read began (None on
+    a watermark an older version wrote)."""
+
+    stamp: dt.datetime
+    after_id: str | None = None
+    read_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class ActionOutcome:
     """How one action of a run ended (its audit row) and the Id of a record it created."""
 
@@ -254,16 +265,20 @@ class Store:
             raise self._error(exc) from None
 
     # -- cache ------------------------------------------------------------------------------
-    def save_page(self, page: Page, name_field: str, synced_at: dt.datetime) -> str | None:
+    def save_page(
+        self, page: Page, name_field: str, synced_at: dt.datetime
+    ) -> tuple[str, str] | None:
         """Upsert one page of records and drop its deleted ids, in one transaction.
 
-        Returns the highest stamp in the page (SystemModstamp, or the object's own
-        replication field): the new safe watermark."""
+        Returns the highest (stamp, Id) in the page (the stamp is SystemModstamp, or the
+        object's own replication field): the new safe watermark."""
         rows = []
-        newest: str | None = None
+        newest: tuple[str, str] | None = None
         for raw in page.records:  # each with an Id and its stamp (see pipeline._usable)
             stamp = str(raw[page.stamp_field])
-            newest = max(newest or stamp, stamp)
+            key = (stamp, str(raw[schema.ID]))
+            if newest is None or key > newest:
+                newest = key
             rows.append(
                 {
                     "id": raw[schema.ID],
@@ -287,8 +302,8 @@ class Store:
         self.transaction(work)
         return newest
 
-    def watermark(self, sobject: str, fields_hash: str) -> dt.datetime | None:
-        """The safe SystemModstamp to resume from, or None for a full read."""
+    def watermark(self, sobject: str, fields_hash: str) -> Watermark | None:
+        """Where to resume reading ``sobject``, or None for a full read."""
         row = self.transaction(
             lambda c: c.execute(
                 sa.select(WATERMARKS).where(WATERMARKS.c.sobject == sobject)
@@ -297,12 +312,27 @@ class Store:
         )
         if row is None or row.fields_hash != fields_hash or not row.last_modstamp:
             return None
-        return parse_sf_datetime(row.last_modstamp)
+        return Watermark(
+            parse_sf_datetime(row.last_modstamp),
+            row.last_id or None,
+            dt.datetime.fromisoformat(row.read_at) if row.read_at else None,
+        )
 
-    def set_watermark(self, sobject: str, stamp: str, fields_hash: str, now: dt.datetime) -> None:
+    def set_watermark(
+        self,
+        sobject: str,
+        stamp: str,
+        fields_hash: str,
+        now: dt.datetime,
+        *,
+        after_id: str | None = None,
+        read_at: dt.datetime | None = None,
+    ) -> None:
         row = {
             "sobject": sobject,
             "last_modstamp": stamp,
+            "last_id": after_id,
+            "read_at": read_at.isoformat() if read_at else None,
             "fields_hash": fields_hash,
             "updated_at": now.isoformat(),
         }

@@ -129,9 +129,9 @@ def test_related_objects_are_read_each_as_it_can_be(
         org.delete("011000000000000GM1")  # a member leaves the queue: the row is gone
         org.edit("005000000000000REP", IsActive=False)
         second = pull(org, store, probe_mapping)
-        # Incremental on CreatedDate: the new row, and the newest old one again (the bound
-        # at the watermark is inclusive, as on SystemModstamp), not the whole history.
-        assert second.records_read["LeadHistory"] == 2
+        # Incremental on CreatedDate: the new row only (the cursor resumes after the last
+        # CreatedDate and Id read, as on SystemModstamp), not the whole history.
+        assert second.records_read["LeadHistory"] == 1
         assert second.records_read["User"] == 1  # only the changed user
         assert second.records_read["GroupMember"] == 1  # read whole: the one left
 

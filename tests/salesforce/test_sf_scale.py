@@ -55,3 +55,45 @@ def test_a_dry_run_reads_an_object_above_the_bulk_threshold(
         assert store.cached_counts()["Lead"] == 50_000
     assert org.calls_by_kind["bulk"] >= 3  # create, poll, results: all allowed
     assert org.write_calls == []
+
+
+def cycle(pipeline: Pipeline, org: FakeOrg, run_id: str) -> tuple[dict[str, int], int]:
+    """One dry-run cycle: (records read per object, API calls it made)."""
+    before = org.call_count
+    report = pipeline.run(run_id, dt.date(2026, 11, 23), write=False)
+    assert report.status == "ok"
+    return {k: v for k, v in report.records_read.items() if v}, org.call_count - before
+
+
+def test_a_mass_load_sharing_one_stamp_is_read_once(
+    org: FakeOrg, tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    org.add_synthetic("Lead", 5_000, lead)  # one data load: every row stamped alike
+    with Store.open(tmp_path / "w.db") as store:
+        pipeline = dry_run_pipeline(org, store, mapping)
+        assert cycle(pipeline, org, "r1")[0] == {"Lead": 5_000}
+        org.now += dt.timedelta(minutes=5)
+        read, calls = cycle(pipeline, org, "r2")
+    assert read == {}  # the cursor is past the load's last (stamp, Id)
+    assert calls == 2  # the first pages of nine objects, five to a composite
+
+
+def test_records_written_since_are_read_once(
+    org: FakeOrg, tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    with Store.open(tmp_path / "w.db") as store:
+        pipeline = dry_run_pipeline(org, store, mapping)
+        cycle(pipeline, org, "r1")
+        lead_id = org.add("Lead", LastName="Lee", Status="Open - Not Contacted")
+        for i in range(3):  # a burst of Tasks (the worker's own writes), one second apart
+            org.add("Task", WhoId=lead_id, Subject=f"Call {i}", Status="Not Started")
+        assert cycle(pipeline, org, "r2")[0] == {"Lead": 1, "Task": 3}
+        # Rows stamped within SF_OVERLAP_SECONDS before the last read began are read again
+        # (a row Salesforce commits late could hide among them, stamped before its commit)...
+        org.now += dt.timedelta(minutes=11)
+        assert cycle(pipeline, org, "r3")[0] == {"Lead": 1, "Task": 3}
+        # ...and once older than that, never: the cursor resumes after the last (stamp, Id).
+        org.now += dt.timedelta(minutes=1)
+        read, calls = cycle(pipeline, org, "r4")
+    assert read == {}
+    assert calls == 2

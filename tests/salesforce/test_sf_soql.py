@@ -137,6 +137,23 @@ def test_incremental_query_text() -> None:
     parse(soql)  # and it is valid SOQL
 
 
+def test_a_cursor_resumes_after_the_last_stamp_and_id_read() -> None:
+    since = dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
+    soql = incremental_select("Lead", ("Status",), {}, since, None, after_id="00Q000000000042AAA")
+    assert soql == (
+        "SELECT Id, SystemModstamp, IsDeleted, Status FROM Lead "
+        "WHERE (SystemModstamp > 2026-11-20T10:00:00Z "
+        "OR (SystemModstamp = 2026-11-20T10:00:00Z AND Id > '00Q000000000042AAA')) "
+        "ORDER BY SystemModstamp, Id"
+    )
+    where = parse(soql).where
+    assert where is not None
+    at = {"SystemModstamp": "2026-11-20T10:00:00.000+0000"}
+    assert not where({**at, "Id": "00Q000000000042AAA"})
+    assert where({**at, "Id": "00Q000000000043AAA"})
+    assert where({"SystemModstamp": "2026-11-20T10:00:01.000+0000", "Id": "00Q0"})
+
+
 def test_bulk_queries_have_no_order_by() -> None:
     soql = incremental_select("Lead", ("Status",), {}, None, None, ordered=False)
     assert soql == "SELECT Id, SystemModstamp, IsDeleted, Status FROM Lead"

@@ -151,8 +151,9 @@ class SalesforceSettings(BaseSettings):
     overlap_seconds: int = Field(
         default=600,
         ge=0,
-        description="Incremental reads start this many seconds before the watermark, so rows "
-        "committed late by Salesforce are not missed (duplicates are dropped on Id+stamp).",
+        description="Incremental reads read again the rows stamped this many seconds before "
+        "the last read began, so rows committed late by Salesforce are not missed "
+        "(duplicates are dropped on Id+stamp); older rows resume from a (stamp, Id) cursor.",
     )
 
     @field_validator("instance_url")

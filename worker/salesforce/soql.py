@@ -105,10 +105,22 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class AllOf:
+    """``(a AND b ...)`` of conditions, for use inside :class:`AnyOf`."""
+
+    conditions: tuple[Condition, ...]
+
+    def render(self) -> str:
+        if not self.conditions:
+            raise ValueError("empty AND")
+        return "(" + " AND ".join(c.render() for c in self.conditions) + ")"
+
+
+@dataclass(frozen=True)
 class AnyOf:
     """``(a OR b ...)`` of conditions."""
 
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Condition | AllOf, ...]
 
     def render(self) -> str:
         if not self.conditions:
@@ -176,16 +188,22 @@ def incremental_select(
     *,
     ordered: bool = True,
     replication: schema.Replication = schema.USUAL,
+    after_id: str | None = None,
 ) -> str:
     """The pull query of one object: always Id, its stamp (SystemModstamp, or CreatedDate
     for a field-history object) and IsDeleted where the object has it; the scope filters;
-    the stamp between the (inclusive) bounds; ordered by stamp then Id.
+    the stamp between the (inclusive) bounds; ordered by stamp then Id. With ``after_id``
+    the lower bound is a cursor on (stamp, Id), exclusive: ``(stamp > since OR (stamp =
+    since AND Id > after_id))``, so rows read already at the same stamp are not read again.
 
     Bulk API 2.0 gets ``ordered=False`` (ORDER BY defeats its PK chunking).
     """
     stamp = replication.stamp
-    where: list[Condition] = list(filter_conditions(filters))
-    if since is not None:
+    where: list[Condition | AnyOf] = list(filter_conditions(filters))
+    if since is not None and after_id is not None:
+        same = AllOf((Condition(stamp, "=", since), Condition(schema.ID, ">", after_id)))
+        where.append(AnyOf((Condition(stamp, ">", since), same)))
+    elif since is not None:
         where.append(Condition(stamp, ">=", since))
     if until is not None:
         where.append(Condition(stamp, "<=", until))

@@ -77,10 +77,23 @@ class SalesforceSource:
         return self._client.usage()
 
     def soql(self, query: ObjectQuery, *, ordered: bool = True) -> str:
-        """The SOQL text pulled for one query (overlap applied to ``since``)."""
-        since = query.since
+        """The SOQL text pulled for one query.
+
+        A row Salesforce commits late carries a stamp up to ``SF_OVERLAP_SECONDS`` older
+        than its commit, so the rows stamped within that overlap before the last read began
+        (``read_at``) are read again. A cursor older than that resumes after its (stamp, Id)
+        and reads nothing twice: the worker's own writes, a mass load sharing one stamp.
+        A watermark without ``read_at`` (written by an older version) is widened by the
+        overlap as before.
+        """
+        since, after_id = query.since, None
         if since is not None:
-            since = since - dt.timedelta(seconds=self._client.settings.overlap_seconds)
+            overlap = dt.timedelta(seconds=self._client.settings.overlap_seconds)
+            window = (query.read_at or since) - overlap
+            if query.read_at is not None and since < window:
+                after_id = query.after_id
+            else:
+                since = window
         return incremental_select(
             query.sobject,
             query.fields,
@@ -89,6 +102,7 @@ class SalesforceSource:
             query.until,
             ordered=ordered,
             replication=query.replication,
+            after_id=after_id,
         )
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
