@@ -1,23 +1,20 @@
-"""The rules, one module per SOP, run from one explicit ordered list.
+"""The rules, one module per rule, found by looking: every module of this package that
+exposes ``RULE`` (see :mod:`worker.rules.base`) is a rule.
 
-To add a rule: write ``worker/rules/<name>.py`` exposing ``RULE`` (see
-:mod:`worker.rules.base`), append it to :data:`ALL_RULES`, and give it a
-``[rules.<id>]`` section in the mapping.
+Adding a rule touches only its own files: ``worker/rules/<id>.py``, its ``[rules.<id>]``
+mapping section, its tests and its doc page (the README's "Adding a rule" has the recipe).
+A rule runs when its mapping section is present and enabled, in the order of the
+mapping's ``precedence`` list and then by id (:func:`in_mapping_order`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import pkgutil
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from worker.mapping import RuleSettings
-from worker.rules import (
-    collections,
-    homecare_stages,
-    lead_scoring,
-    payment_followup,
-    rejected_payments,
-)
 from worker.rules.base import (
     AsOf,
     Batch,
@@ -28,17 +25,32 @@ from worker.rules.base import (
     evaluate_rule,
 )
 
-ALL_RULES: tuple[Rule[Any], ...] = (
-    payment_followup.RULE,
-    rejected_payments.RULE,
-    homecare_stages.RULE,
-    collections.RULE,
-    lead_scoring.RULE,
-)
+
+def _discover() -> tuple[Rule[Any], ...]:
+    found: dict[str, tuple[str, Rule[Any]]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        rule = getattr(module, "RULE", None)
+        if not isinstance(rule, Rule):
+            continue  # base, kit: helpers, not rules
+        if rule.id in found:
+            other = found[rule.id][0]
+            raise RuntimeError(f"modules {other} and {info.name} both define rule {rule.id!r}")
+        found[rule.id] = (info.name, rule)
+    return tuple(rule for _, (_, rule) in sorted(found.items()))
+
+
+ALL_RULES: tuple[Rule[Any], ...] = _discover()
 
 
 def rule_models() -> Mapping[str, type[RuleSettings]]:
     return {rule.id: rule.settings_model for rule in ALL_RULES}
+
+
+def in_mapping_order(rules: Iterable[Rule[Any]], precedence: Sequence[str]) -> list[Rule[Any]]:
+    """``rules`` in the order they run: the mapping's precedence first, then by id."""
+    rank = {rule_id: i for i, rule_id in enumerate(precedence)}
+    return sorted(rules, key=lambda rule: (rank.get(rule.id, len(rank)), rule.id))
 
 
 __all__ = [
@@ -50,5 +62,6 @@ __all__ = [
     "SkippedStep",
     "Verdict",
     "evaluate_rule",
+    "in_mapping_order",
     "rule_models",
 ]
