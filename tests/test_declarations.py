@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import pytest
+from pydantic import Field
 
 from worker.declarations import FieldOf, FieldValues, ValuesOf, declarations
 from worker.mapping import RuleSettings, StrictModel
@@ -27,11 +28,10 @@ class Example(RuleSettings):
     reason: Annotated[str | None, ValuesOf("reason_field")] = None
     reply_field: Annotated[str, FieldOf("Task")] = "Type"
     lead_statuses: Annotated[tuple[str, ...], ValuesOf("Status", sobject="Lead")] = ("Open",)
-    scope: Annotated[dict[str, tuple[str, ...]], FieldValues("sobject", write=True)] = {
-        "Type": ("New Business",),
-        "RecordType.DeveloperName": ("Sales",),
-    }
-    steps_by_name: dict[str, Step] = {}
+    scope: Annotated[dict[str, tuple[str, ...]], FieldValues("sobject", write=True)] = Field(
+        default_factory=lambda: {"Type": ("New Business",), "RecordType.DeveloperName": ("Sales",)}
+    )
+    steps_by_name: dict[str, Step] = Field(default_factory=dict)
 
 
 def _settings(**values: object) -> Example:
@@ -63,7 +63,8 @@ def test_settings_declare_the_fields_read_written_and_the_picklist_values() -> N
 
 def test_the_object_follows_the_setting_that_names_it() -> None:
     found = _settings(sobject="Payment__c").needs()
-    assert "Payment__c" in found and "Opportunity" not in found
+    assert "Payment__c" in found
+    assert "Opportunity" not in found
     assert ("Payment__c", "StageName") in _settings(sobject="Payment__c").picklist_values()
 
 

@@ -22,7 +22,7 @@ from worker.localorg import LocalOrg, read_manifest
 from worker.mapping import LoadedMapping, load_mapping
 from worker.pipeline import Pipeline
 from worker.ports import ProgressPort, Sink, Source
-from worker.rules import ALL_RULES, Rule, in_mapping_order, rule_models
+from worker.rules import ALL_RULES, Rule, rule_models, runnable
 from worker.rules.kit import add_months
 from worker.settings import WorkerSettings
 from worker.sinks import CacheOnlySource, DryRunSink
@@ -41,7 +41,7 @@ def new_run_id() -> str:
 
 def load_rules_and_mapping(settings: WorkerSettings) -> tuple[LoadedMapping, list[Rule[Any]]]:
     mapping = load_mapping(settings.mapping, rule_models())
-    return mapping, in_mapping_order(ALL_RULES, mapping.precedence)
+    return mapping, list(ALL_RULES)
 
 
 AS_OF_WINDOW_YEARS = 5
@@ -173,7 +173,7 @@ def open_app(
             source=source,
             sink=sink,
             mapping=mapping,
-            rules=rules,
+            rules=runnable(rules, mapping),
             clock=clock,
             stop=stop,
             progress=progress,

@@ -620,13 +620,11 @@ def doctor(fmt: str, **kwargs: Any) -> None:
     settings = _settings(kwargs)
     if settings.local_org:
         raise ConfigError("doctor checks a live org: unset WORKER_LOCAL_ORG / --local-org")
-    mapping, all_rules = load_rules_and_mapping(settings)
+    mapping, _ = load_rules_and_mapping(settings)
     from worker.salesforce.wiring import check_org  # only needed for a live org
 
     with Store.open(settings.store_target) as store:
-        findings, checked = check_org(
-            mapping, all_rules, store=store, state_dir=settings.legacy_state_dir
-        )
+        findings, checked = check_org(mapping, store=store, state_dir=settings.legacy_state_dir)
     if fmt == "json":
         click.echo(report.machine_text("json", report.finding_records(findings)), nl=False)
     else:

@@ -38,7 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worker import schema
-from worker.business_hours import WEEKDAYS, BusinessCalendar, Shift
+from worker.business_hours import (
+    BUSINESS_HOURS_FIELDS,
+    HOLIDAY_FIELDS,
+    WEEKDAYS,
+    BusinessCalendar,
+    Shift,
+)
 from worker.declarations import Placeholders, declarations
 from worker.errors import ConfigError, MappingError
 from worker.records import full_record_id
@@ -408,6 +414,37 @@ class LoadedMapping:
     retention: RetentionSection
     precedence: tuple[str, ...]
     rules: Mapping[str, RuleSettings]
+
+    def enabled(self, rule_id: str) -> bool:
+        """The rule has a section here and it is not switched off."""
+        section = self.rules.get(rule_id)
+        return section is not None and section.enabled
+
+    def object_fields(self) -> dict[str, tuple[str, ...]]:
+        """Every field to read per sObject: what the enabled rules' settings declare, the
+        mapping's extras, the standard fields the worker itself reads."""
+        common = self.common
+        needed: dict[str, set[str]] = {}
+        for rule_id, section in self.rules.items():
+            if self.enabled(rule_id):
+                for sobject, names in section.needs().items():
+                    needed.setdefault(sobject, set()).update(names)
+        if common.calendar_from_org:
+            needed.setdefault(schema.BUSINESS_HOURS, set()).update(BUSINESS_HOURS_FIELDS)
+            needed.setdefault(schema.HOLIDAY, set()).update(HOLIDAY_FIELDS)
+        for sobject, extra in common.objects.items():
+            if sobject in needed:
+                needed[sobject].update(extra.fields)
+        for sobject, names in needed.items():
+            names.update(common.replication(sobject).fields())
+            names.add(common.name_field(sobject))
+            if sobject == schema.TASK:
+                names.update(schema.TASK_FIELDS)
+                if common.org.task_key_field:
+                    names.add(common.org.task_key_field)
+            if sobject == schema.CASE_COMMENT:
+                names.update(schema.CASE_COMMENT_FIELDS)
+        return {k: tuple(sorted(v)) for k, v in sorted(needed.items())}
 
 
 def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]) -> LoadedMapping:

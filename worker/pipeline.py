@@ -62,7 +62,7 @@ from worker.actions import (
     SendEmail,
     stop_code,
 )
-from worker.business_hours import BUSINESS_HOURS_FIELDS, HOLIDAY_FIELDS, org_calendar
+from worker.business_hours import org_calendar
 from worker.errors import (
     ApiLimitError,
     AuthError,
@@ -177,30 +177,6 @@ class Explanation:
     audit: tuple[AuditRow, ...]
 
 
-def object_fields(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> dict[str, tuple[str, ...]]:
-    """Every field to read per sObject: the rules' needs, the mapping's extras, standard ones."""
-    needed: dict[str, set[str]] = {}
-    for rule in rules:
-        for sobject, names in mapping.rules[rule.id].needs().items():
-            needed.setdefault(sobject, set()).update(names)
-    if mapping.common.calendar_from_org:
-        needed.setdefault(schema.BUSINESS_HOURS, set()).update(BUSINESS_HOURS_FIELDS)
-        needed.setdefault(schema.HOLIDAY, set()).update(HOLIDAY_FIELDS)
-    for sobject, section in mapping.common.objects.items():
-        if sobject in needed:
-            needed[sobject].update(section.fields)
-    for sobject, names in needed.items():
-        names.update(mapping.common.replication(sobject).fields())
-        names.add(mapping.common.name_field(sobject))
-        if sobject == schema.TASK:
-            names.update(schema.TASK_FIELDS)
-            if mapping.common.org.task_key_field:
-                names.add(mapping.common.org.task_key_field)
-        if sobject == schema.CASE_COMMENT:
-            names.update(schema.CASE_COMMENT_FIELDS)
-    return {k: tuple(sorted(v)) for k, v in sorted(needed.items())}
-
-
 def fields_hash(fields: Iterable[str], filters: Mapping[str, Any]) -> str:
     text = ",".join(sorted(fields)) + "|" + repr(sorted(filters.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -223,7 +199,7 @@ class Pipeline:
         self.source = source
         self.sink = sink
         self.mapping = mapping
-        self.rules = [r for r in rules if mapping.rules.get(r.id) and mapping.rules[r.id].enabled]
+        self.rules = list(rules)
         self.clock = clock
         self.stop = stop or threading.Event()
         self.progress = progress
@@ -325,7 +301,7 @@ class Pipeline:
         queries = []
         hashes = {}
         marks: dict[str, Cursor] = {}  # where each object's read stands: (stamp, Id)
-        for sobject, names in object_fields(self.mapping, self.rules).items():
+        for sobject, names in self.mapping.object_fields().items():
             section = self.mapping.common.objects.get(sobject)
             filters = dict(section.filters) if section else {}
             digest = fields_hash(names, filters)
@@ -398,7 +374,7 @@ class Pipeline:
     def evaluate(
         self, as_of: AsOf, report: RunReport | None = None
     ) -> tuple[list[Evaluation], int]:
-        sobjects = object_fields(self.mapping, self.rules)
+        sobjects = self.mapping.object_fields()
         snapshot, problems = self.store.load_snapshot(sobjects)
         for problem in problems:
             log.warning(

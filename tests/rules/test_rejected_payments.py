@@ -16,7 +16,6 @@ from worker.actions import Action, AddCaseComment, CloseRecord, CreateTask, Outc
 from worker.errors import MappingError
 from worker.localorg import LocalOrg, apply_actions, iter_raw_records, read_manifest
 from worker.mapping import OrgMapping, load_mapping
-from worker.pipeline import object_fields
 from worker.ports import ObjectQuery
 from worker.records import Record, Snapshot
 from worker.rules import rule_models
@@ -576,7 +575,7 @@ DEMO_EXPECTED: dict[str, tuple[Verdict, set[Step]]] = {
 
 def demo_snapshot(tmp_path: Path) -> Snapshot:
     """The demo org read as the pipeline reads it: only the fields the mapping asks for."""
-    fields = object_fields(MAPPING, [RULE])
+    fields = MAPPING.object_fields()
     local = LocalOrg(DEMO, tmp_path, KEY_FIELD)
     pages = local.fetch([ObjectQuery(sobject, names) for sobject, names in fields.items()])
     return Snapshot.build(Record.from_json(raw) for page in pages for raw in page.records)

@@ -4,17 +4,17 @@ exposes ``RULE`` (see :mod:`worker.rules.base`) is a rule.
 Adding a rule touches only its own files: ``worker/rules/<id>.py``, its ``[rules.<id>]``
 mapping section, its tests and its doc page (the README's "Adding a rule" has the recipe).
 A rule runs when its mapping section is present and enabled, in the order of the
-mapping's ``precedence`` list and then by id (:func:`in_mapping_order`).
+mapping's ``precedence`` list and then by id (:func:`runnable`).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from worker.mapping import RuleSettings
+from worker.mapping import LoadedMapping, RuleSettings
 from worker.rules.base import (
     AsOf,
     Batch,
@@ -47,10 +47,11 @@ def rule_models() -> Mapping[str, type[RuleSettings]]:
     return {rule.id: rule.settings_model for rule in ALL_RULES}
 
 
-def in_mapping_order(rules: Iterable[Rule[Any]], precedence: Sequence[str]) -> list[Rule[Any]]:
-    """``rules`` in the order they run: the mapping's precedence first, then by id."""
-    rank = {rule_id: i for i, rule_id in enumerate(precedence)}
-    return sorted(rules, key=lambda rule: (rank.get(rule.id, len(rank)), rule.id))
+def runnable(rules: Iterable[Rule[Any]], mapping: LoadedMapping) -> list[Rule[Any]]:
+    """The rules the mapping enables, in the order they run: its precedence, then by id."""
+    rank = {rule_id: i for i, rule_id in enumerate(mapping.precedence)}
+    enabled = [rule for rule in rules if mapping.enabled(rule.id)]
+    return sorted(enabled, key=lambda rule: (rank.get(rule.id, len(rank)), rule.id))
 
 
 __all__ = [
@@ -62,6 +63,6 @@ __all__ = [
     "SkippedStep",
     "Verdict",
     "evaluate_rule",
-    "in_mapping_order",
     "rule_models",
+    "runnable",
 ]

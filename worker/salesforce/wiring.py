@@ -8,19 +8,15 @@ Salesforce is kept in the store (see :mod:`worker.salesforce.tokens`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from worker.errors import ConfigError
 from worker.mapping import LoadedMapping
-from worker.pipeline import object_fields
 from worker.ports import Sink, Source
 from worker.redact import register_secrets
-from worker.rules.base import Rule
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.doctor import Finding, run_doctor
 from worker.salesforce.settings import SalesforceSettings, check_auth_config, secret_values
@@ -95,17 +91,18 @@ class DoctorInputs:
     converted_statuses: set[str]  # Lead statuses leads are converted into
 
 
-def doctor_inputs(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> DoctorInputs:
-    """What the enabled rules read, update, compare against and convert into."""
-    enabled = [r for r in rules if r.id in mapping.rules and mapping.rules[r.id].enabled]
-    needs = {k: set(v) for k, v in object_fields(mapping, enabled).items()}
+def doctor_inputs(mapping: LoadedMapping) -> DoctorInputs:
+    """What the enabled rules read, update, compare against and convert into: their
+    settings' declarations (:mod:`worker.declarations`)."""
+    needs = {k: set(v) for k, v in mapping.object_fields().items()}
     updates: dict[str, set[str]] = {}
     picklists: dict[tuple[str, str], set[str]] = dict(mapping.common.tasks.picklist_values())
     converted: set[str] = set()
     if "Task" in needs and mapping.common.tasks.due_time_field:
         needs["Task"].add(mapping.common.tasks.due_time_field)
-    for rule in enabled:
-        section = mapping.rules[rule.id]
+    for rule_id, section in mapping.rules.items():
+        if not mapping.enabled(rule_id):
+            continue
         for sobject, names in section.writes().items():
             updates.setdefault(sobject, set()).update(names)
         for pair, values in section.picklist_values().items():
@@ -115,11 +112,11 @@ def doctor_inputs(mapping: LoadedMapping, rules: Sequence[Rule[Any]]) -> DoctorI
 
 
 def check_org(
-    mapping: LoadedMapping, rules: Sequence[Rule[Any]], *, store: Store, state_dir: Path | None
+    mapping: LoadedMapping, *, store: Store, state_dir: Path | None
 ) -> tuple[list[Finding], int]:
     """Doctor's findings for the live org, and how many fields and values it checked."""
     settings = load_salesforce_settings()
-    wanted = doctor_inputs(mapping, rules)
+    wanted = doctor_inputs(mapping)
     task_key = mapping.common.org.task_key_field
     try:
         check_auth_config(settings)
