@@ -15,9 +15,11 @@ import pytest
 import time_machine
 from click.testing import CliRunner, Result
 
+from worker.app import open_app
 from worker.cli import cli
-from worker.errors import DryRunWriteError
-from worker.sinks import DryRunSink
+from worker.dryrun import DryRunSink
+from worker.localorg import read_manifest
+from worker.settings import load_settings
 from worker.store import Store
 
 from .conftest import DEMO_ORG
@@ -119,9 +121,25 @@ def test_dry_run_writes_nothing(demo_copy: Path, tmp_path: Path) -> None:
     assert Store.open(db).audit_rows() == []
 
 
-def test_dry_run_sink_refuses_loudly() -> None:
-    with pytest.raises(DryRunWriteError, match="refused to write 0 action"):
-        DryRunSink().write([])
+def test_a_dry_run_counts_what_the_real_run_then_sends_and_records_nothing(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(local_org=demo_copy, db_path=tmp_path / "w.db")
+    with open_app(settings, write=False) as app:
+        assert isinstance(app.pipeline.sink, DryRunSink)
+        preview = app.pipeline.run("dry", read_manifest(demo_copy).as_of)
+        assert app.store.ledger_entries() == []
+        assert app.store.audit_rows() == []
+    with open_app(settings, write=True) as app:
+        real = app.pipeline.run("real", read_manifest(demo_copy).as_of)
+    would = {rule: n for (rule, what), n in preview.outcomes.items() if what == "would_apply"}
+    applied = {rule: n for (rule, what), n in real.outcomes.items() if what == "applied"}
+    assert would == applied
+    assert sum(would.values()) > 50
+    # What a dry run shows as skipped (missed catch-up steps) the real run records so too.
+    assert {k: n for k, n in preview.outcomes.items() if k[1] == "skipped"} == {
+        k: n for k, n in real.outcomes.items() if k[1] == "skipped"
+    }
 
 
 def test_plan_file_round_trip_and_stale_apply(demo_copy: Path, tmp_path: Path) -> None:

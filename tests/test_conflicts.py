@@ -182,7 +182,7 @@ def test_run_checks_between_its_read_and_its_write(demo_copy: Path, tmp_path: Pa
         app.pipeline.source = CloseAfterReading(
             app.pipeline.source, demo_copy, CASE_WITH_COMMENT_AND_TASK
         )
-        report = app.pipeline.run("r1", read_manifest(demo_copy).as_of, write=True)
+        report = app.pipeline.run("r1", read_manifest(demo_copy).as_of)
         assert report.plan is not None
         mine = {a.key for a in report.plan.actions if a.target.id == CASE_WITH_COMMENT_AND_TASK}
         assert len(mine) == 2
@@ -201,6 +201,7 @@ class OwnWritesMoveStamps:
     def __init__(self, org: LocalOrg, folder: Path) -> None:
         self.org, self.folder = org, folder
         self.name = org.name
+        self.dry_run = False
         self.calls: list[str] = []
 
     def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
@@ -239,7 +240,7 @@ def test_a_steps_notes_and_closure_are_not_conflicts_with_each_other(
         assert isinstance(app.pipeline.sink, LocalOrg)
         sink = OwnWritesMoveStamps(app.pipeline.sink, demo_copy)
         app.pipeline.sink = sink
-        report = app.pipeline.run("r1", read_manifest(demo_copy).as_of, write=True)
+        report = app.pipeline.run("r1", read_manifest(demo_copy).as_of)
         assert report.plan is not None
         step = [a for a in report.plan.actions if a.target.id == CASE_CLOSED_IN_ONE_STEP]
         assert {a.kind.value for a in step} == {"case_comment", "close"}

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from worker import report
 from worker.actions import CreateTask, action_from_dict
+from worker.dryrun import DryRunSink, ReadOnlyLedger
 from worker.localorg import LocalOrg
 from worker.mapping import LoadedMapping, OrgMapping, RuleSettings, load_mapping
 from worker.pipeline import Pipeline
@@ -22,7 +23,6 @@ from worker.plan import Plan
 from worker.records import Record, Snapshot
 from worker.rules import AsOf, Evaluation, Rule, Verdict, rule_models
 from worker.rules.kit import Emit
-from worker.sinks import DryRunSink
 from worker.store import Store
 
 from .conftest import DEFAULT_MAPPING
@@ -122,6 +122,7 @@ def pipeline_at(
             store=store,
             source=org,
             sink=DryRunSink(),
+            ledger=ReadOnlyLedger(store),
             mapping=sla_mapping,
             rules=[FIRST_TOUCH],
             clock=lambda: clock["now"],
@@ -136,11 +137,12 @@ def run_plan(tmp_path: Path, mapping: LoadedMapping, now: dt.datetime, as_of: dt
             store=store,
             source=org,
             sink=DryRunSink(),
+            ledger=ReadOnlyLedger(store),
             mapping=mapping,
             rules=[FIRST_TOUCH],
             clock=lambda: now,
         )
-        result = pipeline.run("r1", as_of, write=False)
+        result = pipeline.run("r1", as_of)
     assert result.plan is not None
     return result.plan
 
@@ -229,7 +231,7 @@ def test_explain_shows_the_minute_the_next_step_falls_due(
 ) -> None:
     pipeline = pipeline_at["pipeline"]
     assert isinstance(pipeline, Pipeline)
-    pipeline.run("r1", dt.date(2026, 11, 20), write=False)
+    pipeline.run("r1", dt.date(2026, 11, 20))
     found = pipeline.explain(LEAD, dt.date(2026, 11, 20))
     console = Console(record=True, width=200)
     report.print_explanation(found, dt.date(2026, 11, 20), console)

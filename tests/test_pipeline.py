@@ -57,6 +57,7 @@ class FlakySink:
         self.script = list(script)
         self.written: Counter[str] = Counter()
         self.name = org.name
+        self.dry_run = False
 
     def write(self, actions: Sequence[Action]) -> list[ActionResult]:
         step = self.script.pop(0) if self.script else None
@@ -114,7 +115,7 @@ def run_status(app: App, run_id: str) -> str:
 
 def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> None:
     sink = with_sink(app, [("stop", 30)])
-    first = app.pipeline.run("r1", AS_OF, write=True)
+    first = app.pipeline.run("r1", AS_OF)
     assert first.plan is not None
     planned = {a.key for a in first.plan.actions}
     assert len(planned) > 30
@@ -125,7 +126,7 @@ def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> 
     assert ledger(app)[Outcome.APPLIED] == 30
     assert ledger(app)[Outcome.SENT] == 0  # nothing left in doubt
 
-    second = app.pipeline.run("r2", AS_OF, write=True)
+    second = app.pipeline.run("r2", AS_OF)
     assert second.stop_reason is None
     assert second.failed == 0
     assert run_status(app, "r2") == "ok, with errors"  # the demo org's malformed records
@@ -147,7 +148,7 @@ def test_a_stop_during_a_write_batch_lets_it_finish_and_starts_no_other(
         return write(actions)
 
     sink.write = signalled_while_writing  # type: ignore[method-assign]
-    first = app.pipeline.run("r1", AS_OF, write=True)
+    first = app.pipeline.run("r1", AS_OF)
     assert first.plan is not None
     planned = {a.key for a in first.plan.actions}
     assert len(batches) == 1
@@ -161,7 +162,7 @@ def test_a_stop_during_a_write_batch_lets_it_finish_and_starts_no_other(
 
     app.pipeline.stop.clear()
     sink.write = write  # type: ignore[method-assign]
-    second = app.pipeline.run("r2", AS_OF, write=True)
+    second = app.pipeline.run("r2", AS_OF)
     assert second.stop_reason is None
     assert set(sink.written) == planned
     assert max(sink.written.values()) == 1
@@ -177,7 +178,7 @@ def test_a_stop_during_the_pull_plans_and_writes_nothing(app: App) -> None:
             yield page
 
     app.pipeline.source.fetch = signalled_while_reading  # type: ignore[method-assign]
-    stopped = app.pipeline.run("r1", AS_OF, write=True)
+    stopped = app.pipeline.run("r1", AS_OF)
     assert stopped.stop_reason == STOPPED_SIGNAL
     assert stopped.plan is None
     assert sum(stopped.records_read.values()) > 0  # the page read before the stop is kept
@@ -187,21 +188,21 @@ def test_a_stop_during_the_pull_plans_and_writes_nothing(app: App) -> None:
 
 def test_reserve_reached_before_sending_leaves_actions_planned(app: App) -> None:
     sink = with_sink(app, [("raise",)])
-    first = app.pipeline.run("r1", AS_OF, write=True)
+    first = app.pipeline.run("r1", AS_OF)
     assert first.stop_reason == STOPPED_API_LIMIT
     assert "190 of 1000" in (first.stopped or "")
     statuses = ledger(app)
     # Planned again, not "sent": an email in the batch must not be written off as maybe-sent.
     assert statuses[Outcome.PLANNED] > 0
     assert statuses[Outcome.SENT] == statuses[Outcome.APPLIED] == 0
-    app.pipeline.run("r2", AS_OF, write=True)
+    app.pipeline.run("r2", AS_OF)
     assert first.plan is not None
     assert set(sink.written) == {a.key for a in first.plan.actions}
 
 
 def test_a_lost_answer_is_reconciled_in_the_same_run_not_written_again(app: App) -> None:
     sink = with_sink(app, [("lose",)])
-    first = app.pipeline.run("r1", AS_OF, write=True)
+    first = app.pipeline.run("r1", AS_OF)
     assert first.plan is not None
     # Before the run ended it asked the org what became of every write whose answer was
     # lost: what the org shows is settled now; only the rest stays sent, and says so.
@@ -214,7 +215,7 @@ def test_a_lost_answer_is_reconciled_in_the_same_run_not_written_again(app: App)
     assert first.status == "unknown"
     assert run_status(app, "r1") == "unknown"
 
-    second = app.pipeline.run("r2", AS_OF, write=True)
+    second = app.pipeline.run("r2", AS_OF)
     assert max(sink.written.values()) == 1
     assert ledger(app)[Outcome.SENT] == 0
     assert second.failed == 0
@@ -228,7 +229,7 @@ def test_an_unexpected_error_is_the_runs_status(app: App) -> None:
     assert isinstance(app.pipeline.sink, LocalOrg)
     app.pipeline.sink = Broken(app.pipeline.sink)
     with pytest.raises(RuntimeError):
-        app.pipeline.run("r1", AS_OF, write=True)
+        app.pipeline.run("r1", AS_OF)
     assert run_status(app, "r1") == "error: RuntimeError"
 
 
@@ -369,14 +370,14 @@ def opportunity_watermark(app: App) -> dt.datetime | None:
 
 def test_an_unordered_read_moves_the_watermark_only_once_it_is_complete(app: App) -> None:
     app.pipeline.source = UnorderedSource(stop_after_first=True)
-    stopped = app.pipeline.run("r1", AS_OF, write=False)
+    stopped = app.pipeline.run("r1", AS_OF)
     assert stopped.stop_reason == STOPPED_API_LIMIT
     # The page read holds the newest stamp, but an older row was still unread: no watermark,
     # so the next run reads the object again from where it started.
     assert opportunity_watermark(app) is None
 
     app.pipeline.source = UnorderedSource(stop_after_first=False)
-    app.pipeline.run("r2", AS_OF, write=False)
+    app.pipeline.run("r2", AS_OF)
     assert opportunity_watermark(app) == dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)
 
 
@@ -393,7 +394,7 @@ def test_a_sign_in_refused_during_the_pull_stops_the_run_with_one_error_event(
 
     monkeypatch.setattr(app.pipeline.source, "fetch", refused)
     with capture_logs() as logs:
-        report = app.pipeline.run("r1", AS_OF, write=True)
+        report = app.pipeline.run("r1", AS_OF)
     assert report.stop_reason == STOPPED_AUTH
     assert error_events(logs) == ["run.stopped"]
     (stopped,) = [e for e in logs if e["event"] == "run.stopped"]
@@ -404,5 +405,5 @@ def test_a_sign_in_refused_during_the_pull_stops_the_run_with_one_error_event(
 def test_the_reserve_reached_at_a_write_logs_one_error_event(app: App) -> None:
     with_sink(app, [("raise",)])
     with capture_logs() as logs:
-        app.pipeline.run("r1", AS_OF, write=True)
+        app.pipeline.run("r1", AS_OF)
     assert error_events(logs) == ["apply.stopped"]

@@ -38,6 +38,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CONFLICT = "conflict"
     SKIPPED = "skipped"
+    WOULD_APPLY = "would_apply"  # a dry run's answer; never in the ledger
 
 
 # Error codes of a result handed back ``PLANNED`` because the sink stopped before sending

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from worker.dryrun import CacheOnlySource, DryRunSink, ReadOnlyLedger
 from worker.errors import ConfigError, LockHeldError, StoreError
 from worker.localorg import LocalOrg, read_manifest
 from worker.mapping import LoadedMapping, load_mapping
@@ -25,7 +26,6 @@ from worker.ports import ProgressPort, Sink, Source
 from worker.rules import ALL_RULES, Rule, rule_models, runnable
 from worker.rules.kit import add_months
 from worker.settings import WorkerSettings
-from worker.sinks import CacheOnlySource, DryRunSink
 from worker.store import Store
 
 log = structlog.get_logger()
@@ -167,11 +167,13 @@ def open_app(
         raise ConfigError(f"WORKER_LOCAL_ORG: {settings.local_org} is not a folder")
     store = Store.open(settings.store_target)
     try:
+        # Dry run or not is decided here, once: the sink and the ledger the pipeline gets.
         source, sink = _endpoints(settings, mapping, store, write, clock, connect, stop)
         pipeline = Pipeline(
             store=store,
             source=source,
             sink=sink,
+            ledger=store if write and connect else ReadOnlyLedger(store),
             mapping=mapping,
             rules=runnable(rules, mapping),
             clock=clock,

@@ -361,7 +361,7 @@ def _one_cycle(
     ):
         as_of = resolve_as_of(settings, app.mapping, app.clock, write=write, intended=intended)
         with _results_written(app, run_id, results):
-            result = app.pipeline.run(run_id, as_of, write=write)
+            result = app.pipeline.run(run_id, as_of)
     if fmt == "json":
         click.echo(report.machine_text("json", result.summary()), nl=False)
         return result
@@ -411,9 +411,7 @@ def plan(
         open_app(settings, write=False, stop=stop, progress=progress) as app,
         run_lock(app, run_id, "dry-run"),
     ):
-        result = app.pipeline.run(
-            run_id, resolve_as_of(settings, app.mapping, app.clock), write=False
-        )
+        result = app.pipeline.run(run_id, resolve_as_of(settings, app.mapping, app.clock))
         if result.stop_reason == STOPPED_SIGNAL:
             click.echo(f"Stopped before the plan was complete: {result.stopped}", err=True)
             sys.exit(EXIT_STOPPED)

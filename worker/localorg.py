@@ -326,6 +326,8 @@ class LocalOrg:
     the mapping did not ask for fails here as it would against a real org.
     """
 
+    dry_run = False
+
     def __init__(
         self,
         fixture: str | Path,

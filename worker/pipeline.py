@@ -74,6 +74,7 @@ from worker.errors import (
 from worker.mapping import LoadedMapping
 from worker.plan import Plan, build_plan
 from worker.ports import (
+    Ledger,
     ObjectQuery,
     OrgIdentity,
     Page,
@@ -189,6 +190,7 @@ class Pipeline:
         store: Store,
         source: Source,
         sink: Sink,
+        ledger: Ledger,
         mapping: LoadedMapping,
         rules: Sequence[Rule[Any]],
         clock: Callable[[], dt.datetime],
@@ -198,6 +200,7 @@ class Pipeline:
         self.store = store
         self.source = source
         self.sink = sink
+        self.ledger = ledger
         self.mapping = mapping
         self.rules = list(rules)
         self.clock = clock
@@ -230,7 +233,7 @@ class Pipeline:
     def reconcile(self, report: RunReport) -> None:
         """Ledger rows left ``sent`` (by a run that died, or whose answers were lost): what
         the org shows is recorded; what it does not show is planned again."""
-        pending = self.store.ledger_entries(status=Outcome.SENT)
+        pending = self.ledger.unsettled()
         if not pending:
             return
         actions = [e.action for e in pending]
@@ -246,7 +249,7 @@ class Pipeline:
         if in_flight:
             log.warning("ledger.email_may_be_in_flight", keys=sorted(in_flight))
         unknown = [a for a in unknown if a.key not in in_flight]
-        self.store.record_results(
+        self.ledger.record_results(
             {a.key: a for a in unknown},
             [
                 ActionResult(a.key, Outcome.PLANNED, message="outcome unknown; safe to resend")
@@ -266,7 +269,7 @@ class Pipeline:
         found, the actions the org shows no trace of)."""
         found = self.sink.reconcile(actions)
         settled = [r for r in found if r is not None]
-        self.store.record_results(
+        self.ledger.record_results(
             {a.key: a for a in actions}, settled, report.run_id, self.clock(), event="reconciled"
         )
         return settled, [a for a, r in zip(actions, found, strict=True) if r is None]
@@ -460,16 +463,16 @@ class Pipeline:
         now = self.clock()
         # Missed catch-up steps and actions lost to a stronger rule are final: "skipped".
         passed_over = plan.skipped + plan.superseded
-        self.store.record_skipped_steps(
+        self.ledger.record_skipped_steps(
             [(s.action, s.why) for s in passed_over], report.run_id, now
         )
         for skip in passed_over:
             report.outcomes[(skip.action.rule, Outcome.SKIPPED.value)] += 1
-        status = self.store.ledger_status(a.key for a in plan.actions)
+        status = self.ledger.ledger_status(a.key for a in plan.actions)
         # Still ``sent`` after reconcile: an email that may still go out; never sent twice.
         done = (Outcome.APPLIED, Outcome.SKIPPED, Outcome.SENT)
         todo = [a for a in plan.actions if status.get(a.key) not in done]
-        self.store.record_planned(todo, report.run_id, now)
+        self.ledger.record_planned(todo, report.run_id, now)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
         lost: list[Action] = []
@@ -480,7 +483,7 @@ class Pipeline:
                 self._stopped_applying(report, StopRequested().message, len(todo) - start)
                 return
             start += len(batch)
-            self.store.mark_sent(batch, report.run_id, self.clock())
+            self.ledger.mark_sent(batch, report.run_id, self.clock())
             try:
                 results = self.sink.write(batch)
             except (ApiLimitError, AuthError, StopRequested) as exc:
@@ -491,7 +494,7 @@ class Pipeline:
                     )
                     for a in batch
                 ]
-            self.store.record_results(by_key, results, report.run_id, self.clock())
+            self.ledger.record_results(by_key, results, report.run_id, self.clock())
             self._count(results, by_key, report)
             lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
             not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
@@ -556,20 +559,22 @@ class Pipeline:
         ]
         if conflicts:
             by_key = {a.key: a for a in actions}
-            self.store.record_results(by_key, conflicts, report.run_id, self.clock())
+            self.ledger.record_results(by_key, conflicts, report.run_id, self.clock())
             self._count(conflicts, by_key, report)
             log.info("apply.conflicts", actions=len(conflicts))
         skip = {r.key for r in conflicts}
         return [a for a in actions if a.key not in skip]
 
     # -- the cycle --------------------------------------------------------------------------
-    def run(self, run_id: str, as_of: dt.date, *, write: bool, pull: bool = True) -> RunReport:
-        report = RunReport(run_id=run_id, as_of=as_of, dry_run=not write)
+    def run(self, run_id: str, as_of: dt.date, *, pull: bool = True) -> RunReport:
+        """One cycle: reconcile, pull, plan, apply. A dry run is the same cycle through the
+        dry-run sink and ledger (see :mod:`worker.dryrun`)."""
+        dry_run = self.sink.dry_run
+        report = RunReport(run_id=run_id, as_of=as_of, dry_run=dry_run)
         run_start = self.clock()
-        with self._recorded(report, "run" if write else "dry-run", run_start):
+        with self._recorded(report, "dry-run" if dry_run else "run", run_start):
             self._record_org(report)
-            if write:
-                self.reconcile(report)
+            self.reconcile(report)
             if pull:
                 self.pull(report, run_start)
             plan = self.plan(as_of, report)
@@ -582,11 +587,7 @@ class Pipeline:
                     record_id=problem.target.id,
                     problem=problem.why,
                 )
-            if write:
-                self.apply(plan, report)
-            else:
-                for action in plan.actions:
-                    report.outcomes[(action.rule, "would_apply")] += 1
+            self.apply(plan, report)
         return report
 
     def apply_plan_file(self, run_id: str, plan: Plan) -> RunReport:

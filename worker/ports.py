@@ -5,7 +5,10 @@
 - A :class:`Source` fetches pages of raw records (REST JSON) for a set of object queries.
   The live org and a fixture org on disk both implement it.
 - A :class:`Sink` writes actions and reports a typed result per action. The live org and
-  the local org write; :class:`~worker.sinks.DryRunSink` refuses every write.
+  the local org write; :class:`~worker.dryrun.DryRunSink` answers every action
+  ``would_apply`` and writes nothing.
+- A :class:`Ledger` records each action's progress (planned, sent, its outcome): the
+  store's own, or, for a dry run, :class:`~worker.dryrun.ReadOnlyLedger`, which keeps nothing.
 
 Both are driven by :mod:`worker.pipeline`, which owns the SQLite cache, the ledger and the
 audit log; sources and sinks never touch the database. The pipeline tells the edge how far a
@@ -17,11 +20,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.actions import Action, ActionResult
 from worker.records import RecordRef
 from worker.schema import SYSTEM_MODSTAMP, USUAL, Replication
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from worker.actions import Outcome
+    from worker.store import LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,10 @@ class Sink(Protocol):
     @property
     def name(self) -> str: ...
 
+    # True for the dry-run sink. Labels only (the run's kind in ``runs``, its summary):
+    # the pipeline applies through one path whatever the sink.
+    dry_run: bool
+
     def current_state(self, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
         """Each target as the org has it now, by Id; a target missing from the answer is
         deleted (or was never there)."""
@@ -169,3 +182,31 @@ class Sink(Protocol):
     def api_calls(self) -> int: ...
 
     def usage(self) -> ApiUsage | None: ...
+
+
+class Ledger(Protocol):
+    """Where the pipeline records each action's way to its outcome (see
+    :class:`worker.store.Store`, which also writes the audit rows beside it)."""
+
+    def unsettled(self) -> list[LedgerEntry]:
+        """Actions left ``sent``: their answer was lost, the org is asked what became of them."""
+        ...
+
+    def ledger_status(self, keys: Iterable[str]) -> dict[str, Outcome]: ...
+
+    def record_skipped_steps(
+        self, entries: Sequence[tuple[Action, str]], run_id: str, now: dt.datetime
+    ) -> None: ...
+
+    def record_planned(self, actions: Sequence[Action], run_id: str, now: dt.datetime) -> None: ...
+
+    def mark_sent(self, actions: Sequence[Action], run_id: str, now: dt.datetime) -> None: ...
+
+    def record_results(
+        self,
+        actions: Mapping[str, Action],
+        results: Sequence[ActionResult],
+        run_id: str,
+        now: dt.datetime,
+        event: str = "outcome",
+    ) -> None: ...

@@ -447,6 +447,10 @@ class Store:
 
         return self.transaction(work, write=False)
 
+    def unsettled(self) -> list[LedgerEntry]:
+        """Ledger rows left ``sent``: a run died, or the answers were lost."""
+        return self.ledger_entries(status=Outcome.SENT)
+
     def ledger_entries(
         self,
         status: Outcome | None = None,

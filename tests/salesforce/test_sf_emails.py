@@ -88,11 +88,12 @@ def cycle(org: FakeOrg, db: Path, mapping: LoadedMapping, n: int, run: str = "")
             store=store,
             source=SalesforceSource(client),
             sink=SalesforceSink(client, task_key_field=mapping.common.org.task_key_field),
+            ledger=store,
             mapping=mapping,
             rules=[RULE],
             clock=lambda: org.now,
         )
-        return pipeline.run(run or f"day{n}", day(n), write=True)
+        return pipeline.run(run or f"day{n}", day(n))
 
 
 def sent(org: FakeOrg) -> Counter[tuple[str, str]]:

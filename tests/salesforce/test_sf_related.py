@@ -12,13 +12,13 @@ from typing import ClassVar
 
 import pytest
 
+from worker.dryrun import DryRunSink, ReadOnlyLedger
 from worker.mapping import LoadedMapping, OrgMapping, RuleSettings, load_mapping
 from worker.pipeline import Pipeline, RunReport
 from worker.ports import ObjectQuery
 from worker.records import Record, Snapshot
 from worker.rules import AsOf, Evaluation, Rule, Verdict, rule_models
 from worker.salesforce.source import SalesforceSource
-from worker.sinks import DryRunSink
 from worker.store import Store
 
 from ..conftest import DEFAULT_MAPPING
@@ -101,6 +101,7 @@ def pull(org: FakeOrg, store: Store, mapping: LoadedMapping) -> RunReport:
         store=store,
         source=SalesforceSource(client),
         sink=DryRunSink(),
+        ledger=ReadOnlyLedger(store),
         mapping=mapping,
         rules=[PROBE],
         clock=lambda: org.now,
@@ -251,11 +252,12 @@ def test_the_calendar_can_come_from_the_orgs_business_hours(org: FakeOrg, tmp_pa
             store=store,
             source=SalesforceSource(make_client(org)),
             sink=DryRunSink(),
+            ledger=ReadOnlyLedger(store),
             mapping=mapping,
             rules=[OPENS],
             clock=lambda: org.now,
         )
-        result = pipeline.run("r", dt.date(2026, 11, 23), write=False)
+        result = pipeline.run("r", dt.date(2026, 11, 23))
     assert result.records_read["BusinessHours"] == 1
     assert result.records_read["Holiday"] == 1
     assert result.plan is not None

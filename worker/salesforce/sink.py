@@ -77,6 +77,7 @@ class SalesforceSink:
     """A :class:`~worker.ports.Sink` over a live org."""
 
     name = "salesforce"
+    dry_run = False
 
     def __init__(self, client: SalesforceClient, *, task_key_field: str | OrgMapping = "") -> None:
         if isinstance(task_key_field, OrgMapping):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from worker.dryrun import DryRunSink
 from worker.errors import ConfigError
 from worker.mapping import LoadedMapping
 from worker.ports import Sink, Source
@@ -24,7 +25,6 @@ from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
 from worker.salesforce.tokens import RefreshTokenStore
 from worker.settings import settings_error
-from worker.sinks import DryRunSink
 from worker.store import Store
 
 
