@@ -7,12 +7,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from worker.dryrun import DryRunSink, ReadOnlyLedger
 from worker.mapping import LoadedMapping
 from worker.pipeline import Pipeline
-from worker.rules import ALL_RULES
+from worker.rules import ALL_RULES, runnable
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
-from worker.sinks import DryRunSink
 from worker.store import Store
 
 from .fakeorg import FakeOrg
@@ -37,8 +37,9 @@ def dry_run_pipeline(org: FakeOrg, store: Store, mapping: LoadedMapping) -> Pipe
         store=store,
         source=SalesforceSource(client),
         sink=DryRunSink(estimate=sink.estimate_calls, usage=client.usage),
+        ledger=ReadOnlyLedger(store),
         mapping=mapping,
-        rules=ALL_RULES,
+        rules=runnable(ALL_RULES, mapping),
         clock=lambda: org.now,
     )
 
@@ -49,7 +50,7 @@ def test_a_dry_run_reads_an_object_above_the_bulk_threshold(
     org.add_synthetic("Lead", 50_000, lead)  # above SF_BULK_THRESHOLD (10,000)
     with Store.open(tmp_path / "w.db") as store:
         pipeline = dry_run_pipeline(org, store, mapping)
-        report = pipeline.run("dry", dt.date(2026, 11, 23), write=False)
+        report = pipeline.run("dry", dt.date(2026, 11, 23))
         assert report.status == "ok"
         assert report.records_read["Lead"] == 50_000
         assert store.cached_counts()["Lead"] == 50_000
