@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -566,3 +568,21 @@ def test_results_are_for_one_writing_cycle(tmp_path: Path) -> None:
         result = invoke("run", *org_args(DEMO_ORG, tmp_path / "w.db"), "--results", "r.csv", *extra)
         assert result.exit_code == 2
         assert "--results" in result.output
+
+
+def test_a_local_command_loads_nothing_of_the_salesforce_layer() -> None:
+    """`sop-worker plan --local-org ...` on a dyno or in CI starts without the HTTP and
+    JWT libraries: they load only when a live org is wired."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, worker.cli; "
+            "print(sorted(m for m in ('requests', 'jwt', 'simple_salesforce', "
+            "'worker.salesforce') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -46,6 +46,7 @@ from worker.errors import (
     SalesforceError,
     SopWorkerError,
 )
+from worker.findings import Severity
 from worker.logs import configure_logging, log_fatal
 from worker.pipeline import RunReport
 from worker.plan import Plan
@@ -54,7 +55,6 @@ from worker.progress import ProgressBars, ProgressLog
 from worker.records import full_record_id
 from worker.redact import REDACTED, ScrubbedStream, scrub
 from worker.rules import ALL_RULES
-from worker.salesforce.doctor import Severity
 from worker.settings import WorkerSettings, load_settings, parse_as_of
 from worker.signals import stop_on_signals
 from worker.store import Store, copy_store, resolve_store_arg

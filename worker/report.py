@@ -20,11 +20,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker.actions import Action, AddCaseComment, CloseRecord, Outcome, UpdateRecord, due_text
+from worker.findings import Finding, FindingKind, Severity
 from worker.mapping import LoadedMapping
 from worker.pipeline import Explanation
 from worker.plan import PLAN_CSV_COLUMNS, Plan
 from worker.rules.base import Rule
-from worker.salesforce.doctor import Finding, FindingKind, Severity
 from worker.store import ActionOutcome, AuditRow
 
 

@@ -12,9 +12,10 @@ import pytest
 import responses
 import tenacity
 
+from worker.findings import Finding, FindingKind, Severity
 from worker.mapping import LoadedMapping
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.doctor import Finding, FindingKind, Severity, run_doctor
+from worker.salesforce.doctor import run_doctor
 
 from .fakeorg import FakeOrg, standard_fields
 from .sfhelpers import load_fixture, make_client, settings

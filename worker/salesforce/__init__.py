@@ -23,8 +23,9 @@ Typical use::
 
 from __future__ import annotations
 
+from worker.findings import Finding, FindingKind, Severity
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.doctor import Finding, FindingKind, Severity, run_doctor
+from worker.salesforce.doctor import run_doctor
 from worker.salesforce.errors import UnknownOutcomeError
 from worker.salesforce.settings import AuthMode, SalesforceSettings, check_auth_config
 from worker.salesforce.sink import SalesforceSink

@@ -15,11 +15,12 @@ from pydantic import ValidationError
 
 from worker.dryrun import DryRunSink
 from worker.errors import ConfigError
+from worker.findings import Finding
 from worker.mapping import LoadedMapping
 from worker.ports import Sink, Source
 from worker.redact import register_secrets
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.doctor import Finding, run_doctor
+from worker.salesforce.doctor import run_doctor
 from worker.salesforce.settings import SalesforceSettings, check_auth_config, secret_values
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
