@@ -61,7 +61,7 @@ def test_a_dry_run_reads_an_object_above_the_bulk_threshold(
 def cycle(pipeline: Pipeline, org: FakeOrg, run_id: str) -> tuple[dict[str, int], int]:
     """One dry-run cycle: (records read per object, API calls it made)."""
     before = org.call_count
-    report = pipeline.run(run_id, dt.date(2026, 11, 23), write=False)
+    report = pipeline.run(run_id, dt.date(2026, 11, 23))
     assert report.status == "ok"
     return {k: v for k, v in report.records_read.items() if v}, org.call_count - before
 
