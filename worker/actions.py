@@ -27,6 +27,7 @@ class ActionKind(StrEnum):
     CASE_COMMENT = "case_comment"
     SEND_EMAIL = "send_email"
     CONVERT_LEAD = "convert_lead"
+    SUBMIT_APPROVAL = "submit_approval"
 
 
 class Outcome(StrEnum):
@@ -195,9 +196,35 @@ class ConvertLead(Action):
         return f"convert lead ({self.converted_status}{opp}{f' with {values}' if values else ''})"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SubmitApproval(Action):
+    """Submit the target to an approval process (REST ``process/approvals``, actionType
+    ``Submit``). ``comments`` end with the action key's marker: Salesforce keeps them on
+    the instance's first step (``ProcessInstanceStep.Comments``), where the submission is
+    found again."""
+
+    kind: ClassVar[ActionKind] = ActionKind.SUBMIT_APPROVAL
+    process: str  # processDefinitionNameOrId: the approval process's developer name
+    approver_ids: tuple[str, ...]  # nextApproverIds
+    comments: str
+    submitter_id: str | None = None  # contextActorId: submitted on this user's behalf
+
+    def summary(self) -> str:
+        to = ", ".join(self.approver_ids) or "the process's approver"
+        return f"submit for approval ({self.process}) to {to}"
+
+
 ACTION_TYPES: dict[ActionKind, type[Action]] = {
     cls.kind: cls
-    for cls in (UpdateRecord, CloseRecord, CreateTask, AddCaseComment, SendEmail, ConvertLead)
+    for cls in (
+        UpdateRecord,
+        CloseRecord,
+        CreateTask,
+        AddCaseComment,
+        SendEmail,
+        ConvertLead,
+        SubmitApproval,
+    )
 }
 
 
@@ -229,6 +256,8 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
                 raw = dt.date.fromisoformat(raw)
             elif f.name == "due_at" and raw is not None:
                 raw = dt.datetime.fromisoformat(raw)
+            elif f.name == "approver_ids":
+                raw = tuple(raw)
             values[f.name] = raw
         return cls(**values)
     except (KeyError, TypeError, ValueError) as exc:

@@ -35,6 +35,7 @@ from worker.actions import (
     CreateTask,
     Outcome,
     SendEmail,
+    SubmitApproval,
     UpdateRecord,
 )
 from worker.errors import ConfigError
@@ -274,7 +275,69 @@ def _apply_one(
             }
         )
         return ActionResult(action.key, Outcome.APPLIED, sf_id=opp_id or acc.sf_id)
+    if isinstance(action, SubmitApproval):
+        return _submit(records, action, target, stamp, now)
     raise _LocalWriteError("UNSUPPORTED", f"the local org cannot apply {action.kind}")
+
+
+def _submit(
+    records: dict[str, dict[str, Any]],
+    action: SubmitApproval,
+    target: dict[str, Any] | None,
+    stamp: str,
+    now: dt.datetime,
+) -> ActionResult:
+    """A submission as Salesforce records it: a Pending ProcessInstance on the target and
+    its Started step holding the comments (key marker included). A record already pending
+    is refused as Salesforce refuses it; one submitted with this key is not submitted again."""
+    if target is None or target.get(schema.IS_DELETED):
+        raise _LocalWriteError("ENTITY_IS_DELETED", "entity is deleted")
+    found = _find_submission(records, action.key)
+    if found:
+        return ActionResult(action.key, Outcome.APPLIED, sf_id=found, message="already submitted")
+    for rec in records.values():
+        if (
+            rec.get(schema.ATTRIBUTES, {}).get("type") == schema.PROCESS_INSTANCE
+            and rec.get(schema.TARGET_OBJECT_ID) == action.target.id
+            and rec.get(schema.STATUS) == "Pending"
+        ):
+            raise _LocalWriteError(
+                "ALREADY_IN_PROCESS", "This record is currently in an approval process."
+            )
+    instance = _create(
+        records,
+        schema.PROCESS_INSTANCE,
+        action.key,
+        {schema.TARGET_OBJECT_ID: action.target.id, schema.STATUS: "Pending"},
+        stamp,
+        now,
+    )
+    _create(
+        records,
+        schema.PROCESS_INSTANCE_STEP,
+        f"{action.key}:started",
+        {
+            schema.PROCESS_INSTANCE_ID: instance.sf_id,
+            schema.STEP_STATUS: "Started",
+            schema.COMMENTS: with_key_marker(action.comments, action.key),
+            "ActorId": action.submitter_id,
+            "OriginalActorId": action.submitter_id,
+        },
+        stamp,
+        now,
+    )
+    return instance
+
+
+def _find_submission(records: dict[str, dict[str, Any]], key: str) -> str | None:
+    """The ProcessInstance whose submission carries ``key`` in its step's comments."""
+    marker = key_marker(key)
+    for rec in records.values():
+        if rec.get(schema.ATTRIBUTES, {}).get(
+            "type"
+        ) == schema.PROCESS_INSTANCE_STEP and marker in str(rec.get(schema.COMMENTS) or ""):
+            return str(rec.get(schema.PROCESS_INSTANCE_ID))
+    return None
 
 
 def _find_task(records: dict[str, dict[str, Any]], key: str, key_field: str) -> str | None:
@@ -407,6 +470,8 @@ class LocalOrg:
                 found = action.target.id if all(target.get(k) == v for k, v in values) else None
             elif isinstance(action, (CreateTask, SendEmail)):
                 found = _find_task(records, action.key, self._key_field)
+            elif isinstance(action, SubmitApproval):
+                found = _find_submission(records, action.key)
             elif isinstance(action, AddCaseComment):
                 marker = key_marker(action.key)
                 found = next(

@@ -81,6 +81,9 @@ KEY_PREFIXES = {
     "00a": CASE_COMMENT,
     "02s": EMAIL_MESSAGE,
     "500": CASE,
+    "701": "Campaign",
+    "04g": "ProcessInstance",
+    "04h": "ProcessInstanceStep",
 }
 
 # Objects a rule may read beside its own (related records, see docs/engine.md).
@@ -93,6 +96,15 @@ CAMPAIGN_MEMBER = "CampaignMember"
 EVENT = "Event"
 BUSINESS_HOURS = "BusinessHours"
 HOLIDAY = "Holiday"
+CAMPAIGN = "Campaign"
+# Approvals: an instance per submission (its target and status), and its steps; the first
+# step ("Started") holds the submitter's comments.
+PROCESS_INSTANCE = "ProcessInstance"
+PROCESS_INSTANCE_STEP = "ProcessInstanceStep"
+TARGET_OBJECT_ID = "TargetObjectId"
+PROCESS_INSTANCE_ID = "ProcessInstanceId"
+STEP_STATUS = "StepStatus"
+COMMENTS = "Comments"
 
 # The field that names a record, for standard objects whose name field is not ``Name``
 # (a field-history object has none either: its Id).
@@ -105,6 +117,8 @@ NAME_FIELDS = {
     GROUP_MEMBER: ID,
     OPPORTUNITY_HISTORY: ID,
     CAMPAIGN_MEMBER: ID,
+    PROCESS_INSTANCE: ID,
+    PROCESS_INSTANCE_STEP: ID,
 }
 
 
@@ -143,6 +157,8 @@ REPLICATION = {
     OPPORTUNITY_HISTORY: Replication(),  # stage history: SystemModstamp and IsDeleted
     BUSINESS_HOURS: Replication(deletes=False),  # never deleted, only made inactive
     HOLIDAY: Replication(deletes=False, full=True),
+    # A step is never deleted on its own (it has no IsDeleted); its instance has.
+    PROCESS_INSTANCE_STEP: Replication(deletes=False),
 }
 
 

@@ -14,7 +14,14 @@ It answers the REST resources the gateway uses with the real API's shapes:
   ``relatedRecordId`` as Salesforce does: a completed Task (TaskSubtype ``Email``, Subject
   ``Email: <subject>``, the body in its Description) or, with ``enhanced_email``, an
   EmailMessage (the body in ``TextBody``) and a Task without the body as its activity;
-  SOAP ``convertLead``; Bulk API 2.0 query jobs.
+  SOAP ``convertLead``; Bulk API 2.0 query jobs;
+- ``process/approvals`` (actionType ``Submit``) against the approval processes a test
+  defines with :meth:`FakeOrg.define_approval`: a record that fails the process's entry
+  criteria is refused with ``NO_APPLICABLE_PROCESS``, one already pending with
+  ``ALREADY_IN_PROCESS``; a submission leaves a Pending ``ProcessInstance`` and its Started
+  ``ProcessInstanceStep`` holding the submitter's comments. The requests of a call that
+  succeed are committed and the others answered with their error (per request in a 200 when
+  the call held several; a call of one refused request is an HTTP 400 with the error list).
 
 Assignment rules, as a production org runs them: :meth:`FakeOrg.assign` activates a rule
 for Lead, Case or Account, and ``default_case_owner`` is the Support Settings' Default Case
@@ -96,7 +103,22 @@ PREFIXES = {
     "Campaign": "701",
     "BusinessHours": "01m",
     "Holiday": "0C0",
+    "ProcessDefinition": "04a",
+    "ProcessInstance": "04g",
+    "ProcessInstanceStep": "04h",
+    "ProcessInstanceWorkitem": "04i",
 }
+APPROVAL_STATUSES = (
+    "Approved",
+    "Fault",
+    "Held",
+    "NoResponse",
+    "Pending",
+    "Reassigned",
+    "Rejected",
+    "Removed",
+    "Started",
+)
 
 
 @dataclass(frozen=True)
@@ -160,9 +182,12 @@ _SYSTEM = (
 # deactivated, the others deleted for good: queryAll never returns them); GroupMember has
 # Id, SystemModstamp and its two lookups only; a field-history object (LeadHistory) has
 # CreatedDate but no SystemModstamp or LastModifiedDate, its rows never change.
-NO_IS_DELETED = frozenset({"User", "Group", "GroupMember", "BusinessHours", "Holiday"})
+NO_IS_DELETED = frozenset(
+    {"User", "Group", "GroupMember", "BusinessHours", "Holiday", "ProcessInstanceStep"}
+)
 SYSTEM_OMITTED = {
     **{obj: frozenset({"IsDeleted"}) for obj in NO_IS_DELETED},
+    "ProcessInstanceStep": frozenset({"IsDeleted", "LastModifiedDate"}),
     "GroupMember": frozenset({"IsDeleted", "CreatedDate", "LastModifiedDate"}),
     "LeadHistory": frozenset({"SystemModstamp", "LastModifiedDate"}),
 }
@@ -311,6 +336,42 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Name"),
             _f("IsActive", "boolean"),
             _f("Type", "picklist", picklist=campaign_types),
+            _f(
+                "Status",
+                "picklist",
+                picklist=("Planned", "In Progress", "Completed", "Aborted"),
+            ),
+            _f("BudgetedCost", "currency"),
+            owner,
+        ),
+        # Approval history: read only (the process/approvals resource writes it).
+        "ProcessInstance": (
+            _ref("TargetObjectId", ("Opportunity", "Campaign", "Account"), "TargetObject"),
+            _ref("ProcessDefinitionId", "ProcessDefinition", "ProcessDefinition"),
+            _ref("SubmittedById", "User", "SubmittedBy"),
+            _f(
+                "Status",
+                "picklist",
+                picklist=APPROVAL_STATUSES,
+                restricted=True,
+                updateable=False,
+                createable=False,
+            ),
+            _f("CompletedDate", "datetime", updateable=False, createable=False),
+        ),
+        "ProcessInstanceStep": (
+            _ref("ProcessInstanceId", "ProcessInstance", "ProcessInstance"),
+            _ref("ActorId", ("User", "Group"), "Actor"),
+            _ref("OriginalActorId", ("User", "Group"), "OriginalActor"),
+            _f(
+                "StepStatus",
+                "picklist",
+                picklist=APPROVAL_STATUSES,
+                restricted=True,
+                updateable=False,
+                createable=False,
+            ),
+            _f("Comments", length=4000, updateable=False, createable=False),
         ),
         "CampaignMember": (
             _ref("CampaignId", "Campaign", "Campaign"),
@@ -429,7 +490,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("ReminderDateTime", "datetime"),
             _f("IsReminderSet", "boolean"),
             _f("IsClosed", "boolean", updateable=False, createable=False),
-            _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
+            _ref("WhatId", ("Opportunity", "Account", "Case", "Campaign"), "What"),
             _ref("WhoId", ("Lead", "Contact"), "Who"),
             owner,
         ),
@@ -479,6 +540,7 @@ def metadata_fields(folder: Path = METADATA) -> dict[str, tuple[FieldDef, ...]]:
             "DateTime": ("datetime", {}),
             "Number": ("double", {}),
             "Currency": ("currency", {}),
+            "Percent": ("percent", {}),
             "Lookup": (
                 "reference",
                 {
@@ -545,6 +607,16 @@ class Fault:
             and (self.method is None or self.method == method)
             and (self.write is None or self.write == write)
         )
+
+
+@dataclass(frozen=True)
+class ApprovalProcess:
+    """An active approval process: its object and entry criteria (record -> bool)."""
+
+    name: str
+    sobject: str
+    entry: Callable[[Mapping[str, Any]], bool]
+    id: str
 
 
 @dataclass
@@ -622,6 +694,8 @@ class FakeOrg:
         self.default_case_owner: str | None = None
         self.task_trigger_updates_case = False
         self.reassigned: list[tuple[str, Any, str]] = []  # (record Id, owner before, after)
+        self.approval_processes: dict[str, ApprovalProcess] = {}
+        self.approval_requests: list[dict[str, Any]] = []  # every Submit request received
         self._cursors: dict[str, _Cursor] = {}
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
@@ -771,6 +845,18 @@ class FakeOrg:
         ``Sforce-Auto-Assign: FALSE`` is given to ``owner_id`` (a user or a queue)."""
         assert sobject in ASSIGNABLE, sobject
         self.assignment_rules[sobject] = owner_id
+
+    def define_approval(
+        self,
+        name: str,
+        sobject: str,
+        entry: Callable[[Mapping[str, Any]], bool] = lambda record: True,
+    ) -> str:
+        """An active approval process named ``name`` (its developer name) on ``sobject``,
+        whose entry criteria ``entry`` are checked on every submission."""
+        process_id = self.new_id("ProcessDefinition")
+        self.approval_processes[name] = ApprovalProcess(name, sobject, entry, process_id)
+        return process_id
 
     def validate(self, rule: Callable[[str, Mapping[str, Any]], tuple[str, str] | None]) -> None:
         """A validation rule: (sobject, record after the write) -> (errorCode, message)."""
@@ -965,6 +1051,8 @@ class FakeOrg:
             )
         if method == "POST" and rest == "actions/standard/emailSimple":
             return self._email(payload)
+        if method == "POST" and rest == "process/approvals":
+            return self._approvals(payload)
         return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
 
     # -- oauth ----------------------------------------------------------------------------------------
@@ -1548,6 +1636,92 @@ class FakeOrg:
             )
         return (400 if any_failed else 200), results
 
+    def _approvals(self, payload: Any) -> tuple[int, Any]:
+        requests_ = payload.get("requests") if isinstance(payload, Mapping) else None
+        if not isinstance(requests_, list) or not requests_:
+            return 400, [{"errorCode": "JSON_PARSER_ERROR", "message": "requests is required"}]
+        results = [self._submit(r if isinstance(r, Mapping) else {}) for r in requests_]
+        if len(results) == 1 and results[0]["success"] is not True:
+            error = results[0]["errors"][0]
+            return 400, [{"errorCode": error["statusCode"], "message": error["message"]}]
+        return 200, results
+
+    def _submit(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        self.approval_requests.append(dict(request))
+        rid = str(request.get("contextId") or "")
+
+        def refused(code: str, message: str) -> dict[str, Any]:
+            return {
+                "actorIds": None,
+                "entityId": rid or None,
+                "errors": [{"statusCode": code, "message": message, "fields": []}],
+                "instanceId": None,
+                "instanceStatus": None,
+                "newWorkitemIds": None,
+                "success": False,
+            }
+
+        if request.get("actionType") != "Submit":
+            return refused("INVALID_OPERATION", "only Submit is supported by this org")
+        record = self.get(rid) if rid else None
+        if record is None or record.get("IsDeleted"):
+            return refused("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+        sobject = self._sobject_of(rid)
+        name = request.get("processDefinitionNameOrId")
+        process = next(
+            (
+                p
+                for p in self.approval_processes.values()
+                if p.sobject == sobject and (name is None or name in (p.name, p.id))
+            ),
+            None,
+        )
+        skip = request.get("skipEntryCriteria") in (True, "true") and name is not None
+        if process is None or not (skip or process.entry(record)):
+            return refused("NO_APPLICABLE_PROCESS", "No applicable approval process was found.")
+        if any(
+            i["TargetObjectId"] == rid and i["Status"] == "Pending"
+            for i in self.records["ProcessInstance"].values()
+        ):
+            return refused("ALREADY_IN_PROCESS", "Cannot submit object already in process.")
+        submitter = request.get("contextActorId") or USER_ID
+        approvers = [str(a) for a in request.get("nextApproverIds") or []]
+        instance = self.add(
+            "ProcessInstance",
+            TargetObjectId=rid,
+            ProcessDefinitionId=process.id,
+            SubmittedById=submitter,
+            Status="Pending",
+            CompletedDate=None,
+        )
+        self.add(
+            "ProcessInstanceStep",
+            ProcessInstanceId=instance,
+            StepStatus="Started",
+            Comments=str(request.get("comments") or "")[:4000] or None,
+            ActorId=submitter,
+            OriginalActorId=submitter,
+        )
+        return {
+            "actorIds": approvers,
+            "entityId": rid,
+            "errors": None,
+            "instanceId": instance,
+            "instanceStatus": "Pending",
+            "newWorkitemIds": [self.new_id("ProcessInstanceWorkitem")],
+            "success": True,
+        }
+
+    def decide_approval(self, instance_id: str, status: str, comments: str = "") -> None:
+        """An approver approves or rejects: the instance ends and a step records it."""
+        self.edit(instance_id, Status=status, CompletedDate=self.stamp())
+        self.add(
+            "ProcessInstanceStep",
+            ProcessInstanceId=instance_id,
+            StepStatus=status,
+            Comments=comments or None,
+        )
+
     def _log_email(self, item: Mapping[str, Any]) -> None:
         """What ``logEmailOnSend`` leaves on the related record, in the send's transaction.
         Long text is cut at its field's length, as Salesforce stores it."""
@@ -1833,6 +2007,8 @@ def _kind(method: str, path: str) -> str:
         return "bulk"
     if rest.startswith("actions/"):
         return "email"
+    if rest.startswith("process/approvals"):
+        return "approval"
     if rest.startswith("sobjects"):
         return "describe"
     if rest == "limits":
@@ -1857,7 +2033,7 @@ def is_write_request(method: str, path: str, body: str | bytes | None) -> bool:
         except (ValueError, AttributeError):
             return True
         return any(str(s.get("method", "GET")).upper() != "GET" for s in subs)
-    if kind in ("collections", "email"):
+    if kind in ("collections", "email", "approval"):
         return True
     if kind == "bulk":
         return False  # a query job reads

@@ -24,6 +24,7 @@ from worker.actions import (
     CreateTask,
     FieldChange,
     SendEmail,
+    SubmitApproval,
     UpdateRecord,
     make_key,
 )
@@ -348,6 +349,28 @@ class Emit:
             subject=subject,
             body=with_key_marker(body, meta["key"]),
             log_on_id=self.record.id,
+        )
+
+    def submit_approval(
+        self,
+        step_id: str,
+        *,
+        process: str,
+        approver_ids: Sequence[str],
+        comments: str,
+        reason: str,
+        submitter_id: str | None = None,
+        step_key: str | None = None,
+    ) -> SubmitApproval:
+        """A submission of the record to an approval process, its key at the end of the
+        comments (kept on the instance's first step, where the submission is found again)."""
+        meta = self._meta(step_id, step_key, reason)
+        return SubmitApproval(
+            **meta,
+            process=process,
+            approver_ids=tuple(approver_ids),
+            comments=with_key_marker(comments, meta["key"]),
+            submitter_id=submitter_id,
         )
 
     def convert(

@@ -27,14 +27,19 @@ Writes (:meth:`SalesforceSink.write`):
   does. Before sending, the sink looks for that log (like a keyed create): an email found
   there went out already and is not sent again.
 - ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
+- ``SubmitApproval``: ``POST process/approvals`` (actionType ``Submit``), one request a
+  call so a refusal (``NO_APPLICABLE_PROCESS``: the record fails the process's entry
+  criteria) fails that action alone; the key marker travels in the comments, which
+  Salesforce keeps on the instance's first ``ProcessInstanceStep``, where a lost answer is
+  reconciled (:mod:`worker.salesforce.writes.approvals`).
 
 Idempotent composites (updates, upserts) are sent apart from creating ones, so a lost
 answer to the former is simply retried, and a lost answer to the latter marks its actions
 ``SENT`` (error ``UNKNOWN_OUTCOME``) for :meth:`SalesforceSink.reconcile`, never resent.
 
-Order within one write: creates (CaseComments first), emails, updates and upserts, lead
-conversions. The notes of a step go before the change that moves the SOP on (its Task, a
-status, a closure): a run that stops between two requests leaves the step visibly undone,
+Order within one write: creates (CaseComments first), emails, updates and upserts,
+approval submissions, lead conversions. The notes of a step go before the change that
+moves the SOP on (its Task, a status, a closure): a run that stops between two requests leaves the step visibly undone,
 so the rules plan it again next run, and the notes already written are found by their keys.
 
 Per-record ``UNABLE_TO_LOCK_ROW``/``SERVER_UNAVAILABLE`` errors are sent again under the

@@ -1,6 +1,6 @@
 """One write in order: guards, the key lookups that keep creates and emails from repeating,
-then creates, emails, updates and upserts, lead conversions; and the API calls that will
-cost.
+then creates, emails, updates and upserts, approval submissions, lead conversions; and the
+API calls that will cost.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from worker.actions import (
     ConvertLead,
     Outcome,
     SendEmail,
+    SubmitApproval,
 )
 from worker.salesforce.reads import composites_for
+from worker.salesforce.writes.approvals import submit_approvals
 from worker.salesforce.writes.collections import (
     COLLECTION_MAX,
     COLLECTIONS_PER_COMPOSITE,
@@ -40,6 +42,7 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
     records: list[PreparedRecord] = []
     emails: list[tuple[int, SendEmail]] = []
     converts: list[tuple[int, ConvertLead]] = []
+    submissions: list[tuple[int, SubmitApproval]] = []
     for i, action in enumerate(actions):
         prepared = prepare(ctx, i, action)
         if isinstance(prepared, ActionResult):
@@ -50,6 +53,8 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
             emails.append((i, action))
         elif isinstance(action, ConvertLead):
             converts.append((i, action))
+        elif isinstance(action, SubmitApproval):
+            submissions.append((i, action))
     creates = [p for p in records if p.operation is Operation.CREATE]
     if creates or emails:
         existing = find_keyed(
@@ -82,6 +87,7 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
     send_records(ctx, [p for p in records if not p.operation.idempotent], state)
     send_emails(ctx, emails, state)
     send_records(ctx, [p for p in records if p.operation.idempotent], state)
+    submit_approvals(ctx, submissions, state)
     convert_leads(ctx, converts, state)
 
 
@@ -91,6 +97,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
     counts: dict[tuple[str, Operation, bool], int] = {}
     lookup_parents: dict[str, set[str]] = {}
     emails = 0
+    submissions = 0
     converts: list[ConvertLead] = []
     for i, action in enumerate(actions):
         prepared = prepare(ctx, i, action)
@@ -104,6 +111,8 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
                 lookup_parents.setdefault(sobject, set()).update(parents)
         elif prepared is None and isinstance(action, ConvertLead):
             converts.append(action)
+        elif prepared is None and isinstance(action, SubmitApproval):
+            submissions += 1  # one call each (see approvals)
     for (_, operation, _), n in counts.items():
         chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
     lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
@@ -112,6 +121,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
         + math.ceil(chunks[False] / COLLECTIONS_PER_COMPOSITE)
         + composites_for(lookups)
         + math.ceil(emails / EMAILS_PER_CALL)
+        + submissions
         + math.ceil(len(converts) / CONVERTS_PER_CALL)
         # one update composite after each conversion call that sets opportunity fields
         + sum(

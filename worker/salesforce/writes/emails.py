@@ -49,7 +49,7 @@ def send_emails(
         )
         if response is None:
             continue
-        body = _json_or_none(response)
+        body = json_or_none(response)
         items = body if isinstance(body, list) and len(body) == len(batch) else None
         if items is None and response.status_code < 300:
             # Accepted, but without readable per-input results: sent, outcome unknown.
@@ -99,7 +99,7 @@ def _email_input(action: SendEmail) -> dict[str, Any]:
     return data
 
 
-def _json_or_none(response: Any) -> Any:
+def json_or_none(response: Any) -> Any:
     try:
         return response.json()
     except ValueError:

@@ -18,6 +18,7 @@ from worker.actions import (
     CreateTask,
     Outcome,
     SendEmail,
+    SubmitApproval,
     UpdateRecord,
 )
 from worker.keys import (
@@ -33,7 +34,8 @@ from worker.salesforce.writes.state import Operation, PreparedRecord, WriteConte
 
 def prepare(ctx: WriteContext, index: int, action: Action) -> PreparedRecord | ActionResult | None:
     """The record an action becomes after the guards; an ActionResult when a guard
-    refuses it without a call; None for emails and conversions (not records)."""
+    refuses it without a call; None for emails, conversions and approval submissions (not
+    records)."""
     try:
         return _prepare(ctx, index, action)
     except ValueError as exc:  # a value Salesforce cannot take (a naive datetime, ...)
@@ -59,7 +61,7 @@ def _prepare(ctx: WriteContext, index: int, action: Action) -> PreparedRecord | 
             message="an email must be logged on a record (log_on_id), or a lost database "
             "could send it again; not sent",
         )
-    if isinstance(action, (SendEmail, ConvertLead)):
+    if isinstance(action, (SendEmail, ConvertLead, SubmitApproval)):
         return None
     return ActionResult(
         action.key,

@@ -13,11 +13,13 @@ from worker.actions import (
     CreateTask,
     Outcome,
     SendEmail,
+    SubmitApproval,
     UpdateRecord,
 )
 from worker.salesforce.errors import (
     UNKNOWN_OUTCOME,
 )
+from worker.salesforce.writes.approvals import submitted
 from worker.salesforce.writes.conversion import opportunity_update, set_opportunity_values
 from worker.salesforce.writes.emails import logged_email_lookups
 from worker.salesforce.writes.lookups import (
@@ -35,14 +37,17 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
     or created with its key marker, is APPLIED when the org has it; an email when the
     org logged it (a Task or EmailMessage on its ``log_on_id`` record, the key marker in
     the body); an update when the target holds every value it was to write; a
-    conversion when the Lead is converted. The others are safe to send again (None): an
-    email Salesforce did not log was not sent, since the log is written in the same
-    transaction as the send and Salesforce sends only once that transaction commits."""
+    conversion when the Lead is converted; an approval submission when an instance on its
+    target carries its key in its first step's comments. The others are safe to send
+    again (None): an email Salesforce did not log was not sent, since the log is written
+    in the same transaction as the send and Salesforce sends only once that transaction
+    commits; a submission is committed with its instance and first step, or not at all."""
     out: list[ActionResult | None] = [None] * len(actions)
     keyed: list[tuple[int, Action, str, tuple[str, ...]]] = []
     upserted: dict[str, list[int]] = {}
     updates: list[PreparedRecord] = []
     leads: dict[str, list[int]] = {}
+    submissions: list[tuple[int, SubmitApproval]] = []
     for i, action in enumerate(actions):
         if isinstance(action, CreateTask) and ctx.task_key_field:
             upserted.setdefault(action.key, []).append(i)
@@ -68,6 +73,8 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
             )
         elif isinstance(action, ConvertLead):
             leads.setdefault(action.target.id, []).append(i)
+        elif isinstance(action, SubmitApproval):
+            submissions.append((i, action))
     found = find_keyed(ctx, keyed)
     for i, sf_id in found.items():
         message = "found by its key marker"
@@ -85,6 +92,15 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
             Outcome.APPLIED,
             message="the org holds the values it was to write",
         )
+    instances = submitted(ctx, [a for _, a in submissions]) if submissions else {}
+    for i, a in submissions:
+        if a.key in instances:
+            out[i] = ActionResult(
+                a.key,
+                Outcome.APPLIED,
+                sf_id=instances[a.key],
+                message="submitted: the approval's first step carries its key",
+            )
     follow_ups: list[PreparedRecord] = []
     converted = converted_leads(ctx, list(leads)) if leads else {}
     for rid, (sf_id, fresh_opportunity) in converted.items():
