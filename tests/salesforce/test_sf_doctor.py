@@ -203,7 +203,7 @@ def test_the_shipped_metadata_covers_the_default_mapping(
     assert findings == []
     assert any(f.endswith("__c") for fields in args["needs"].values() for f in fields)
     # the rules declare writes on every object they update, and values on custom picklists
-    assert set(args["updates"]) == {"Account", "Case", "Lead", "Opportunity", "Task"}
+    assert set(args["updates"]) == {"Account", "Campaign", "Case", "Lead", "Opportunity", "Task"}
     assert {key for key in args["picklists"] if key[1].endswith("__c")} >= {
         ("Opportunity", "Payment_Status__c"),
         ("Case", "Resolution__c"),
