@@ -26,8 +26,15 @@ def demo_records(folder: Path = DEMO_ORG) -> list[dict[str, Any]]:
     return list(iter_raw_records(folder))
 
 
+# The demo org's configuration beside its records: the approval process the default
+# mapping's deal_approvals submits to (docs/rules/deal_approvals.md).
+DEMO_APPROVAL_PROCESS = ("SOP_Discount_Approval", "Opportunity")
+
+
 def seed(org: FakeOrg, folder: Path = DEMO_ORG) -> dict[str, int]:
-    """Add every record of the folder to the org; returns the count per sObject."""
+    """Add every record of the folder to the org, and its approval process; returns the
+    count per sObject."""
+    org.define_approval(*DEMO_APPROVAL_PROCESS)
     counts: dict[str, int] = {}
     for raw in demo_records(folder):
         sobject = str(raw["attributes"]["type"])
