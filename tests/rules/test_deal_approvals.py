@@ -255,7 +255,7 @@ def test_declarations_match_what_the_rules_do_on_the_demo_org(
     """Fields updated and picklist values written are the ones declared for doctor."""
     settings = mapping.rules[rule_id]
     seen = walk_demo(rule_id, mapping, days=10)
-    assert seen.writes == settings.writes()
+    assert seen.writes == {k: v for k, v in settings.writes().items() if v}
     assert undeclared(seen, settings.picklist_values(), mapping) == {}
     if rule_id == "campaign_budgets":
         assert seen.values == {

@@ -8,10 +8,11 @@ their budget, with its own mapping section ``[rules.campaign_budgets]``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
+from worker.declarations import FieldValues
 from worker.mapping import OrgMapping
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule
@@ -23,7 +24,7 @@ RULE_ID = "campaign_budgets"
 class CampaignBudgetsSettings(ApprovalSettings):
     scope_key: ClassVar[str] = "campaign_scope"
 
-    campaign_scope: dict[str, tuple[str, ...]] = Field(
+    campaign_scope: Annotated[dict[str, tuple[str, ...]], FieldValues("sobject")] = Field(
         default_factory=dict,
         description="Campaign field (dotted paths allowed) -> allowed values, ANDed.",
     )

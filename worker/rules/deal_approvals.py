@@ -33,9 +33,10 @@ from pydantic import Field, model_validator
 
 from worker import schema
 from worker.actions import Action
+from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
 from worker.keys import key_marker
-from worker.mapping import OrgMapping, Placeholders, RuleSettings, StrictModel
+from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
 from worker.rules.kit import Emit, is_completed, render, worker_tasks
@@ -58,7 +59,7 @@ class Band(StrictModel):
     approver: str = Field(
         description="'owner', 'manager' (the owner's User.ManagerId) or a key of approvers."
     )
-    level: str = Field(
+    level: Annotated[str, ValuesOf("required_level_field")] = Field(
         description="The SOP's name for the approver (written to required_level_field)."
     )
     up_to: Decimal | None = Field(default=None, description="The band ends here, included.")
@@ -93,9 +94,12 @@ class ApprovalSettings(RuleSettings):
 
     required_steps: ClassVar[tuple[str, ...]] = STEPS
     scope_key: ClassVar[str] = "scope"
+    reads: ClassVar = {"sobject": (schema.OWNER_ID,), schema.USER: ("IsActive", "ManagerId")}
 
     sobject: str = Field(description="The object whose records are approved.")
-    value_field: str = Field(description="The number approved by band (discount, budget).")
+    value_field: Annotated[str, FieldOf("sobject")] = Field(
+        description="The number approved by band (discount, budget)."
+    )
     value_scale: Literal["percent", "fraction", "amount"] = Field(
         description="How the field holds the value: 'percent' (15 is 15%), 'fraction' (0.15 "
         "is 15%; bands are still written in percent) or 'amount' (currency, as is)."
@@ -112,11 +116,11 @@ class ApprovalSettings(RuleSettings):
     submit_as_owner: bool = Field(
         default=True, description="Submit on the owner's behalf (contextActorId)."
     )
-    required_level_field: str = Field(
+    required_level_field: Annotated[str, FieldOf("sobject", write=True)] = Field(
         default="",
         description="Field set to the band's level when no approval process is used.",
     )
-    closed_field: str = Field(
+    closed_field: Annotated[str, FieldOf("sobject")] = Field(
         default="", description="Checkbox that ends approvals (IsClosed); empty: none."
     )
     task_due_business_days: int = Field(default=1, ge=0)
@@ -157,12 +161,9 @@ class ApprovalSettings(RuleSettings):
         return "" if self.value_scale == "amount" else "%"
 
     def needs(self) -> dict[str, set[str]]:
-        fields = {self.value_field, schema.OWNER_ID, *self.scope}
-        if self.closed_field:
-            fields.add(self.closed_field)
-        if self.required_level_field:
-            fields.add(self.required_level_field)
-        out = {self.sobject: fields, schema.USER: {"IsActive", "ManagerId"}}
+        """Beside the annotated settings: the approval history, when records are submitted
+        to an approval process (its instances and their steps' comments)."""
+        out = super().needs()
         if self.approval_process:
             out[schema.PROCESS_INSTANCE] = {schema.TARGET_OBJECT_ID, schema.STATUS}
             out[schema.PROCESS_INSTANCE_STEP] = {
@@ -172,21 +173,11 @@ class ApprovalSettings(RuleSettings):
             }
         return out
 
-    def writes(self) -> dict[str, set[str]]:
-        if self.approval_process:
-            return {}
-        return {self.sobject: {self.required_level_field}}
-
-    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        if self.approval_process:
-            return {}
-        return {(self.sobject, self.required_level_field): {b.level for b in self.bands}}
-
 
 class DealApprovalsSettings(ApprovalSettings):
     scope_key: ClassVar[str] = "opportunity_scope"
 
-    opportunity_scope: dict[str, tuple[str, ...]] = Field(
+    opportunity_scope: Annotated[dict[str, tuple[str, ...]], FieldValues("sobject")] = Field(
         default_factory=dict,
         description="Opportunity field (dotted paths allowed) -> allowed values, ANDed.",
     )
