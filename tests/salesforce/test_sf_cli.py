@@ -198,6 +198,11 @@ def effect_problems(
         key for c in org.of("CaseComment") for key in MARKER.findall(c.get("CommentBody") or "")
     )
     opportunities = Counter(o.get("Name") for o in org.of("Opportunity"))
+    submissions = Counter(
+        key
+        for step in org.of("ProcessInstanceStep")
+        for key in MARKER.findall(step.get("Comments") or "")
+    )
     problems = []
     for action in actions:
         key, kind, target = action["key"], action["kind"], action["target"]
@@ -217,6 +222,9 @@ def effect_problems(
                     problems.append(
                         f"{key}: {name} is {record.get(name)!r}, not {change['after']!r}"
                     )
+        elif kind == "submit_approval":
+            if submissions[key] != 1:
+                problems.append(f"{key}: {submissions[key]} approval submissions carry the key")
         elif kind == "convert_lead":
             lead = org.get(target["id"]) or {}
             if not lead.get("IsConverted"):
@@ -258,9 +266,15 @@ def _listing(found: Mapping[str, str], most: int = 12) -> str:
 
 def written(calls: Sequence[Call]) -> Counter[str]:
     """What the write calls wrote, one entry per record: ``Id`` for an update, the key for a
-    keyed Task upsert, ``comment:<key>`` for a created CaseComment, ``convert:<Id>``."""
+    keyed Task upsert, ``comment:<key>`` for a created CaseComment, ``convert:<Id>``,
+    ``approval:<key>`` for an approval submission."""
     out: Counter[str] = Counter()
     for call in calls:
+        if call.kind == "approval":
+            for request in json.loads(call.body).get("requests", []):
+                keys = MARKER.findall(str(request.get("comments") or ""))
+                out["approval:" + ",".join(keys)] += 1
+            continue
         if call.kind == "soap":
             ids = re.findall(rb"<(?:\w+:)?leadId>(\w+)</", call.body)
             out.update(f"convert:{i.decode()}" for i in ids)
