@@ -60,11 +60,12 @@ def cycle(org: FakeOrg, db: Path, mapping: LoadedMapping, n: int) -> RunReport:
             store=store,
             source=SalesforceSource(client),
             sink=SalesforceSink(client, task_key_field=mapping.common.org.task_key_field),
+            ledger=store,
             mapping=mapping,
             rules=[RULE],
             clock=lambda: org.now,
         )
-        return pipeline.run(f"day{n}", DAY + dt.timedelta(days=n), write=True)
+        return pipeline.run(f"day{n}", DAY + dt.timedelta(days=n))
 
 
 def submitted(org: FakeOrg) -> dict[str, list[str]]:
