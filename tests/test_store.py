@@ -385,3 +385,37 @@ def test_the_database_password_is_scrubbed_from_every_output(
         "connection to db failed for postgres://worker:pw%2FDbSecret9@db.example (pw/DbSecret9)"
     )
     assert "DbSecret9" not in scrub(echoed)
+
+
+def _in_another_process(db: Path, sql: str) -> str:
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "print(c.execute(sys.argv[2]).fetchall()); c.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(db), sql], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_a_second_store_in_one_process_does_not_lose_the_first_ones_commits(
+    tmp_path: Path,
+) -> None:
+    """A run opens the store, then its lease thread opens it again. Opening must not touch
+    the file the first store holds: closing any descriptor of it drops the process's locks,
+    and a reader in another process (``sop-worker runs``, a second dyno) then takes itself
+    for the last user and deletes the WAL under the run, whose later commits vanish."""
+    db = tmp_path / "w.db"
+    now = dt.datetime(2026, 11, 23, 9, tzinfo=dt.UTC)
+    run = Store.open(db)
+    try:
+        run.begin_run("r1", "run", dt.date(2026, 11, 23), now)
+        lease = Store.open(db)  # as keep_lease does, while the run's connection is open
+        lease.close()
+        _in_another_process(db, "select count(*) from runs")  # a reader comes and goes
+        run.finish_run("r1", "ok", {"run_id": "r1"}, now)
+        run.acquire_lock("r1", now, dt.timedelta(minutes=30))
+        assert _in_another_process(db, "select run_id, status from runs") == "[('r1', 'ok')]"
+        assert _in_another_process(db, "select holder from run_lock") == "[('r1',)]"
+    finally:
+        run.close()

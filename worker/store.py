@@ -896,6 +896,24 @@ def copy_store(source: Store, target: Store, batch: int = 2000) -> dict[str, int
     return counts
 
 
+def _create_private(target: Path) -> None:
+    """Create the database file with mode 0600 before SQLite opens it, if it is new.
+
+    A file that exists is left unopened: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included, and another process may then take
+    itself for the last user, checkpoint and delete the WAL under this process's live
+    connections, whose later commits are lost (sqlite.org/howtocorrupt.html, 2.2). A run's
+    lease thread opens the store while the run's own connections are open.
+    """
+    if target.exists():
+        return
+    try:
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        return  # another process created it first
+    os.close(fd)
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
     path = url.database or ":memory:"
     memory = path == ":memory:"
@@ -903,8 +921,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         target = Path(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
+            _create_private(target)
         except OSError as exc:
             raise StoreError(f"WORKER_DB_PATH: cannot create {target}: {exc.strerror}") from None
     engine = sa.create_engine(
