@@ -126,10 +126,11 @@ def damage_the_middle(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    size = db.stat().st_size
-    with db.open("r+b") as handle:
-        handle.seek((size // 4096 // 2) * 4096)
-        handle.write(b"\xde\xad\xbe\xef" * 4096)
+    pages = db.stat().st_size // 4096
+    with db.open("r+b") as handle:  # every other page of the middle half, whatever it holds
+        for page in range(pages // 4, 3 * pages // 4, 2):
+            handle.seek(page * 4096)
+            handle.write(b"\xde\xad\xbe\xef" * 1024)
 
 
 def test_a_database_damaged_in_the_middle_is_exit_2_keeping_the_audit_log(
