@@ -97,6 +97,7 @@ EVENT = "Event"
 BUSINESS_HOURS = "BusinessHours"
 HOLIDAY = "Holiday"
 CAMPAIGN = "Campaign"
+OPPORTUNITY_CONTACT_ROLE = "OpportunityContactRole"
 # Approvals: an instance per submission (its target and status), and its steps; the first
 # step ("Started") holds the submitter's comments.
 PROCESS_INSTANCE = "ProcessInstance"
@@ -119,6 +120,7 @@ NAME_FIELDS = {
     CAMPAIGN_MEMBER: ID,
     PROCESS_INSTANCE: ID,
     PROCESS_INSTANCE_STEP: ID,
+    OPPORTUNITY_CONTACT_ROLE: ID,
 }
 
 
