@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean requirements
+.PHONY: demo report test lint typecheck pytest bench clean requirements
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,18 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/sop-worker plan --local-org fixtures/demo-org --db-path var/demo.db
+
+# Four days of runs over the demo org (a working copy under var/report/), then their report:
+# var/report.html, one self-contained page (the JSON of the same figures: --format json).
+REPORT_DAYS := 2026-11-23 2026-11-24 2026-11-25 2026-11-26
+report: $(STAMP)
+	rm -rf var/report
+	for day in $(REPORT_DAYS); do \
+		$(BIN)/sop-worker run --local-org fixtures/demo-org --db-path var/report/sop-worker.db \
+			--as-of $$day --log-level WARNING > /dev/null || exit $$?; \
+	done
+	$(BIN)/sop-worker report --local-org fixtures/demo-org --db-path var/report/sop-worker.db \
+		--out var/report.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard bench)

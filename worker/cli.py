@@ -604,6 +604,59 @@ def explain(record_id: str, no_pull: bool, fmt: str, **kwargs: Any) -> None:
         report.print_explanation(found, as_of, _console())
 
 
+@cli.command("report")
+@_settings_options
+@_as_of_option
+@click.option(
+    "--days",
+    type=click.IntRange(1, 366),
+    help="Days the report covers, ending on the as-of date (default: [report] period_days).",
+)
+@click.option(
+    "--record", "record_id", type=RECORD_ID, help="Add this record's SOP timeline (15 or 18 chars)."
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file.")
+@_format_option("html", "json", "csv")
+def report_command(
+    days: int | None, record_id: str | None, out: Path | None, fmt: str, **kwargs: Any
+) -> None:
+    """The report over a period, from the store alone (no API call, nothing written).
+
+    Targets met or missed first (the [report] figures of SOP 004, each formula on the
+    page), then per rule and SOP step the actions due, done, skipped (with the catch-up
+    reason), failed (errorCode) and conflicts, a chart over days, the API calls per run,
+    and the records overdue or at risk per rule. HTML (one self-contained file, default),
+    JSON or CSV of the same figures. The as-of date defaults to the newest run's.
+    """
+    from worker.reporting import build, gather, page
+
+    settings = _settings(kwargs)
+    with open_app(settings, write=False, connect=False) as app:
+        today = org_today(settings, app.mapping, app.clock)
+        as_of = settings.as_of or gather.default_as_of(app, today)
+        if settings.as_of:
+            check_as_of(as_of, today, settings, write=False, intended=False, what="--as-of")
+        found = gather.make_report(app, as_of, days or app.mapping.report.period_days, record_id)
+    if fmt == "json":
+        text = report.machine_text("json", found)
+    elif fmt == "csv":
+        text = report.machine_text("csv", build.report_rows(found), build.CSV_COLUMNS)
+    else:
+        text = page.render(found)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    head = found["headline"]
+    click.echo(
+        f"Report written to {out}: {head['targets_met']} target(s) met, "
+        f"{head['targets_missed']} missed, {head['not_measured']} not measured; "
+        f"{head['actions_done']} SOP action(s) done in {head['runs']} run(s)",
+        err=True,
+    )
+
+
 @cli.command()
 @_settings_options
 @_format_option("table", "json")

@@ -13,6 +13,7 @@ Layout::
     [calendar]         business hours for every rule (or read from the org), closed days
     precedence = [...] rule ids, strongest first, when two rules touch one record
     [rules.<id>]       one section per rule, validated by that rule's settings model
+    [report]           the report's period and SOP figures (worker.reporting.config)
 
 Every problem is reported with the file and the dotted key path, never a traceback.
 Message templates (Task subjects, notes, scripts) are marked ``Annotated[str,
@@ -48,6 +49,7 @@ from worker.business_hours import (
 from worker.declarations import Placeholders, declarations
 from worker.errors import ConfigError, MappingError
 from worker.records import full_record_id
+from worker.reporting.config import ReportSection
 
 
 def template_problems(model: BaseModel, prefix: str) -> list[tuple[str, str]]:
@@ -374,6 +376,7 @@ class _MappingFile(StrictModel):
     calendar: CalendarSection = CalendarSection()
     precedence: tuple[str, ...] = ()
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    report: ReportSection = ReportSection()
 
     @model_validator(mode="after")
     def _precedence_unique(self) -> _MappingFile:
@@ -414,6 +417,7 @@ class LoadedMapping:
     retention: RetentionSection
     precedence: tuple[str, ...]
     rules: Mapping[str, RuleSettings]
+    report: ReportSection = dataclasses.field(default_factory=ReportSection)
 
     def enabled(self, rule_id: str) -> bool:
         """The rule has a section here and it is not switched off."""
@@ -504,6 +508,7 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
         retention=top.retention,
         precedence=top.precedence,
         rules=rules,
+        report=top.report,
     )
 
 
