@@ -93,9 +93,9 @@ def test_figures_are_measured_against_their_targets_or_said_not_measured(
     )
     assert "unreadable" in assigned["note"]  # the demo's lead with a 31 November
     assert "OwnerId starts with 005" in assigned["formula"]
-    mql = figures["lead_to_mql"]
-    assert (mql["status"], mql["value"]) == ("not measured", None)
-    assert "lead_scoring" in mql["note"]
+    response = figures["lead_response_time"]
+    assert (response["status"], response["value"]) == ("not measured", None)
+    assert "lead_sla" in response["note"]
     bounces = figures["email_bounces"]
     assert bounces["status"] == "not measured"
     assert "EmailBouncedDate" in bounces["note"]
@@ -132,3 +132,21 @@ def test_a_records_sop_timeline_on_request(demo_copy: Path, tmp_path: Path) -> N
     missing = invoke("report", *org_args(demo_copy, db), "--record", "00QDmH000000999AAA")
     assert missing.exit_code == 2
     assert "not in the cache" in missing.output
+
+
+def test_the_report_shows_the_forward_simulation_on_request(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    db = demo_store(demo_copy, tmp_path, DAYS[:1])
+    report = report_json(*org_args(demo_copy, db), "--simulate-days", "4")
+    simulation = report["simulation"]
+    assert [d["day"] for d in simulation["days"]] == [
+        "2026-11-23",
+        "2026-11-24",
+        "2026-11-25",
+        "2026-11-26",
+    ]
+    assert sum(d["actions"] for d in simulation["days"]) > 0
+    page = invoke("report", *org_args(demo_copy, db), "--simulate-days", "4").stdout
+    assert "<section id='simulation'>" in page
+    assert "Simulated SOP actions per day" in page

@@ -48,13 +48,14 @@ from worker.errors import (
 )
 from worker.findings import Severity
 from worker.logs import configure_logging, log_fatal
+from worker.mapping import load_mapping
 from worker.pipeline import RunReport
 from worker.plan import Plan
 from worker.ports import ProgressPort
 from worker.progress import ProgressBars, ProgressLog
 from worker.records import full_record_id
 from worker.redact import REDACTED, ScrubbedStream, scrub
-from worker.rules import ALL_RULES
+from worker.rules import ALL_RULES, rule_models
 from worker.settings import WorkerSettings, load_settings, parse_as_of
 from worker.signals import stop_on_signals
 from worker.store import Store, copy_store, resolve_store_arg
@@ -113,7 +114,7 @@ def _raise_if_signed_out(result: RunReport) -> None:
         raise AuthError(result.stopped or "authentication failed")
 
 
-def _settings_options(func: F) -> F:
+def _settings_options(func: F, mapping_help: str = "Mapping file (env WORKER_MAPPING).") -> F:
     options = [
         click.option(
             "--db-path",
@@ -121,9 +122,7 @@ def _settings_options(func: F) -> F:
             envvar=None,
             help="SQLite file (env WORKER_DB_PATH).",
         ),
-        click.option(
-            "--mapping", type=click.Path(path_type=Path), help="Mapping file (env WORKER_MAPPING)."
-        ),
+        click.option("--mapping", type=click.Path(path_type=Path), help=mapping_help),
         click.option(
             "--local-org",
             type=click.Path(path_type=Path),
@@ -615,10 +614,20 @@ def explain(record_id: str, no_pull: bool, fmt: str, **kwargs: Any) -> None:
 @click.option(
     "--record", "record_id", type=RECORD_ID, help="Add this record's SOP timeline (15 or 18 chars)."
 )
+@click.option(
+    "--simulate-days",
+    type=click.IntRange(1, 366),
+    help="Add the forward simulation of this many days (see sop-worker simulate).",
+)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file.")
 @_format_option("html", "json", "csv")
 def report_command(
-    days: int | None, record_id: str | None, out: Path | None, fmt: str, **kwargs: Any
+    days: int | None,
+    record_id: str | None,
+    simulate_days: int | None,
+    out: Path | None,
+    fmt: str,
+    **kwargs: Any,
 ) -> None:
     """The report over a period, from the store alone (no API call, nothing written).
 
@@ -627,8 +636,10 @@ def report_command(
     reason), failed (errorCode) and conflicts, a chart over days, the API calls per run,
     and the records overdue or at risk per rule. HTML (one self-contained file, default),
     JSON or CSV of the same figures. The as-of date defaults to the newest run's.
+    --simulate-days adds the forward simulation's timeline (see sop-worker simulate).
     """
-    from worker.reporting import build, gather, page
+    from worker.reporting import build, gather, page  # charts: only needed here
+    from worker.reporting.simulate import Assumptions
 
     settings = _settings(kwargs)
     with open_app(settings, write=False, connect=False) as app:
@@ -636,7 +647,13 @@ def report_command(
         as_of = settings.as_of or gather.default_as_of(app, today)
         if settings.as_of:
             check_as_of(as_of, today, settings, write=False, intended=False, what="--as-of")
-        found = gather.make_report(app, as_of, days or app.mapping.report.period_days, record_id)
+        found = gather.make_report(
+            app,
+            as_of,
+            days or app.mapping.report.period_days,
+            record_id,
+            (simulate_days, Assumptions()) if simulate_days else None,
+        )
     if fmt == "json":
         text = report.machine_text("json", found)
     elif fmt == "csv":
@@ -655,6 +672,112 @@ def report_command(
         f"{head['actions_done']} SOP action(s) done in {head['runs']} run(s)",
         err=True,
     )
+
+
+@cli.command()
+@_settings_options
+@_as_of_option
+@click.option(
+    "--days", type=click.IntRange(1, 366), default=14, show_default=True, help="Days to simulate."
+)
+@click.option(
+    "--every-hours",
+    type=click.IntRange(1, 24),
+    default=24,
+    show_default=True,
+    help="Hours between two simulated evaluations (fewer for minute-level SLAs).",
+)
+@click.option(
+    "--tasks-done/--tasks-open",
+    default=True,
+    show_default=True,
+    help="Assume every Task is done on its due date, or that none is.",
+)
+@click.option(
+    "--no-pull",
+    is_flag=True,
+    help="Use the cache as it is; do not read the org first (needs no credentials).",
+)
+@_format_option("table", "json")
+def simulate(
+    days: int, every_hours: int, tasks_done: bool, no_pull: bool, fmt: str, **kwargs: Any
+) -> None:
+    """What each rule would do over the next days if nobody answered (read-only).
+
+    From the as-of date on, the cached records are stepped forward in memory: each day
+    (or every --every-hours) the rules evaluate them and their plan is applied to the
+    copy, as the local org applies it. Nothing is written anywhere (the dry-run sink); it
+    costs no API call beyond the one pull (none with --no-pull).
+    """
+    from worker.reporting import gather
+    from worker.reporting.simulate import Assumptions
+    from worker.reporting.simulate import simulate as run_simulation
+
+    settings = _settings(kwargs)
+    with open_app(settings, write=False, connect=not no_pull) as app:
+        as_of = resolve_as_of(settings, app.mapping, app.clock)
+        if not no_pull:
+            run_id = new_run_id()
+            with run_lock(app, run_id):
+                app.pipeline.pull(RunReport(run_id, as_of, True), app.clock())
+        org = gather.cached_org(app) if no_pull else app.pipeline.org()
+        found = run_simulation(app.pipeline, org, as_of, days, Assumptions(tasks_done, every_hours))
+    if fmt == "json":
+        click.echo(report.machine_text("json", found), nl=False)
+    else:
+        report.print_simulation(found, _console())
+
+
+@cli.command()
+@functools.partial(
+    _settings_options,
+    mapping_help="NEW.toml: the changed mapping, compared with the current one (required).",
+)
+@_as_of_option
+@click.option(
+    "--current",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The current mapping file (env WORKER_MAPPING, default mappings/default.toml).",
+)
+@click.option(
+    "--no-pull",
+    is_flag=True,
+    help="Use the cache as it is; do not read the org first (needs no credentials).",
+)
+@_format_option("table", "json")
+def diff(current: Path | None, no_pull: bool, fmt: str, **kwargs: Any) -> None:
+    """The impact of a mapping change: today's plan under the current mapping and under
+    NEW (--mapping NEW.toml), compared action by action.
+
+    Per rule and SOP step: actions added, removed and changed, and the records affected.
+    Both mappings are validated first; nothing is written (the dry-run sink). The cache
+    is filled under the current mapping: fields only NEW reads are listed, since the new
+    plan sees them empty until a pull under NEW.
+    """
+    from worker.reporting.diff import diff_plans, plan_under, uncached_fields
+
+    new_mapping = kwargs.pop("mapping")
+    if new_mapping is None:
+        raise click.UsageError("give the changed mapping: sop-worker diff --mapping NEW.toml")
+    settings = _settings({**kwargs, "mapping": current})
+    with open_app(settings, write=False, connect=True) as app:
+        new = load_mapping(new_mapping, rule_models())
+        as_of = resolve_as_of(settings, app.mapping, app.clock)
+        if not no_pull:
+            run_id = new_run_id()
+            with run_lock(app, run_id):
+                app.pipeline.pull(RunReport(run_id, as_of, True), app.clock())
+        found = diff_plans(
+            app.pipeline.plan(as_of),
+            plan_under(app.pipeline, new, app.rules, as_of),
+            current=app.mapping.path,
+            new=str(new_mapping),
+            uncached=uncached_fields(app.pipeline, new),
+        )
+    if fmt == "json":
+        click.echo(report.machine_text("json", found), nl=False)
+    else:
+        report.print_mapping_diff(found, _console())
 
 
 @cli.command()

@@ -67,6 +67,7 @@ from worker.errors import (
     ApiLimitError,
     AuthError,
     ConfigError,
+    RecordError,
     SalesforceError,
     SopWorkerError,
     StopRequested,
@@ -84,7 +85,7 @@ from worker.ports import (
     Source,
     TargetState,
 )
-from worker.records import Record, format_sf_datetime, parse_sf_datetime
+from worker.records import Record, Snapshot, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
 
@@ -375,10 +376,12 @@ class Pipeline:
         return AsOf.on(as_of, self.clock(), self.mapping.common.org.zone)
 
     def evaluate(
-        self, as_of: AsOf, report: RunReport | None = None
+        self, as_of: AsOf, report: RunReport | None = None, snapshot: Snapshot | None = None
     ) -> tuple[list[Evaluation], int]:
-        sobjects = self.mapping.object_fields()
-        snapshot, problems = self.store.load_snapshot(sobjects)
+        """Every rule over the cached records (or over ``snapshot``: a simulated day's)."""
+        problems: list[RecordError] = []
+        if snapshot is None:
+            snapshot, problems = self.store.load_snapshot(self.mapping.object_fields())
         for problem in problems:
             log.warning(
                 "cache.unreadable_record", record_id=problem.record_id, problem=problem.problem

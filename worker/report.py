@@ -481,3 +481,64 @@ def print_findings(findings: Sequence[Finding], checked: int, console: Console) 
 
 def finding_records(findings: Sequence[Finding]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(f) for f in findings]
+
+
+def print_simulation(found: Mapping[str, Any], console: Console) -> None:
+    """``simulate``: per simulated day the actions by rule, then the totals by rule and step."""
+    assumptions = "; ".join(f"{k}: {v}" for k, v in found["assumptions"].items())
+    console.print(
+        f"[bold]Simulation of {found['horizon_days']} day(s) from {found['as_of']}[/bold] "
+        f"(nothing written). Assumptions: {escape(assumptions)}"
+    )
+    days = Table(title="Per day", expand=True)
+    for name in ("Day", "Actions", "By rule", "Skipped", "Failed", "Errors"):
+        days.add_column(name, overflow="fold")
+    for day in found["days"]:
+        days.add_row(
+            day["day"],
+            str(day["actions"]),
+            "\n".join(f"{rule}: {n}" for rule, n in day["by_rule"].items()) or "-",
+            str(day["skipped"]),
+            str(day["failed"]),
+            str(day["errors"]),
+        )
+    console.print(days)
+    totals = Table(title="Totals by rule and step", expand=True)
+    totals.add_column("Rule:step", overflow="fold")
+    totals.add_column("Actions", justify="right")
+    for step, n in found["totals"].items():
+        totals.add_row(escape(step), str(n))
+    console.print(totals)
+
+
+def print_mapping_diff(found: Mapping[str, Any], console: Console) -> None:
+    """``diff``: per rule and step, the actions before and after and the records affected."""
+    actions = found["actions"]
+    console.print(
+        f"[bold]{escape(found['current_mapping'])} -> {escape(found['new_mapping'])}[/bold] as "
+        f"of {found['as_of']}: {actions['before']} -> {actions['after']} action(s), "
+        f"{len(found['records_affected'])} record(s) affected"
+    )
+    table = Table(show_lines=True, expand=True)
+    for name in ("Rule / step", "Actions", "Added", "Removed", "Changed", "Records"):
+        table.add_column(name, overflow="fold")
+    for row in found["steps"]:
+        table.add_row(
+            f"{row['rule']}\n{escape(row['step'])}",
+            f"{row['before']} -> {row['after']}",
+            "\n".join(escape(f"{i['record_name'] or i['record_id']}") for i in row["added"]),
+            "\n".join(escape(f"{i['record_name'] or i['record_id']}") for i in row["removed"]),
+            "\n".join(
+                escape(f"{i['record_name'] or i['record_id']}: {i['before']} -> {i['after']}")
+                for i in row["changed"]
+            ),
+            "\n".join(row["records_affected"]),
+        )
+    if found["steps"]:
+        console.print(table)
+    else:
+        console.print("The new mapping plans the same actions.")
+    for sobject, names in found["uncached_fields"].items():
+        console.print(
+            f"Not in the cache yet ({sobject}): {', '.join(names)}: the new plan sees them empty"
+        )

@@ -9,9 +9,11 @@ from typing import Any
 
 from worker.app import App
 from worker.errors import ConfigError
+from worker.ports import OrgIdentity
 from worker.report import explanation_record
 from worker.reporting.build import WRITING_MODES, StoreView, build_report, period_of
 from worker.reporting.figures import Period
+from worker.reporting.simulate import Assumptions, simulate
 from worker.store import AuditRow
 
 ALL_RUNS = 100_000
@@ -26,15 +28,28 @@ def default_as_of(app: App, today: dt.date) -> dt.date:
     return today
 
 
+def cached_org(app: App) -> OrgIdentity:
+    """The org the store's newest run was made on (its Id is blank before any run), named
+    as the mapping names it: the report and a cache-only simulation read no org."""
+    for run in app.store.runs(limit=ALL_RUNS):
+        if run.get("org_id"):
+            return OrgIdentity(str(run["org_id"]), app.mapping.common.org.name)
+    return OrgIdentity("", app.mapping.common.org.name)
+
+
 def make_report(
-    app: App, as_of: dt.date, days: int, record_id: str | None = None
+    app: App,
+    as_of: dt.date,
+    days: int,
+    record_id: str | None = None,
+    simulation: tuple[int, Assumptions] | None = None,
 ) -> dict[str, Any]:
     at = app.pipeline.instant(as_of)
     period = period_of(as_of, days, at.instant)
     runs, audit = read_runs(app, period)
     evaluations, _ = app.pipeline.evaluate(at)
     snapshot, _ = app.store.load_snapshot(app.store.cached_counts())
-    newest_org = next((r.get("org_id") for r in reversed(runs) if r.get("org_id")), None)
+    org = cached_org(app)
     report = build_report(
         view=StoreView(
             runs, audit, app.store.ledger_status(a.key for e in evaluations for a in e.actions)
@@ -43,7 +58,7 @@ def make_report(
         snapshot=snapshot,
         evaluations=evaluations,
         period=period,
-        org={"id": newest_org, "name": app.mapping.common.org.name},
+        org={"id": org.org_id or None, "name": org.name},
         generated_at=app.clock(),
     )
     if record_id:
@@ -51,6 +66,8 @@ def make_report(
         if found.record is None:
             raise ConfigError(f"record {record_id} is not in the cache (is it in a mapped object?)")
         report["record"] = explanation_record(found, as_of)
+    if simulation:
+        report["simulation"] = simulate(app.pipeline, org, as_of, *simulation)
     return report
 
 
