@@ -782,6 +782,86 @@ def diff(current: Path | None, no_pull: bool, fmt: str, **kwargs: Any) -> None:
 
 @cli.command()
 @_settings_options
+@click.argument("run_id")
+@click.option(
+    "--tasks",
+    type=click.Choice(["close", "keep"]),
+    default="close",
+    show_default=True,
+    help="What becomes of the open Tasks the run created.",
+)
+@click.option(
+    "--task-status",
+    help="The Status a closed Task is given (default: the first of [tasks] completed_statuses).",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the undo plan to this file.")
+@click.option(
+    "--no-pull",
+    is_flag=True,
+    help="Use the cache as it is; do not read the org first (needs no credentials).",
+)
+@_format_option("table", "json")
+def undo(
+    run_id: str,
+    tasks: str,
+    task_status: str | None,
+    out: Path | None,
+    no_pull: bool,
+    fmt: str,
+    **kwargs: Any,
+) -> None:
+    """A plan reversing run RUN_ID (its id, or its first characters) from the audit's
+    before-values; apply it with `sop-worker apply`.
+
+    Field updates and closes are set back where the record still holds what the run
+    wrote (else a conflict, listed); the Tasks it created are closed (--tasks keep: left
+    open); case comments, sent emails and lead conversions are listed as not reversible.
+    Nothing is written by this command.
+    """
+    from worker.reporting import gather
+    from worker.reporting.undo import not_undone_records, undo_plan
+
+    settings = _settings(kwargs)
+    with open_app(settings, write=False, connect=not no_pull) as app:
+        run = _one_run(app.store, run_id)
+        if not no_pull:
+            pull_id = new_run_id()
+            with run_lock(app, pull_id):
+                app.pipeline.pull(
+                    RunReport(pull_id, org_today(settings, app.mapping, app.clock), True),
+                    app.clock(),
+                )
+        the_plan, left = undo_plan(
+            app.store,
+            app.mapping,
+            run,
+            org=gather.cached_org(app) if no_pull else app.pipeline.org(),
+            as_of=org_today(settings, app.mapping, app.clock),
+            now=app.clock(),
+            tasks=tasks,
+            task_status=task_status,
+        )
+    found = {**the_plan.to_dict(), "undoes_run": run, "not_undone": not_undone_records(left)}
+    if out:
+        out.write_text(report.machine_text("json", found), encoding="utf-8")
+        click.echo(
+            f"Undo plan with {len(the_plan.actions)} action(s) written to {out} "
+            f"({len(left)} action(s) of run {run} not undone); apply it with "
+            f"sop-worker apply {out}",
+            err=True,
+        )
+        if fmt == "table":
+            return
+    if fmt == "json":
+        click.echo(report.machine_text("json", found), nl=False)
+        return
+    console = _console()
+    report.print_plan(the_plan, console)
+    report.print_not_undone(found["not_undone"], console)
+
+
+@cli.command()
+@_settings_options
 @_format_option("table", "json")
 def doctor(fmt: str, **kwargs: Any) -> None:
     """Check the live org has everything the mapping needs, and say how to fix what it lacks.

@@ -542,3 +542,21 @@ def print_mapping_diff(found: Mapping[str, Any], console: Console) -> None:
         console.print(
             f"Not in the cache yet ({sobject}): {', '.join(names)}: the new plan sees them empty"
         )
+
+
+def print_not_undone(left: Sequence[Mapping[str, Any]], console: Console) -> None:
+    """``undo``: what the undo plan leaves as it is, and why (conflicts first)."""
+    if not left:
+        console.print("Every action of the run is reversed by this plan.")
+        return
+    table = Table(title=f"Not undone ({len(left)})", expand=True)
+    for name in ("Record", "Kind", "Key", "Why"):
+        table.add_column(name, overflow="fold")
+    for item in sorted(left, key=lambda i: not i["conflict"]):
+        table.add_row(
+            escape(item["record_name"] or item["record_id"]),
+            item["kind"],
+            escape(item["key"]),
+            ("[bold]conflict[/bold]: " if item["conflict"] else "") + escape(item["why"]),
+        )
+    console.print(table)
