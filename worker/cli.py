@@ -37,6 +37,7 @@ from worker.app import (
     resolve_as_of,
     run_lock,
 )
+from worker.canary import Canary
 from worker.errors import (
     ApiLimitError,
     AuthError,
@@ -227,6 +228,40 @@ def _results_option(func: F) -> F:
     )(func)
 
 
+def _canary_options(func: F) -> F:
+    """``--limit``, ``--owner`` and ``--sample``, given to the command as ``canary``."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, limit: int | None, owner: str | None, sample: float | None, **kwargs: Any
+    ) -> Any:
+        return func(*args, canary=Canary(limit, owner, sample), **kwargs)
+
+    options = [
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            help="Canary: write to at most this many records (in plan order); the rest stays "
+            "planned for the next run.",
+        ),
+        click.option(
+            "--owner",
+            type=RECORD_ID,
+            help="Canary: only the records this user (Id) owns.",
+        ),
+        click.option(
+            "--sample",
+            type=click.FloatRange(0, 100, min_open=True),
+            help="Canary: a stable PERCENT sample of the records, chosen by record Id (the "
+            "same records every time).",
+        ),
+    ]
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
 def _settings(kwargs: dict[str, Any]) -> WorkerSettings:
     settings = load_settings(**kwargs)
     json_logs = configure_logging(settings.log_level, settings.log_format)
@@ -288,6 +323,7 @@ def cli() -> None:
     help="Seconds between cycles with --loop (env WORKER_INTERVAL_SECONDS).",
 )
 @_results_option
+@_canary_options
 @_format_option("table", "json")
 def run(
     dry_run: bool,
@@ -295,14 +331,21 @@ def run(
     interval: int | None,
     intended: bool,
     results: Path | None,
+    canary: Canary,
     fmt: str,
     **kwargs: Any,
 ) -> None:
     """One cycle: pull, plan, apply. With --loop, repeat every --interval seconds.
 
-    `--json` prints the run's summary as one JSON object."""
+    `--limit`, `--owner` and `--sample` apply to a subset of the records first (a
+    canary); the rest stays planned for the next run. `--json` prints the run's summary
+    as one JSON object."""
     if results and (dry_run or loop):
         raise click.UsageError("--results is for one writing cycle: not with --dry-run or --loop")
+    if canary and (dry_run or loop):
+        raise click.UsageError(
+            "--limit, --owner and --sample are for one writing cycle: not with --dry-run or --loop"
+        )
     settings = _settings({**kwargs, "interval_seconds": interval})
     with stop_on_signals() as stop:
         cycle = functools.partial(
@@ -313,6 +356,7 @@ def run(
             results=results,
             fmt=fmt,
             stop=stop,
+            canary=canary,
         )
         if not loop:
             result = cycle()
@@ -351,6 +395,7 @@ def _one_cycle(
     results: Path | None,
     fmt: str,
     stop: threading.Event,
+    canary: Canary | None = None,
 ) -> RunReport:
     run_id = new_run_id()
     with (
@@ -360,7 +405,7 @@ def _one_cycle(
     ):
         as_of = resolve_as_of(settings, app.mapping, app.clock, write=write, intended=intended)
         with _results_written(app, run_id, results):
-            result = app.pipeline.run(run_id, as_of)
+            result = app.pipeline.run(run_id, as_of, canary=canary)
     if fmt == "json":
         click.echo(report.machine_text("json", result.summary()), nl=False)
         return result
@@ -445,10 +490,22 @@ def plan(
 @_settings_options
 @_as_of_intended_option
 @_results_option
+@_canary_options
 @_format_option("table", "json")
 @click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
-def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwargs: Any) -> None:
+def apply(
+    plan_file: Path,
+    intended: bool,
+    results: Path | None,
+    canary: Canary,
+    fmt: str,
+    **kwargs: Any,
+) -> None:
     """Apply exactly the actions of a saved plan file (the JSON one).
+
+    `--limit`, `--owner` and `--sample` apply the plan to a subset of its records first
+    (a canary); applying the same file again without them applies the rest (keys already
+    applied are never applied again).
 
     Only on the org the plan was made on (its Organization Id): another org exits 2.
     Each target is read again first: one deleted, converted, closed or otherwise changed
@@ -474,7 +531,7 @@ def apply(plan_file: Path, intended: bool, results: Path | None, fmt: str, **kwa
             what=f"{plan_file} was planned as of {saved.as_of}, which",
         )
         with _results_written(app, run_id, results):
-            result = app.pipeline.apply_plan_file(run_id, saved)
+            result = app.pipeline.apply_plan_file(run_id, saved, canary)
     if fmt == "json":
         click.echo(report.machine_text("json", result.summary()), nl=False)
     else:

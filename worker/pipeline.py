@@ -63,6 +63,7 @@ from worker.actions import (
     stop_code,
 )
 from worker.business_hours import org_calendar
+from worker.canary import Canary
 from worker.errors import (
     ApiLimitError,
     AuthError,
@@ -569,9 +570,12 @@ class Pipeline:
         return [a for a in actions if a.key not in skip]
 
     # -- the cycle --------------------------------------------------------------------------
-    def run(self, run_id: str, as_of: dt.date, *, pull: bool = True) -> RunReport:
+    def run(
+        self, run_id: str, as_of: dt.date, *, pull: bool = True, canary: Canary | None = None
+    ) -> RunReport:
         """One cycle: reconcile, pull, plan, apply. A dry run is the same cycle through the
-        dry-run sink and ledger (see :mod:`worker.dryrun`)."""
+        dry-run sink and ledger (see :mod:`worker.dryrun`). A canary applies the plan to a
+        subset of its records (see :mod:`worker.canary`)."""
         dry_run = self.sink.dry_run
         report = RunReport(run_id=run_id, as_of=as_of, dry_run=dry_run)
         run_start = self.clock()
@@ -590,10 +594,10 @@ class Pipeline:
                     record_id=problem.target.id,
                     problem=problem.why,
                 )
-            self.apply(plan, report)
+            self.apply(self._canary(plan, canary, report), report)
         return report
 
-    def apply_plan_file(self, run_id: str, plan: Plan) -> RunReport:
+    def apply_plan_file(self, run_id: str, plan: Plan, canary: Canary | None = None) -> RunReport:
         """Apply exactly a saved plan (after the same conflict checks), without planning.
         A plan made on another org is refused before anything is read or written."""
         here = self.org()
@@ -606,8 +610,29 @@ class Pipeline:
         with self._recorded(report, "apply", self.clock()):
             self._record_org(report)
             self.reconcile(report)
-            self.apply(plan, report)
+            self.apply(self._canary(plan, canary, report), report)
         return report
+
+    def _canary(self, plan: Plan, canary: Canary | None, report: RunReport) -> Plan:
+        """The canary's records only (see :mod:`worker.canary`); the actions held back are
+        counted per rule as ``held_back``, neither written nor recorded."""
+        if not canary:
+            return plan
+        chosen = canary.narrow(plan, self._owner_of)
+        held = Counter(a.rule for a in plan.actions) - Counter(a.rule for a in chosen.actions)
+        for rule, n in held.items():
+            report.outcomes[(rule, "held_back")] += n
+        log.info(
+            "apply.canary",
+            canary=canary.describe(),
+            actions=len(chosen.actions),
+            held_back=sum(held.values()),
+        )
+        return chosen
+
+    def _owner_of(self, record_id: str) -> str | None:
+        record = self.store.cached_record(record_id)
+        return record.text(schema.OWNER_ID) if record else None
 
     def _record_org(self, report: RunReport) -> None:
         report.org = self.org()
