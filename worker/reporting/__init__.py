@@ -1,5 +1,7 @@
-"""What an ops manager reads: the report over the store (``sop-worker report``), the forward
-simulation, the impact of a mapping change and the undo of a run.
+"""What an ops manager reads before and after the runs: the report over the store
+(``sop-worker report``), the forward simulation (``simulate``), the impact of a mapping
+change (``diff``) and the plan undoing a run (``undo``).
 
-Everything here reads the store and the cached records only: no API call, no write.
+Nothing here writes to an org: the report reads the store alone; simulate, diff and undo
+read the org at most once (a pull, with the dry-run sink) and make plans or figures.
 """

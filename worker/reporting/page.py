@@ -15,15 +15,23 @@ from typing import Any
 import pygal
 from pygal.style import Style
 
-_STYLE = Style(
-    background="white",
-    plot_background="white",
-    foreground="#333",
-    foreground_strong="#111",
-    foreground_subtle="#888",
-    font_family="system-ui, sans-serif",
-    colors=("#2e7d32", "#9e9e9e", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0"),
-)
+
+def _style(*colors: str) -> Style:
+    return Style(
+        background="white",
+        plot_background="white",
+        foreground="#333",
+        foreground_strong="#111",
+        foreground_subtle="#888",
+        font_family="system-ui, sans-serif",
+        colors=colors,
+    )
+
+
+# Outcomes: done green, skipped grey, failed red, conflicts orange, unknown, not sent.
+_STYLE = _style("#2e7d32", "#9e9e9e", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0")
+# Series that are rules, not outcomes: no green-for-good, red-for-bad reading.
+_RULE_STYLE = _style("#1565c0", "#6a1b9a", "#00838f", "#8d6e63", "#5c6bc0", "#26a69a", "#78909c")
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1f3a5f;color:#fff;padding:16px 24px}header h1{margin:0 0 4px;font-size:22px}
@@ -290,7 +298,10 @@ def _figures(figures: Sequence[Mapping[str, Any]]) -> str:
 
 def _simulation(sim: Mapping[str, Any]) -> str:
     days = sim["days"]
-    chart = pygal.StackedBar(**_config("Simulated SOP actions per day", [d["day"] for d in days]))
+    labels = [d["day"] for d in days]
+    chart = pygal.StackedBar(
+        **{**_config("Simulated SOP actions per day", labels), "style": _RULE_STYLE}
+    )
     rules = sorted({rule for d in days for rule in d["by_rule"]})
     for rule in rules:
         chart.add(rule, [d["by_rule"].get(rule, 0) for d in days])
