@@ -7,7 +7,8 @@ For each action the run applied:
   run) is a conflict, listed and left as it is;
 - a Task it created: closed (set to ``task_status``, by default the first of ``[tasks]
   completed_statuses``) unless already closed or ``tasks="keep"``;
-- a case comment, a sent email, a lead conversion: listed as not reversible.
+- a case comment, a sent email, a lead conversion, an approval submission: listed as not
+  reversible.
 
 The result is an ordinary plan: reviewed with ``--format`` and applied with ``apply``, which
 reads each target again first (a record changed after the undo was planned is a conflict
@@ -35,6 +36,8 @@ NOT_REVERSIBLE = {
     ActionKind.CASE_COMMENT.value: "a case comment stays on the case (the worker deletes nothing)",
     ActionKind.SEND_EMAIL.value: "a sent email cannot be unsent",
     ActionKind.CONVERT_LEAD.value: "a lead conversion cannot be undone through the API",
+    ActionKind.SUBMIT_APPROVAL.value: "a submitted approval request is recalled in Salesforce "
+    "(the record's Approval History)",
 }
 
 
