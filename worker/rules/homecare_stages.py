@@ -80,6 +80,7 @@ from worker.rules.kit import (
     Channel,
     Emit,
     add_months,
+    in_scope,
     is_completed,
     phone_to_call,
     render,
@@ -369,16 +370,12 @@ class HomecareStagesSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: HomecareStagesSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    yield from (r for r in snapshot.of(schema.LEAD) if _in_scope(r, settings.lead_scope))
+    yield from (r for r in snapshot.of(schema.LEAD) if in_scope(r, settings.lead_scope))
     yield from (
         r
         for r in snapshot.of(settings.opportunity_sobject)
-        if _in_scope(r, settings.opportunity_scope)
+        if in_scope(r, settings.opportunity_scope)
     )
-
-
-def _in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
-    return all(record.text(name) in values for name, values in scope.items())
 
 
 def decide(

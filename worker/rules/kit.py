@@ -69,6 +69,11 @@ def comment_keys(comments: Iterable[Record], rule_id: str) -> dict[str, Record]:
     return out
 
 
+def in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
+    """Whether each field of ``scope`` (dotted paths allowed) holds one of its values."""
+    return all(record.text(name) in values for name, values in scope.items())
+
+
 def is_completed(task: Record, org: OrgMapping) -> bool:
     if task.flag(schema.IS_CLOSED):
         return True
