@@ -265,8 +265,9 @@ def _listing(found: Mapping[str, str], most: int = 12) -> str:
 
 
 def written(calls: Sequence[Call]) -> Counter[str]:
-    """What the write calls wrote, one entry per record: ``Id`` for an update, the key for a
-    keyed Task upsert, ``comment:<key>`` for a created CaseComment, ``convert:<Id>``,
+    """What the write calls wrote, one entry per record written: ``Id:fields`` for an update
+    (two rules may set different fields of one record, in two waves), the key for a keyed
+    Task upsert, ``comment:<key>`` for a created CaseComment, ``convert:<Id>``,
     ``approval:<key>`` for an approval submission."""
     out: Counter[str] = Counter()
     for call in calls:
@@ -283,9 +284,10 @@ def written(calls: Sequence[Call]) -> Counter[str]:
         for sub in subs:
             for record in (sub.get("body") or {}).get("records", []):
                 text = str(record.get("CommentBody") or "")
+                fields = ",".join(sorted(k for k in record if k not in ("Id", "attributes")))
                 out[
                     record.get(KEY_FIELD)
-                    or record.get("Id")
+                    or (record.get("Id") and f"{record['Id']}:{fields}")
                     or "comment:" + ",".join(MARKER.findall(text))
                 ] += 1
     return out

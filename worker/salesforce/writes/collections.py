@@ -5,6 +5,7 @@ transient record errors retried, refused upserts settled by their key.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -42,6 +43,30 @@ COLLECTIONS_PER_COMPOSITE = 5
 
 
 def send_records(ctx: WriteContext, records: Sequence[PreparedRecord], state: WriteState) -> None:
+    """Send ``records`` in waves: Salesforce refuses an Id twice in one list ("Duplicate id
+    in list"), so the second update of a record (two rules setting different fields of one
+    lead) goes in the wave after the first."""
+    for wave in _waves(records):
+        _send_wave(ctx, wave, state)
+    _settle_refused_upserts(ctx, state)
+
+
+def _waves(records: Sequence[PreparedRecord]) -> list[list[PreparedRecord]]:
+    waves: list[list[PreparedRecord]] = []
+    seen: Counter[str] = Counter()
+    for p in records:
+        record_id = p.record.get(schema.ID)
+        wave = 0
+        if isinstance(record_id, str) and record_id:
+            wave = seen[record_id]
+            seen[record_id] += 1
+        while len(waves) <= wave:
+            waves.append([])
+        waves[wave].append(p)
+    return waves
+
+
+def _send_wave(ctx: WriteContext, records: Sequence[PreparedRecord], state: WriteState) -> None:
     pending = list(records)
     if not pending:
         return
@@ -59,7 +84,6 @@ def send_records(ctx: WriteContext, records: Sequence[PreparedRecord], state: Wr
         for p in pending:
             err = state.last_error.get(p.index, RecordFailure("UNKNOWN_ERROR", "retries exhausted"))
             state.results[p.index] = failed(p, err.code, err.describe())
-    _settle_refused_upserts(ctx, state)
 
 
 def _settle_refused_upserts(ctx: WriteContext, state: WriteState) -> None:
