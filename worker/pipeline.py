@@ -343,11 +343,12 @@ class Pipeline:
                 newest = found if newest is None else max(newest, found, key=_cursor_key)
             if newest is not None and not page.settled:
                 unsettled[page.sobject] = newest
-            elif page.sobject in hashes and (newest or marks.get(page.sobject)):
+            elif page.sobject in hashes:
                 # Never past the run's start: a record stamped later (clock skew, a write
                 # landing during this read) is read again next cycle rather than missed.
-                # A read that found nothing new keeps its cursor and notes when it ran.
-                cursor = newest or marks[page.sobject]
+                # A read that found nothing new keeps its cursor and notes when it ran; an
+                # object found empty resumes from the run's start.
+                cursor = newest or marks.get(page.sobject) or (run_start, None)
                 if cursor[0] > run_start:
                     cursor = (run_start, None)
                 marks[page.sobject] = cursor

@@ -10,6 +10,8 @@ It answers the REST resources the gateway uses with the real API's shapes:
 - ``composite`` (at most 25 subrequests, 5 of them collections or queries), sObject
   Collections create/update/upsert with ``allOrNone`` semantics and per-record errors;
 - ``sobjects`` (global describe) and ``sobjects/<Object>/describe``;
+- ``sobjects/<Object>/updated`` and ``.../deleted`` (Get Updated / Get Deleted: the Ids
+  stamped between two minutes, seconds ignored, 30 and 15 days back at most);
 - ``actions/standard/emailSimple``, logging each email sent with ``logEmailOnSend`` on its
   ``relatedRecordId`` as Salesforce does: a completed Task (TaskSubtype ``Email``, Subject
   ``Email: <subject>``, the body in its Description) or, with ``enhanced_email``, an
@@ -1074,6 +1076,9 @@ class FakeOrg:
         match = re.fullmatch(r"sobjects/(\w+)/describe", rest)
         if method == "GET" and match:
             return self._describe(match.group(1))
+        match = re.fullmatch(r"sobjects/(\w+)/(updated|deleted)", rest)
+        if method == "GET" and match:
+            return self._replicated(match.group(1), match.group(2) == "deleted", query)
         if rest == "composite/sobjects" and method in ("POST", "PATCH"):
             return self._collection(method, None, payload, _auto_assign(headers))
         match = re.fullmatch(r"composite/sobjects/(\w+)/(\w+)", rest)
@@ -1594,6 +1599,44 @@ class FakeOrg:
         merged["attributes"] = {"type": sobject}
         return rid, merged, created
 
+    def _replicated(self, sobject: str, deleted: bool, query: Mapping[str, str]) -> tuple[int, Any]:
+        """sObject Get Updated / Get Deleted: the Ids stamped (SystemModstamp) between two
+        minutes, seconds ignored; the start must precede the end, and reach back no more
+        than 30 days (15 for deletions)."""
+        if sobject not in self.schema:
+            return 404, [{"errorCode": "NOT_FOUND", "message": f"sObject type {sobject}"}]
+
+        def refused(message: str) -> tuple[int, Any]:
+            return 400, [{"errorCode": "INVALID_REPLICATION_DATE", "message": message}]
+
+        try:
+            start, end = (
+                dt.datetime.fromisoformat(query[k]).astimezone(dt.UTC).replace(second=0)
+                for k in ("start", "end")
+            )
+        except (KeyError, ValueError):
+            return refused("start and end must be ISO 8601 date/times")
+        start, end = start.replace(microsecond=0), end.replace(microsecond=0)
+        if start >= end:
+            return refused("startDate must chronologically precede endDate")
+        if start < self.now - dt.timedelta(days=15 if deleted else 30):
+            return refused("startDate is too far in the past")
+        found = [
+            record
+            for record in self._iter(sobject)
+            if bool(record.get("IsDeleted")) == deleted
+            and isinstance(record.get("SystemModstamp"), str)
+            and start <= _parse_stamp(record["SystemModstamp"]) < end
+        ]
+        covered = min(end, self.now.replace(second=0, microsecond=0))
+        if not deleted:
+            return 200, {"ids": [r["Id"] for r in found], "latestDateCovered": _rest(covered)}
+        return 200, {
+            "deletedRecords": [{"id": r["Id"], "deletedDate": r["SystemModstamp"]} for r in found],
+            "earliestDateAvailable": _rest(self.now - dt.timedelta(days=15)),
+            "latestDateCovered": _rest(covered),
+        }
+
     def _commit(self, rid: str, record: dict[str, Any], *, auto_assign: bool) -> None:
         sobject = record.pop("attributes")["type"]
         stamp = self.stamp()
@@ -2007,6 +2050,14 @@ def _derive_closed(sobject: str, record: dict[str, Any]) -> None:
     if sobject in CLOSED_VALUES:
         field_name, closed = CLOSED_VALUES[sobject]
         record["IsClosed"] = record.get(field_name) in closed
+
+
+def _parse_stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+
+
+def _rest(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
 
 
 def path_is_public(path: str) -> bool:

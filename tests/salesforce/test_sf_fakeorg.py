@@ -201,3 +201,30 @@ def test_subrequests_follow_their_own_headers_not_the_composite_calls(org: FakeO
         json={"compositeRequest": [sub("t", "POST", {"records": [task]}, Accept="text/xml")]},
     )
     assert refused.status_code == 400
+
+
+def test_replication_probes_ignore_seconds_and_keep_their_reach(org: FakeOrg) -> None:
+    kept = org.add("Lead", LastName="Kept")  # stamped 10:00:01
+    gone = org.add("Lead", LastName="Gone")
+    org.delete(gone)
+
+    def probe(kind: str, start: str, end: str) -> requests.Response:
+        return call(org, "GET", f"{V}/sobjects/Lead/{kind}/", params={"start": start, "end": end})
+
+    # 10:00:59 is read as 10:00:00: both rows are in [10:00, 10:01)
+    updated = probe("updated", "2026-11-23T10:00:59+00:00", "2026-11-23T10:01:30+00:00")
+    assert updated.json()["ids"] == [kept]
+    deleted = probe("deleted", "2026-11-23T10:00:00+00:00", "2026-11-23T10:01:00+00:00")
+    assert [r["id"] for r in deleted.json()["deletedRecords"]] == [gone]
+    assert (
+        probe("updated", "2026-11-23T10:01:00+00:00", "2026-11-23T10:02:00+00:00").json()["ids"]
+        == []
+    )
+    for kind, start, end in (
+        ("updated", "2026-11-23T10:00:10+00:00", "2026-11-23T10:00:50+00:00"),  # one minute
+        ("updated", "2026-10-20T10:00:00+00:00", "2026-11-23T10:01:00+00:00"),  # > 30 days
+        ("deleted", "2026-11-05T10:00:00+00:00", "2026-11-23T10:01:00+00:00"),  # > 15 days
+    ):
+        refused = probe(kind, start, end)
+        assert refused.status_code == 400
+        assert refused.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"

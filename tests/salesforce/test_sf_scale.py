@@ -4,7 +4,6 @@ Bulk API 2.0, and an idle cycle's cost."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +58,6 @@ def test_a_dry_run_reads_an_object_above_the_bulk_threshold(
     assert org.write_calls == []
 
 
-def first_pages(mapping: LoadedMapping) -> int:
-    """Calls an idle pull makes: the first page of every object the rules read, five
-    queries to a composite."""
-    objects = {o for s in mapping.rules.values() if s.enabled for o in s.needs()}
-    return math.ceil(len(objects) / 5)
-
-
 def cycle(pipeline: Pipeline, org: FakeOrg, run_id: str) -> tuple[dict[str, int], int]:
     """One dry-run cycle: (records read per object, API calls it made)."""
     before = org.call_count
@@ -84,7 +76,7 @@ def test_a_mass_load_sharing_one_stamp_is_read_once(
         org.now += dt.timedelta(minutes=5)
         read, calls = cycle(pipeline, org, "r2")
     assert read == {}  # the cursor is past the load's last (stamp, Id)
-    assert calls == first_pages(mapping)
+    assert calls == 1  # one composite: five first pages, the other objects probed
 
 
 def test_records_written_since_are_read_once(
@@ -105,4 +97,31 @@ def test_records_written_since_are_read_once(
         org.now += dt.timedelta(minutes=1)
         read, calls = cycle(pipeline, org, "r4")
     assert read == {}
-    assert calls == first_pages(mapping)
+    assert calls == 1
+
+
+def test_an_idle_cycle_is_one_call_and_its_probes_miss_no_change(
+    org: FakeOrg, tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    lead_id = org.add("Lead", LastName="Lee", Status="Open - Not Contacted")
+    opp_id = org.add("Opportunity", Name="Deal", StageName="Prospecting", Type="Payment")
+    with Store.open(tmp_path / "w.db") as store:
+        pipeline = dry_run_pipeline(org, store, mapping)
+        cycle(pipeline, org, "r1")
+        org.now += dt.timedelta(minutes=11)
+        cycle(pipeline, org, "r2")  # the two rows again: stamped within the overlap of r1
+        org.now += dt.timedelta(minutes=1)
+        assert cycle(pipeline, org, "r3") == ({}, 1)
+        probes = [c for c in org.calls if "/updated" in c[1] or "/deleted" in c[1]]
+        assert probes == []  # they ride inside the composite, not as calls of their own
+
+        org.now += dt.timedelta(minutes=1)
+        org.edit(lead_id, Status="Working - Contacted")  # objects the composite probes
+        org.delete(opp_id)
+        read, calls = cycle(pipeline, org, "r4")
+        assert read == {"Lead": 1}
+        assert calls == 2  # the probes found both: their first pages in a second composite
+        assert store.cached_record(opp_id) is None
+        lead = store.cached_record(lead_id)
+        assert lead is not None
+        assert lead.text("Status") == "Working - Contacted"

@@ -310,3 +310,23 @@ def test_bulk_results_follow_the_locator_with_max_records(
     assert body["operation"] == "queryAll"
     assert "ORDER BY" not in body["query"]
     parse(body["query"])
+
+
+def test_an_object_whose_probe_fails_is_read(org: FakeOrg, monkeypatch: pytest.MonkeyPatch) -> None:
+    read_at = org.now - dt.timedelta(hours=1)
+    org.add("Lead", LastName="Lee")
+    queries = [
+        ObjectQuery(o, (), since=read_at, until=org.now, read_at=read_at)
+        for o in ("Account", "Case", "Contact", "Opportunity", "Task", "Lead", "EmailMessage")
+    ]
+    source = SalesforceSource(make_client(org))
+    pages = list(source.fetch(queries))  # five first pages; Lead and EmailMessage probed
+    assert [p.sobject for p in pages][-1] == "Lead"  # its probe found the new Lead
+    assert len(pages[-1].records) == 1
+    assert "EmailMessage" not in [p.sobject for p in pages]  # no change: not read
+    assert org.calls_by_kind["composite"] == 2
+
+    org.calls_by_kind.clear()
+    monkeypatch.setattr(org, "_replicated", lambda *a: (500, [{"errorCode": "UNKNOWN"}]))
+    assert {p.sobject for p in source.fetch(queries)} >= {"Lead", "EmailMessage"}
+    assert org.calls_by_kind["composite"] == 2  # an unreadable probe counts as a change

@@ -49,21 +49,26 @@ def query_resource(all_rows: bool) -> str:
     return "queryAll" if all_rows else "query"
 
 
+def query_subrequest(
+    client: SalesforceClient, soql: str, reference_id: str, *, all_rows: bool
+) -> SubRequest:
+    """One query's first page as a Composite subrequest (one of its five queries)."""
+    resource = query_resource(all_rows)
+    return SubRequest(
+        "GET", client.data_path(resource + "/") + "?q=" + quote_plus(soql), reference_id
+    )
+
+
 def first_pages(
     client: SalesforceClient, soqls: Sequence[str], *, all_rows: bool, kind: str
 ) -> list[QueryPage]:
     """The first page of each query, in order: ceil(n/5) composite calls."""
-    resource = query_resource(all_rows)
     out: list[QueryPage] = []
     for start in range(0, len(soqls), QUERIES_PER_COMPOSITE):
         batch = soqls[start : start + QUERIES_PER_COMPOSITE]
         client.check_budget(1)
         subs = [
-            SubRequest(
-                "GET",
-                client.data_path(resource + "/") + "?q=" + quote_plus(soql),
-                f"q{start + i}",
-            )
+            query_subrequest(client, soql, f"q{start + i}", all_rows=all_rows)
             for i, soql in enumerate(batch)
         ]
         for sub in client.composite(subs, kind=kind, idempotent=True):

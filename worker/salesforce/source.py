@@ -10,9 +10,10 @@ For each :class:`~worker.ports.ObjectQuery`:
 - ``queryAll``, so rows deleted since the last run come back with ``IsDeleted = true``:
   they go to :attr:`Page.deleted_ids`, never to :attr:`Page.records` (the ``deleted``
   resource only reaches back 15 days; ``queryAll`` reaches the whole recycle bin).
-- The first pages of up to five objects share one Composite call, so an idle cycle
-  costs exactly one API call; further pages follow ``nextRecordsUrl``, one GET each,
-  yielded as they arrive (one page in memory per object, one open cursor per object).
+- The first pages of up to five objects share one Composite call, beside the replication
+  probes (Get Updated / Get Deleted) of up to ten more (:meth:`SalesforceSource.probe_window`),
+  so an idle cycle costs one API call; further pages follow ``nextRecordsUrl``, one GET
+  each, yielded as they arrive (one page in memory per object, one open cursor per object).
 - When a first page says ``totalSize > SF_BULK_THRESHOLD``, that object is read through
   Bulk API 2.0 instead (a ``queryAll`` job, polled, its CSV streamed by
   ``Sforce-Locator``). CSV has no types, so values are typed like the same fields in the
@@ -29,7 +30,7 @@ import io
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 import structlog
@@ -37,8 +38,18 @@ import structlog
 from worker import schema
 from worker.errors import FatalApiError
 from worker.ports import ApiUsage, ObjectQuery, OrgIdentity, Page
-from worker.salesforce.client import SalesforceClient
-from worker.salesforce.reads import QUERIES_PER_COMPOSITE, QueryPage, first_pages, next_page
+from worker.salesforce.client import (
+    COMPOSITE_MAX_SUBREQUESTS,
+    SalesforceClient,
+    SubRequest,
+    SubResponse,
+)
+from worker.salesforce.reads import (
+    QUERIES_PER_COMPOSITE,
+    QueryPage,
+    next_page,
+    query_subrequest,
+)
 from worker.salesforce.soql import incremental_select
 
 log = structlog.get_logger(__name__)
@@ -49,6 +60,7 @@ BULK_MAX_RECORDS = 10_000  # rows per Bulk results request: bounded memory, few 
 BULK_POLL_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then every 10 s
 BULK_POLL_EVERY = 10.0
 BULK_MAX_WAIT = 1800.0  # seconds of polling before the job is given up
+PROBE_MAX_DAYS = 14  # replication probes' reach: Get Deleted answers for 15 days back
 _SF_UTC = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,3})?Z$")
 
 
@@ -106,32 +118,134 @@ class SalesforceSource:
         )
 
     def fetch(self, queries: Sequence[ObjectQuery]) -> Iterator[Page]:
-        for start in range(0, len(queries), QUERIES_PER_COMPOSITE):
-            group = queries[start : start + QUERIES_PER_COMPOSITE]
-            soqls = [self.soql(q) for q in group]
-            pages: list[QueryPage | None] = list(
-                self._metered(first_pages, self._client, soqls, all_rows=True, kind="query")
-            )
+        """Each composite carries the first pages of up to five objects and, beside them,
+        the replication probes of further objects (see :meth:`probe_window`); an object
+        whose probe finds a change (or fails) has its first page in the next composite,
+        one whose probe finds none is not read this cycle."""
+        todo = list(queries)
+        must_read: set[int] = set()  # id() of the queries whose probe found a change
+
+        def probed(query: ObjectQuery) -> bool:
+            return id(query) not in must_read and self.probe_window(query) is not None
+
+        def rank(query: ObjectQuery) -> int:
+            """Who gets the five first pages: objects that cannot be probed, then those
+            whose probe would list rows already read (stamped inside its window)."""
+            window = self.probe_window(query) if probed(query) else None
+            if window is None:
+                return 0
+            return 1 if query.since is not None and query.since >= window[0] else 2
+
+        while todo:
+            todo.sort(key=rank)  # stable: the mapping's order within a rank
+            group = todo[:QUERIES_PER_COMPOSITE]
+            probes: list[tuple[ObjectQuery, list[SubRequest]]] = []
+            room = COMPOSITE_MAX_SUBREQUESTS - len(group)
+            for query in todo[len(group) :]:
+                subs = self._probe(query, len(probes)) if probed(query) else []
+                if not subs or len(subs) > room:
+                    break
+                probes.append((query, subs))
+                room -= len(subs)
+            todo = todo[len(group) + len(probes) :]
+            pages: list[QueryPage | None]
+            found, changed = self._metered(self._first_pages, group, probes)
+            pages = list(found)
+            must_read.update(id(q) for q in changed)
+            todo = [*changed, *todo]
             for i, query in enumerate(group):
                 first = pages[i]
                 pages[i] = None  # let it go once streamed
                 assert first is not None
-                threshold = self._client.settings.bulk_threshold
-                if first.total_size > threshold:
-                    log.info(
-                        "salesforce.bulk_switch",
-                        sobject=query.sobject,
-                        total_size=first.total_size,
-                        threshold=threshold,
-                    )
-                    yield from self._bulk(query, first.records)
-                    continue
-                yield self._page(query, first.records)
-                url = first.next_url
-                while url:
-                    page = self._metered(next_page, self._client, url, kind="query_more")
-                    yield self._page(query, page.records)
-                    url = page.next_url
+                yield from self._stream(query, first)
+
+    def probe_window(self, query: ObjectQuery) -> tuple[dt.datetime, dt.datetime] | None:
+        """The window a replication probe must cover for ``query``, if one can stand in
+        for its first page: sObject Get Updated and Get Deleted list the Ids changed or
+        deleted between two minutes (seconds are ignored), and are not queries, so they
+        do not count against a composite's five.
+
+        Every row stamped up to ``read_at - SF_OVERLAP_SECONDS`` was read by the last read
+        (a row committed late is stamped within the overlap), so a change not yet read is
+        stamped after that. The window runs from that minute to the minute after ``until``;
+        the last read's ``read_at`` stays as it was, so the next probe starts there again.
+        A probe lists rows already read when the cursor's stamp falls inside its window:
+        such an object is then read, at the cost of one more composite. Objects read on
+        another field than SystemModstamp, read whole, never read yet, or last read more
+        than :data:`PROBE_MAX_DAYS` ago (Get Deleted reaches back 15 days) are queried.
+        """
+        if query.since is None or query.read_at is None or query.until is None:
+            return None
+        if query.replication.stamp != schema.SYSTEM_MODSTAMP or query.replication.full:
+            return None
+        overlap = dt.timedelta(seconds=self._client.settings.overlap_seconds)
+        start = _minute(query.read_at - overlap)
+        if query.until - start > dt.timedelta(days=PROBE_MAX_DAYS):
+            return None
+        return start, _minute(query.until) + dt.timedelta(minutes=1)
+
+    def _probe(self, query: ObjectQuery, index: int) -> list[SubRequest]:
+        window = self.probe_window(query)
+        if window is None:
+            return []
+        params = urlencode({"start": window[0].isoformat(), "end": window[1].isoformat()})
+        kinds = ("updated", "deleted") if query.replication.deletes else ("updated",)
+        return [
+            SubRequest(
+                "GET",
+                self._client.data_path(f"sobjects/{query.sobject}/{kind}/") + "?" + params,
+                f"{kind}{index}",
+            )
+            for kind in kinds
+        ]
+
+    def _first_pages(
+        self,
+        group: Sequence[ObjectQuery],
+        probes: Sequence[tuple[ObjectQuery, Sequence[SubRequest]]],
+    ) -> tuple[list[QueryPage], list[ObjectQuery]]:
+        """One composite: the group's first pages, and the probed objects found changed."""
+        client = self._client
+        client.check_budget(1)
+        subs = [
+            query_subrequest(client, self.soql(q), f"q{i}", all_rows=True)
+            for i, q in enumerate(group)
+        ]
+        answers = client.composite(
+            [*subs, *(s for _, p in probes for s in p)], kind="query", idempotent=True
+        )
+        pages = []
+        for answer in answers[: len(group)]:
+            if not answer.ok:
+                raise answer.error()
+            pages.append(QueryPage.from_json(answer.body))
+        by_ref = {a.reference_id: a for a in answers[len(group) :]}
+        changed = [q for q, p in probes if any(_changes(by_ref[s.reference_id]) for s in p)]
+        log.debug(
+            "salesforce.probed",
+            unchanged=[q.sobject for q, _ in probes if q not in changed],
+            changed=[q.sobject for q in changed],
+        )
+        return pages, changed
+
+    def _stream(self, query: ObjectQuery, first: QueryPage) -> Iterator[Page]:
+        """One object's pages from its first: REST pages as they come, or a Bulk job."""
+        threshold = self._client.settings.bulk_threshold
+        if first.total_size > threshold:
+            log.info(
+                "salesforce.bulk_switch",
+                sobject=query.sobject,
+                total_size=first.total_size,
+                threshold=threshold,
+            )
+            yield from self._bulk(query, first.records)
+            return
+        yield self._page(query, first.records)
+        url = first.next_url
+        while url:
+            page = self._metered(next_page, self._client, url, kind="query_more")
+            yield self._page(query, page.records)
+            url = page.next_url
 
     # -- Bulk API 2.0 -----------------------------------------------------------------------
     def _bulk(self, query: ObjectQuery, sample: Sequence[Mapping[str, Any]]) -> Iterator[Page]:
@@ -259,6 +373,18 @@ class SalesforceSource:
             settled=settled,
             stamp_field=query.replication.stamp,
         )
+
+
+def _minute(instant: dt.datetime) -> dt.datetime:
+    """The UTC minute an instant falls in (replication probes ignore seconds)."""
+    return instant.astimezone(dt.UTC).replace(second=0, microsecond=0)
+
+
+def _changes(answer: SubResponse) -> bool:
+    """Whether a probe's answer shows a change (or cannot be read as showing none)."""
+    if not answer.ok or not isinstance(answer.body, Mapping):
+        return True
+    return bool(answer.body.get("ids") or answer.body.get("deletedRecords"))
 
 
 # -- CSV typing ----------------------------------------------------------------------------
