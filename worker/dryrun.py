@@ -28,7 +28,7 @@ class DryRunSink:
 
     def __init__(
         self,
-        estimate: Callable[[Sequence[Action]], int] = lambda actions: 0,
+        estimate: Callable[[Sequence[Sequence[Action]]], int] = lambda batches: 0,
         usage: Callable[[], ApiUsage | None] = lambda: None,
     ) -> None:
         self._estimate = estimate
@@ -46,8 +46,8 @@ class DryRunSink:
     def reconcile(self, actions: Sequence[Action]) -> list[ActionResult | None]:
         raise DryRunWriteError("dry run: reconciling is part of applying")
 
-    def estimate_calls(self, actions: Sequence[Action]) -> int:
-        return self._estimate(actions)
+    def estimate_calls(self, batches: Sequence[Sequence[Action]]) -> int:
+        return self._estimate(batches)
 
     def api_calls(self) -> int:
         return 0

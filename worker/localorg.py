@@ -485,7 +485,7 @@ class LocalOrg:
             out.append(ActionResult(action.key, Outcome.APPLIED, sf_id=found) if found else None)
         return out
 
-    def estimate_calls(self, actions: Sequence[Action]) -> int:
+    def estimate_calls(self, batches: Sequence[Sequence[Action]]) -> int:
         return 0
 
     def _ensure_working_copy(self) -> None:

@@ -422,7 +422,7 @@ class Pipeline:
         usage = self.sink.usage() or self.source.usage()
         return dataclasses.replace(
             plan,
-            api_calls=self.sink.estimate_calls(plan.actions),
+            api_calls=self.estimate_calls(plan.actions),
             remaining_daily=usage.remaining if usage else None,
         )
 
@@ -431,7 +431,12 @@ class Pipeline:
         if rule is None and record_id is None:
             return plan
         part = plan.narrowed(rule=rule, record_id=record_id)
-        return dataclasses.replace(part, api_calls=self.sink.estimate_calls(part.actions))
+        return dataclasses.replace(part, api_calls=self.estimate_calls(part.actions))
+
+    def estimate_calls(self, actions: Sequence[Action]) -> int:
+        """API calls :meth:`apply` will spend on these actions (the org unchanged since):
+        the targets re-read once, then the write batches it sends them in."""
+        return self.sink.estimate_calls(list(_batches(actions, WRITE_BATCH)))
 
     def explain(self, record_id: str, as_of: dt.date) -> Explanation:
         """Every rule's verdict on one record, with its past and next SOP steps."""

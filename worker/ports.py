@@ -175,8 +175,9 @@ class Sink(Protocol):
         the action took effect (or cannot have), ``None`` if it is safe to send again."""
         ...
 
-    def estimate_calls(self, actions: Sequence[Action]) -> int:
-        """API calls that writing these actions will spend."""
+    def estimate_calls(self, batches: Sequence[Sequence[Action]]) -> int:
+        """API calls that applying these actions will spend: :meth:`current_state` of
+        every target once, then one :meth:`write` per batch, in the batches given."""
         ...
 
     def api_calls(self) -> int: ...

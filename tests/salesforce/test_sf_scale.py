@@ -7,9 +7,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from worker.actions import Action, CreateTask, FieldChange, UpdateRecord
 from worker.dryrun import DryRunSink, ReadOnlyLedger
 from worker.mapping import LoadedMapping
 from worker.pipeline import Pipeline
+from worker.plan import Plan
+from worker.records import RecordRef
 from worker.rules import ALL_RULES, runnable
 from worker.salesforce.sink import SalesforceSink
 from worker.salesforce.source import SalesforceSource
@@ -19,6 +22,8 @@ from .fakeorg import FakeOrg
 from .sfhelpers import make_client
 
 STAMP = "2026-11-20T10:00:00.000+0000"
+KEY_FIELD = "SOP_Worker_Key__c"
+META: dict[str, Any] = {"rule": "r", "sop": "r.txt", "step": "s", "reason": "due"}
 
 
 def lead(index: int, rid: str) -> dict[str, Any]:
@@ -125,3 +130,62 @@ def test_an_idle_cycle_is_one_call_and_its_probes_miss_no_change(
         lead = store.cached_record(lead_id)
         assert lead is not None
         assert lead.text("Status") == "Working - Contacted"
+
+
+def follow_ups(org: FakeOrg, targets: int) -> list[Action]:
+    """A Task (upserted on its key) and a NextStep update on each of ``targets`` deals."""
+    actions: list[Action] = []
+    for i in range(targets):
+        rid = org.add("Opportunity", Name=f"Deal {i}", StageName="Prospecting")
+        target = RecordRef("Opportunity", rid, stamp=org.get(rid)["SystemModstamp"])  # type: ignore[index]
+        key = f"r:{rid}:s"
+        actions.append(
+            CreateTask(
+                **META,
+                target=target,
+                key=key,
+                subject="Follow up",
+                description="Call the customer.",
+                due=dt.date(2026, 11, 25),
+                owner_id=None,
+                what_id=rid,
+                who_id=None,
+                fields={"Status": "Not Started", KEY_FIELD: key},
+            )
+        )
+        actions.append(
+            UpdateRecord(
+                **META,
+                target=target,
+                key=f"{key}:next",
+                changes=(FieldChange("NextStep", None, "Call"),),
+            )
+        )
+    return actions
+
+
+def test_the_plans_cost_is_what_applying_it_spends(
+    org: FakeOrg, tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    actions = follow_ups(org, 1_200)  # 2,400 actions: three write batches of up to 1,000
+    client = make_client(org)
+    sink = SalesforceSink(client, task_key_field=KEY_FIELD)
+    with Store.open(tmp_path / "w.db") as store:
+        pipeline = Pipeline(
+            store=store,
+            source=SalesforceSource(client),
+            sink=sink,
+            ledger=store,
+            mapping=mapping,
+            rules=runnable(ALL_RULES, mapping),
+            clock=lambda: org.now,
+        )
+        estimate = pipeline.estimate_calls(actions)
+        plan = Plan(pipeline.org(), "m", dt.date(2026, 11, 23), org.now, tuple(actions))
+        report = pipeline.apply_plan_file("apply", plan)
+    assert report.status == "ok"
+    assert report.outcomes[("r", "applied")] == 2_400
+    # targets re-read (6 queries: 2 composites), then per batch one composite of updates
+    # and upserts: 6 + 6 + 2 collections of 200 -> 2 + 2 + 1
+    assert sink.api_calls() == estimate == 7
+    assert sink.estimate_calls([actions]) == 5  # priced as one write: what plans used to say

@@ -133,7 +133,7 @@ def test_the_plans_cost_is_what_applying_spends(org: FakeOrg) -> None:
         for i, rid in enumerate(cases)
     ]
     sink = sink_for(org)
-    estimate = sink.estimate_calls(actions)
+    estimate = sink.estimate_calls([actions])
     sink.current_state([a.target for a in actions])
     sink.write(actions)
     # stamps: 3 + 1 + 2 id queries, two composites; writes: 3 + 1 + 2 chunks, two composites

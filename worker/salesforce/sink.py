@@ -149,12 +149,13 @@ class SalesforceSink:
         finally:
             self._calls += self._ctx.client.api_calls() - before
 
-    def estimate_calls(self, actions: Sequence[Action]) -> int:
-        """API calls applying these actions will spend: re-reading every target
-        (:meth:`current_state`), then :meth:`estimate_write_calls`."""
-        by_object = ids_by_object([a.target for a in actions])
+    def estimate_calls(self, batches: Sequence[Sequence[Action]]) -> int:
+        """API calls applying these actions will spend: re-reading every target once
+        (:meth:`current_state`), then :meth:`estimate_write_calls` of each batch, as the
+        pipeline hands them to :meth:`write` (each batch's composites round up apart)."""
+        by_object = ids_by_object([a.target for batch in batches for a in batch])
         queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in by_object.values())
-        return composites_for(queries) + self.estimate_write_calls(actions)
+        return composites_for(queries) + sum(self.estimate_write_calls(b) for b in batches)
 
     def estimate_write_calls(self, actions: Sequence[Action]) -> int:
         """API calls :meth:`write` will make (no retries; lookups paged once)."""
