@@ -171,3 +171,12 @@ def test_unique_fields_is_case_insensitive() -> None:
 def test_in_needs_values() -> None:
     with pytest.raises(ValueError, match="not valid SOQL"):
         Condition("Id", "IN", ()).render()
+
+
+def test_the_escape_tables_are_simple_salesforces() -> None:
+    from simple_salesforce.format import soql_escapes, soql_like_escapes
+
+    from worker.salesforce import soql
+
+    assert soql_escapes == soql._ESCAPES
+    assert soql_like_escapes == soql._LIKE_ESCAPES

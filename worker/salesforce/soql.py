@@ -3,7 +3,7 @@
 Identifiers (objects, fields, dotted relationship paths) must match
 ``^[A-Za-z][A-Za-z0-9_]*(\\.[A-Za-z][A-Za-z0-9_]*)*$`` or :func:`identifier` raises;
 values go through :func:`literal`, which escapes strings per the SOQL quoted-string rules
-(backslash, quotes, ``\\n \\r \\t \\b \\f``, with simple-salesforce's escape tables) and
+(backslash, quotes, ``\\n \\r \\t \\b \\f``; ``%`` and ``_`` in LIKE patterns) and
 writes datetimes as UTC without milliseconds (``2026-11-23T10:00:00Z``).
 
 :func:`select` assembles the whole statement from a :class:`Select` so no caller
@@ -19,10 +19,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from simple_salesforce.format import soql_escapes, soql_like_escapes
-
 from worker import schema
 
+# SOQL's escape sequences in quoted strings (the same tables simple-salesforce's format
+# module holds; importing that module loads the whole library, SOAP client included).
+_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    | {"\b": "\\b", "\f": "\\f"}
+)
+_LIKE_ESCAPES = str.maketrans({"%": "\\%", "_": "\\_"})
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 
 Value = str | bool | int | float | Decimal | dt.date | dt.datetime | None
@@ -37,12 +42,12 @@ def identifier(name: str) -> str:
 
 def escape(text: str) -> str:
     """Escape the inside of a quoted SOQL string."""
-    return text.translate(soql_escapes)
+    return text.translate(_ESCAPES)
 
 
 def like_pattern(text: str) -> str:
     """A quoted LIKE pattern matching ``text`` anywhere (``%`` and ``_`` escaped)."""
-    return "'%" + escape(text).translate(soql_like_escapes) + "%'"
+    return "'%" + escape(text).translate(_LIKE_ESCAPES) + "%'"
 
 
 def datetime_literal(value: dt.datetime) -> str:

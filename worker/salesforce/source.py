@@ -130,11 +130,13 @@ class SalesforceSource:
 
         def rank(query: ObjectQuery) -> int:
             """Who gets the five first pages: objects that cannot be probed, then those
-            whose probe would list rows already read (stamped inside its window)."""
+            whose probe would list rows already read (their cursor's row is stamped
+            inside its window; an object found empty has no such row)."""
             window = self.probe_window(query) if probed(query) else None
             if window is None:
                 return 0
-            return 1 if query.since is not None and query.since >= window[0] else 2
+            inside = query.since is not None and query.since >= window[0]
+            return 1 if inside and query.after_id is not None else 2
 
         while todo:
             todo.sort(key=rank)  # stable: the mapping's order within a rank
