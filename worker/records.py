@@ -105,7 +105,11 @@ class Record:
     fields: Mapping[str, Any]
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], sobject: str | None = None) -> Record:
+    def from_json(
+        cls, raw: Mapping[str, Any], sobject: str | None = None, *, owned: bool = False
+    ) -> Record:
+        """The record of one REST JSON row. ``owned``: ``raw`` is a dict no one else holds
+        (just decoded), so it becomes the record's fields as it is, without a copy."""
         attrs = raw.get(schema.ATTRIBUTES) or {}
         kind = sobject or attrs.get("type")
         rid = raw.get(schema.ID)
@@ -113,6 +117,9 @@ class Record:
             raise RecordError(str(rid or "?"), schema.ATTRIBUTES, "no sObject type")
         if not rid or not isinstance(rid, str):
             raise RecordError("?", schema.ID, f"{kind} record without an Id")
+        if owned and isinstance(raw, dict):
+            raw.pop(schema.ATTRIBUTES, None)
+            return cls(sobject=kind, id=rid, fields=raw)
         body = {k: v for k, v in raw.items() if k != schema.ATTRIBUTES}
         return cls(sobject=kind, id=rid, fields=body)
 
@@ -122,6 +129,8 @@ class Record:
     # -- readers -------------------------------------------------------------------------
     def get(self, name: str) -> Any:
         """The raw value of a field; a dotted name walks relationships (``Owner.Name``)."""
+        if "." not in name:
+            return self.fields.get(name)
         value: Any = self.fields
         for part in name.split("."):
             if not isinstance(value, Mapping):

@@ -360,7 +360,7 @@ class Store:
                 result = conn.execution_options(yield_per=2000).execute(query)
                 for rid, sobject, raw in result:
                     try:
-                        records.append(Record.from_json(_loaded(raw), sobject))
+                        records.append(Record.from_json(_loaded(raw), sobject, owned=True))
                     except RecordError as exc:
                         problems.append(exc)
                     except ValueError as exc:

@@ -8,6 +8,7 @@ Nothing here does I/O or reads the clock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def logged_response(
     return None
 
 
+@functools.lru_cache(maxsize=8192)  # formatted once per number, whichever rules ask
 def dialable(raw: str | None, region: str) -> str | None:
     """A phone number as it can be dialled from anywhere (``+1 951-555-1207``), read in the
     numbering plan of ``region`` when it has no +country code; None when the text is not a
