@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo report test lint typecheck pytest bench clean requirements
+.PHONY: demo report test lint typecheck pytest bench bench-parts clean requirements
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The whole cycle beside a simple-salesforce script; BENCH_ARGS="--sizes 10000,50000,200000
+# --latency 0.1" for the full table. bench-parts: the gateway and the store on their own.
 bench: $(STAMP)
+	$(BIN)/python bench/cycle_bench.py $(BENCH_ARGS)
+
+bench-parts: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/store_bench.py
 

@@ -69,12 +69,22 @@ class FakeOrgProcess:
     """
 
     def __init__(
-        self, records: Mapping[str, int], folder: Path, *, ids: Mapping[str, int] | None = None
+        self,
+        records: Mapping[str, int],
+        folder: Path,
+        *,
+        ids: Mapping[str, int] | None = None,
+        latency: float = 0.0,
+        shape: str = "gateway",
+        now: dt.datetime | None = None,
     ) -> None:
         self.config = {
             "records": dict(records),
             "cert_dir": str(folder / "tls"),
             "ids": dict(ids or {}),
+            "latency": latency,
+            "shape": shape,
+            "now": now.isoformat() if now else None,
         }
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -214,6 +224,38 @@ def make_record(sobject: str) -> Callable[[int, str], dict[str, Any]]:
     return make
 
 
+def cycle_record(now: dt.datetime, count: int) -> Callable[[int, str], dict[str, Any]]:
+    """Synthetic Opportunity ``i`` for the whole-cycle bench, stamped over the two days
+    before ``now``: every 20th is a payment opportunity 35 days past its Close Date (the
+    default mapping's SOP 000 contacts it: a Task and a Next Step line, two actions), the
+    others close next month (nothing due)."""
+    today = now.date()
+    first = now - dt.timedelta(days=3)
+    step = dt.timedelta(days=2) / max(count, 1)
+
+    def make(i: int, rid: str) -> dict[str, Any]:
+        stamp = (first + step * i).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+        due = i % 20 == 0
+        close = today - dt.timedelta(days=35) if due else today + dt.timedelta(days=30)
+        return {
+            "SystemModstamp": stamp,
+            "CreatedDate": stamp,
+            "LastModifiedDate": stamp,
+            "Name": f"Payment {i}",
+            "StageName": "Closed Won",
+            "Type": "Payment",
+            "CloseDate": close.isoformat(),
+            "Amount": 100.0 + i,
+            "NextStep": None,
+            "Payment_Status__c": "Open",
+            "Customer_Responded__c": False,
+            "IsClosed": True,
+            "IsWon": True,
+        }
+
+    return make
+
+
 def serve(requests_in: IO[str], answers: IO[str]) -> int:
     """The child: read the config, serve the org until told to stop (or input ends)."""
     if str(ROOT) not in sys.path:
@@ -229,15 +271,29 @@ def serve(requests_in: IO[str], answers: IO[str]) -> int:
     if not line:
         return 0  # the parent went away before asking anything
     config = json.loads(line)
-    org = FakeOrg(keep_calls=False, daily_limit=10_000_000)
+
+    class RealClockOrg(FakeOrg):
+        """Stamps writes with the machine's clock, to the second, as Salesforce stamps
+        them with its own: the worker's cursor and probes compare the two."""
+
+        def stamp(self) -> str:
+            self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            return self.now.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+    now = dt.datetime.fromisoformat(config["now"]) if config.get("now") else None
+    org = (RealClockOrg if now else FakeOrg)(keep_calls=False, daily_limit=10_000_000, now=now)
     counts = {str(k): int(v) for k, v in config["records"].items()}
     for sobject, count in counts.items():
-        org.add_synthetic(sobject, count, make_record(sobject))
+        if config.get("shape") == "cycle" and now is not None:
+            org.add_synthetic(sobject, count, cycle_record(now, count))
+        else:
+            org.add_synthetic(sobject, count, make_record(sobject))
     ids = {
         sobject: [org.synthetic_id(sobject, i) for i in range(min(int(n), counts[sobject]))]
         for sobject, n in config.get("ids", {}).items()
     }
     with HttpsOrg(org, Path(config["cert_dir"])) as server:
+        server.latency = float(config.get("latency") or 0.0)
         answer(
             {
                 "url": server.url,
