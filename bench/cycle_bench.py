@@ -75,13 +75,12 @@ for path, method, records in cfg["writes"]:
 def object_queries() -> list[str]:
     """The SOQL the worker's full read sends, one per object (no incremental bound)."""
     from worker.mapping import load_mapping
-    from worker.pipeline import object_fields
-    from worker.rules import ALL_RULES, rule_models
+    from worker.rules import rule_models
     from worker.salesforce.soql import incremental_select
 
     mapping = load_mapping(MAPPING, rule_models())
     out = []
-    for sobject, names in object_fields(mapping, ALL_RULES).items():
+    for sobject, names in mapping.object_fields().items():
         section = mapping.common.objects.get(sobject)
         filters = dict(section.filters) if section else {}
         replication = mapping.common.replication(sobject)
