@@ -436,8 +436,8 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     assert "skipped (missed while the worker was not running) │ │ 16" in head
     assert "records that could not be evaluated │ │ 8" in head
     # 98 of the first four rules; the rest of the later rules, lead_hygiene 9 and lead_scoring
-    # 8 on the hygiene demo leads among them
-    assert "170 action(s) to apply, 16 skipped" in head
+    # 8 on the hygiene demo leads among them, closed_won_lost 7
+    assert "177 action(s) to apply, 16 skipped" in head
     assert "Cost: 0 API call(s)" in head
 
 

@@ -298,9 +298,18 @@ def evidence(
 def current_stay(
     record: Record, snapshot: Snapshot, s: OpportunityStagesSettings, at: AsOf, org: OrgMapping
 ) -> Stay:
-    """When the opportunity entered its current stage: the latest history row in that stage
-    whose previous row was in another stage (a move back and forth again starts anew)."""
-    stage = record.text(s.stage_field)
+    """When the opportunity entered its current stage, and the days since."""
+    entered = stage_entered(record, snapshot, s.stage_field)
+    if entered is None:
+        return Stay(None, None)
+    return Stay(entered, (at.date - entered.astimezone(org.org.zone).date()).days)
+
+
+def stage_entered(record: Record, snapshot: Snapshot, stage_field: str) -> dt.datetime | None:
+    """When the opportunity entered its current stage by ``OpportunityHistory``: the latest
+    history row in that stage whose previous row was another stage (a move back and forth
+    again starts anew); None when the history read ends in another stage or holds none."""
+    stage = record.text(stage_field)
     rows = sorted(
         snapshot.children(schema.OPPORTUNITY_HISTORY, "OpportunityId", record.id),
         key=lambda r: (r.datetime(schema.CREATED_DATE) or _NEVER, r.id),
@@ -312,11 +321,7 @@ def current_stay(
         if name == stage and previous != stage:
             entered = row.datetime(schema.CREATED_DATE)
         previous = name
-    if previous != stage:  # the history read ends in another stage: not this stay
-        entered = None
-    if entered is None:
-        return Stay(None, None)
-    return Stay(entered, (at.date - entered.astimezone(org.org.zone).date()).days)
+    return entered if previous == stage else None
 
 
 _NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
