@@ -24,6 +24,7 @@ EMAIL_MESSAGE = "EmailMessage"  # an email the Send Email action logged (Enhance
 WHAT_ID = "WhatId"
 WHO_ID = "WhoId"
 OWNER_ID = "OwnerId"
+LEAD_ID = "LeadId"  # a CampaignMember's lead
 SUBJECT = "Subject"
 DESCRIPTION = "Description"
 ACTIVITY_DATE = "ActivityDate"
@@ -94,6 +95,7 @@ LEAD_HISTORY = "LeadHistory"
 OPPORTUNITY_HISTORY = "OpportunityHistory"
 CAMPAIGN_MEMBER = "CampaignMember"
 EVENT = "Event"
+OUT_OF_OFFICE = "OutOfOffice"  # a user's out-of-office dates (Chatter settings)
 BUSINESS_HOURS = "BusinessHours"
 HOLIDAY = "Holiday"
 CAMPAIGN = "Campaign"
@@ -121,6 +123,7 @@ NAME_FIELDS = {
     PROCESS_INSTANCE: ID,
     PROCESS_INSTANCE_STEP: ID,
     OPPORTUNITY_CONTACT_ROLE: ID,
+    OUT_OF_OFFICE: ID,
 }
 
 

@@ -29,7 +29,7 @@ def lead(**fields: Any) -> Record:
         "Name": "Avery Stone",
         "RecordType": {"DeveloperName": "Sales"},
         "IsConverted": False,
-        "OwnerId": "00GDm1500000000001",
+        "OwnerId": "00GDm1500000001MAA",
         "Title": None,
         "Email": None,
         "Phone": None,
@@ -109,7 +109,7 @@ def test_the_three_groups_and_the_breakdown(mapping: LoadedMapping) -> None:
     assert found.total == 64
     assert found.category == "Warm"
     assert found.breakdown(255) == (
-        "D22 F22 B20: VP +12, email +5, phone +5, Software +10, 1,000+ employees +12, "
+        "D22 F22 B20: VP +12, email +5, phone +5, Technology +10, 1,000+ employees +12, "
         "demo request +20"
     )
 
@@ -274,7 +274,7 @@ def test_writes_score_category_and_breakdown_once(mapping: LoadedMapping) -> Non
     assert update.values() == {
         "Lead_Score__c": 64,
         "Lead_Score_Category__c": "Warm",
-        "Lead_Score_Breakdown__c": "D22 F22 B20: VP +12, email +5, phone +5, Software +10, "
+        "Lead_Score_Breakdown__c": "D22 F22 B20: VP +12, email +5, phone +5, Technology +10, "
         "1,000+ employees +12, demo request +20",
     }
     # Salesforce hands a Number(3, 0) back as 64.0: the same score, nothing to write.
@@ -348,10 +348,8 @@ def _section_with(tmp_path: Path, old: str, new: str) -> Path:
             id="caps-under-100",
         ),
         pytest.param(
-            'label = "VP", field = "Title", match = "contains", values = ["VP", "SVP", "EVP", "Vice '
-            'President"], points = 12',
-            'label = "VP", field = "Title", match = "contains", values = ["VP", "SVP", "EVP", "Vice '
-            'President"], points = -12',
+            'contains = ["VP", "SVP", "EVP", "Vice President"], points = 12',
+            'contains = ["VP", "SVP", "EVP", "Vice President"], points = -12',
             ".groups.demographic.rows.1.points",
             "greater than or equal to 0",
             id="negative-points",
@@ -365,11 +363,18 @@ def _section_with(tmp_path: Path, old: str, new: str) -> Path:
         ),
         pytest.param("Cold = 0", "Cold = 5", "", "no band starts at 0", id="no-band-at-zero"),
         pytest.param(
-            "minimum = 1000, points = 12",
+            'equals = ["Partner Referral"], points = 5',
+            'equals = ["Partner Referral"], is_set = true, points = 5',
+            ".groups.demographic.rows.6",
+            "(got equals, is_set)",
+            id="row-with-two-tests",
+        ),
+        pytest.param(
+            "at_least = 1000, points = 12",
             "points = 12",
             ".groups.firmographic.rows.2",
-            "needs minimum",
-            id="at-least-without-minimum",
+            "give exactly one of equals, contains, at_least, is_set",
+            id="row-without-a-test",
         ),
     ],
 )

@@ -27,11 +27,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from worker import schema
+from worker.declarations import FieldOf, FieldValues, ValuesOf
 from worker.keys import task_key
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
@@ -44,25 +45,29 @@ GROUP_CAPS_TOTAL = 100  # "Sum total score (0-100 points)"
 
 
 class PointRow(StrictModel):
-    """One line of a point table: ``points`` when ``field`` matches."""
+    """One line of a point table: ``points`` when ``field`` matches, by exactly one of
+    ``equals``, ``contains``, ``at_least`` and ``is_set``."""
 
     label: str = Field(min_length=1, description="Shown in the breakdown: 'VP +12'.")
     points: int = Field(ge=0, description="Points for a match (a table never goes negative).")
-    source: Literal["lead", "task", "campaign"] = Field(
-        default="lead",
-        description="lead: a field of the lead; task: a Task a person logged on the lead; "
-        "campaign: a CampaignMember of the lead that has responded.",
+    source: Literal["Lead", "Task", "CampaignMember"] = Field(
+        default="Lead",
+        description="Lead: a field of the lead; Task: a Task a person logged on the lead; "
+        "CampaignMember: a campaign membership of the lead that has responded.",
     )
-    field: str = Field(min_length=1, description="The field compared (dotted paths allowed).")
-    match: Literal["equals", "contains", "at_least", "is_set"] = Field(
-        default="equals",
-        description="equals: one of values; contains: holds one of values as whole words, in any "
-        "case; "
-        "at_least: a number >= minimum; is_set: not empty.",
+    field: Annotated[str, FieldOf("source")] = Field(
+        min_length=1, description="The field compared (dotted paths allowed)."
     )
-    values: tuple[str, ...] = ()
-    minimum: Decimal | None = None
-    dated_by: str = Field(
+    equals: Annotated[tuple[str, ...], ValuesOf("field")] = Field(
+        default=(), description="Matches when the field holds one of these values."
+    )
+    contains: tuple[str, ...] = Field(
+        default=(),
+        description="Matches when the field holds one of these as whole words, in any case.",
+    )
+    at_least: Decimal | None = Field(default=None, description="A number at least this.")
+    is_set: bool = Field(default=False, description="Matches when the field is not empty.")
+    dated_by: Annotated[str, FieldOf("source")] = Field(
         default="",
         description="For a lead row: a date field that must fall within the behaviour window "
         "(empty: the row is not windowed). Tasks are dated by ActivityDate (else "
@@ -73,11 +78,26 @@ class PointRow(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _operand(self) -> PointRow:
-        if self.match in ("equals", "contains") and not self.values:
-            raise ValueError(f"match = {self.match!r} needs values")
-        if self.match == "at_least" and self.minimum is None:
-            raise ValueError("match = 'at_least' needs minimum")
+    def _one_test(self) -> PointRow:
+        given = [
+            name
+            for name, value in (
+                ("equals", self.equals),
+                ("contains", self.contains),
+                ("at_least", self.at_least is not None),
+                ("is_set", self.is_set),
+            )
+            if value
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of equals, contains, at_least, is_set"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.source != schema.LEAD and self.dated_by:
+            raise ValueError(
+                "dated_by is for Lead rows (Tasks and campaign responses have their own dates)"
+            )
         return self
 
 
@@ -88,30 +108,27 @@ class PointGroup(StrictModel):
     cap: int = Field(ge=0, description="The group's maximum (the SOP's 30/30/40).")
     rows: tuple[PointRow, ...] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _behaviour_is_dated(self) -> PointGroup:
-        for i, row in enumerate(self.rows):
-            if row.source != "lead" and row.dated_by:
-                raise ValueError(
-                    f"rows[{i}]: dated_by is for lead rows (Tasks and campaign "
-                    "responses are dated by their own dates)"
-                )
-        return self
-
 
 class LeadScoringSettings(RuleSettings):
     required_steps: ClassVar[tuple[str, ...]] = STEPS
+    reads: ClassVar[Mapping[str, tuple[str, ...]]] = {schema.LEAD: (schema.IS_CONVERTED,)}
 
-    lead_scope: dict[str, tuple[str, ...]] = Field(
+    lead_scope: Annotated[dict[str, tuple[str, ...]], FieldValues(schema.LEAD)] = Field(
         min_length=1,
         description="Lead field (dotted paths allowed) -> allowed values, ANDed: SOP 004's "
         "leads, e.g. RecordType.DeveloperName = Sales.",
     )
-    score_field: str = Field(description="Number field holding the 0-100 score.")
-    category_field: str = Field(description="Picklist holding the score's category.")
-    breakdown_field: str = Field(description="Text field holding the breakdown.")
+    score_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
+        description="Number field holding the 0-100 score."
+    )
+    category_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
+        description="Picklist holding the score's category."
+    )
+    breakdown_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
+        description="Text field holding the breakdown."
+    )
     breakdown_max_chars: int = Field(default=255, ge=20, le=131072)
-    bands: dict[str, int] = Field(
+    bands: Annotated[dict[str, int], ValuesOf("category_field")] = Field(
         min_length=1,
         description="Category -> the lowest score in it (the SOP's 80/60/40/20/0).",
     )
@@ -138,45 +155,15 @@ class LeadScoringSettings(RuleSettings):
         return next(name for name, low in self.ordered_bands() if total >= low)
 
     def needs(self) -> dict[str, set[str]]:
-        lead = {
-            self.score_field,
-            self.category_field,
-            self.breakdown_field,
-            schema.IS_CONVERTED,
-            *self.lead_scope,
-        }
-        out: dict[str, set[str]] = {schema.LEAD: lead}
-        for group in self.groups.values():
-            for row in group.rows:
-                if row.source == "lead":
-                    lead.add(row.field)
-                    if row.dated_by:
-                        lead.add(row.dated_by)
-                elif row.source == "task":
-                    out.setdefault(schema.TASK, set()).add(row.field)
-                else:
-                    out.setdefault(schema.CAMPAIGN_MEMBER, set()).update(
-                        {row.field, "LeadId", "HasResponded", "FirstRespondedDate", "CreatedDate"}
-                    )
+        """The annotated fields, and what a campaign row reads to find the lead's responses."""
+        out = super().needs()
+        if any(r.source == schema.CAMPAIGN_MEMBER for g in self.groups.values() for r in g.rows):
+            out[schema.CAMPAIGN_MEMBER].update(_RESPONSE_FIELDS)
         return out
 
-    def writes(self) -> dict[str, set[str]]:
-        return {schema.LEAD: {self.score_field, self.category_field, self.breakdown_field}}
 
-    def picklist_values(self) -> dict[tuple[str, str], set[str]]:
-        out: dict[tuple[str, str], set[str]] = {(schema.LEAD, self.category_field): set(self.bands)}
-        compared = [(schema.LEAD, name, values) for name, values in self.lead_scope.items()]
-        sobjects = {"lead": schema.LEAD, "task": schema.TASK}
-        compared += [
-            (sobjects[row.source], row.field, row.values)
-            for group in self.groups.values()
-            for row in group.rows
-            if row.match == "equals" and row.source in sobjects
-        ]
-        for sobject, name, values in compared:
-            if "." not in name:
-                out.setdefault((sobject, name), set()).update(values)
-        return out
+# What a campaign row reads of a CampaignMember beside its own field.
+_RESPONSE_FIELDS = (schema.LEAD_ID, "HasResponded", "FirstRespondedDate", schema.CREATED_DATE)
 
 
 @dataclass(frozen=True)
@@ -246,11 +233,11 @@ def _matches(
     day: dt.date,
     org: OrgMapping,
 ) -> bool:
-    if row.source == "lead":
+    if row.source == schema.LEAD:
         if row.dated_by and not _within(lead.date(row.dated_by), since, day):
             return False
         return _value_matches(row, lead)
-    if row.source == "task":
+    if row.source == schema.TASK:
         found: Iterable[Record] = (
             t
             for t in snapshot.tasks_for(lead.id)
@@ -260,7 +247,7 @@ def _matches(
     else:
         found = (
             m
-            for m in snapshot.children(schema.CAMPAIGN_MEMBER, "LeadId", lead.id)
+            for m in snapshot.children(schema.CAMPAIGN_MEMBER, schema.LEAD_ID, lead.id)
             if m.flag("HasResponded")
             and _within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE), since, day)
         )
@@ -272,17 +259,15 @@ def _within(when: dt.date | None, since: dt.date, day: dt.date) -> bool:
 
 
 def _value_matches(row: PointRow, record: Record) -> bool:
-    if row.match == "at_least":
+    if row.at_least is not None:
         number = record.number(row.field)
-        return number is not None and row.minimum is not None and number >= row.minimum
+        return number is not None and number >= row.at_least
     value = record.text(row.field)
     if value is None:
         return False
-    if row.match == "is_set":
-        return True
-    if row.match == "equals":
-        return value in row.values
-    return any(_words(v).search(value) for v in row.values)
+    if row.equals:
+        return value in row.equals
+    return row.is_set or any(_words(v).search(value) for v in row.contains)
 
 
 @functools.cache
