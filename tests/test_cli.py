@@ -79,9 +79,13 @@ def test_every_command_explains_itself(command: tuple[str, ...]) -> None:
 
 
 def test_demo_plan_is_the_same_on_any_day(tmp_path: Path) -> None:
-    with time_machine.travel(dt.datetime(2027, 3, 1, tzinfo=dt.UTC)):
+    """The demo is planned as of its manifest's day whatever day the worker runs on (at the
+    run's time of day, which minute-level rules read: the same here)."""
+    at_three = dt.time(15, tzinfo=dt.UTC)
+    with time_machine.travel(dt.datetime.combine(dt.date(2027, 3, 1), at_three), tick=False):
         later = plan_json(DEMO_ORG, tmp_path / "a.db")
-    now = plan_json(DEMO_ORG, tmp_path / "b.db")
+    with time_machine.travel(dt.datetime.combine(dt.date(2027, 1, 15), at_three), tick=False):
+        now = plan_json(DEMO_ORG, tmp_path / "b.db")
     assert later["as_of"] == now["as_of"] == "2026-11-23"
     assert later["actions"] == now["actions"]
     rules = {a["rule"] for a in now["actions"]}
@@ -435,9 +439,11 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     assert "collections │ Case notes: always update your case notes │ 12" in head
     assert "skipped (missed while the worker was not running) │ │ 16" in head
     assert "records that could not be evaluated │ │ 8" in head
-    # 98 of the first four rules; the rest of the later rules, lead_hygiene 9 and lead_scoring
-    # 8 on the hygiene demo leads among them, closed_won_lost 7
-    assert "177 action(s) to apply, 16 skipped" in head
+    # SOP 004 routing: 11 leads routed (each score in routing's update: lead_scoring's own
+    # write of it superseded), 8 alerts, 1 escalation; the other rules' 177 as before.
+    assert "lead_routing │ 4. Lead Routing: route by score and territory" in head
+    assert "superseded (a stronger rule acts on the same record) │ │ 11" in head
+    assert "197 action(s) to apply, 16 skipped, 11 superseded" in head
     assert "Cost: 0 API call(s)" in head
 
 

@@ -367,6 +367,12 @@ class RuleSettings(StrictModel):
     def step_label(self, step_id: str) -> str:
         return self.steps.get(step_id, step_id)
 
+    def link(self, rules: Mapping[str, RuleSettings]) -> list[tuple[str, str]]:
+        """Called once every rule's section is loaded: a rule that relies on another rule's
+        section (lead routing writes the lead score) takes what it needs from ``rules`` here.
+        Returns (key, problem) pairs, keys relative to this section; none by default."""
+        return []
+
 
 class _MappingFile(StrictModel):
     org: OrgSection
@@ -491,6 +497,12 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
             problems.extend(_problems(exc, prefix=f"rules.{rule_id}"))
             continue
         problems.extend(template_problems(rules[rule_id], f"rules.{rule_id}"))
+    if not problems:
+        for rule_id, settings in rules.items():
+            problems.extend(
+                (".".join(p for p in (f"rules.{rule_id}", key) if p), problem)
+                for key, problem in settings.link(rules)
+            )
     for i, rule_id in enumerate(top.precedence):
         if rule_id not in rule_models:
             problems.append((f"precedence[{i}]", f"unknown rule {rule_id!r}"))

@@ -494,7 +494,14 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _ref("ConvertedContactId", "Contact", "ConvertedContact"),
             _ref("ConvertedOpportunityId", "Opportunity", "ConvertedOpportunity"),
             _ref("RecordTypeId", "RecordType", "RecordType"),
-            owner,
+            _ref("OwnerId", ("User", "Group"), "Owner"),  # a user or a queue
+        ),
+        "OutOfOffice": (
+            _ref("UserId", "User", "User"),
+            _f("StartDate", "datetime"),
+            _f("EndDate", "datetime"),
+            _f("IsEnabled", "boolean"),
+            _f("Message", length=60),
         ),
         "LeadStatus": (
             _f("MasterLabel", updateable=False, createable=False),
