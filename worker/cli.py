@@ -824,9 +824,10 @@ def diff(current: Path | None, no_pull: bool, fmt: str, **kwargs: Any) -> None:
             run_id = new_run_id()
             with run_lock(app, run_id):
                 app.pipeline.pull(RunReport(run_id, as_of, True), app.clock())
+        now = app.clock()
         found = diff_plans(
-            app.pipeline.plan(as_of),
-            plan_under(app.pipeline, new, app.rules, as_of),
+            plan_under(app.pipeline, app.mapping, app.rules, as_of, now),
+            plan_under(app.pipeline, new, app.rules, as_of, now),
             current=app.mapping.path,
             new=str(new_mapping),
             uncached=uncached_fields(app.pipeline, new),

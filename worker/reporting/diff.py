@@ -24,9 +24,15 @@ DIFF_SCHEMA = "sop-worker/mapping-diff"
 
 
 def plan_under(
-    pipeline: Pipeline, mapping: LoadedMapping, rules: Sequence[Rule[Any]], as_of: dt.date
+    pipeline: Pipeline,
+    mapping: LoadedMapping,
+    rules: Sequence[Rule[Any]],
+    as_of: dt.date,
+    now: dt.datetime,
 ) -> Plan:
-    """Today's plan over the same cache and org under another mapping, with the dry-run sink."""
+    """Today's plan over the same cache and org under ``mapping``, with the dry-run sink,
+    evaluated at ``now`` (both plans of a diff at one instant: a rule that stamps the
+    instant it evaluated at, lead routing's Routed_At__c, shows no change between them)."""
     other = Pipeline(
         store=pipeline.store,
         source=pipeline.source,
@@ -34,7 +40,7 @@ def plan_under(
         ledger=ReadOnlyLedger(pipeline.store),
         mapping=mapping,
         rules=runnable(rules, mapping),
-        clock=pipeline.clock,
+        clock=lambda: now,
     )
     return other.plan(as_of)
 
