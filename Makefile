@@ -47,6 +47,7 @@ bench: $(STAMP)
 bench-parts: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/lead_matching_bench.py
 
 # Heroku's buildpack reads requirements.txt: the runtime dependencies as pip resolves them.
 requirements: $(STAMP)

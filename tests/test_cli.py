@@ -440,10 +440,11 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     assert "skipped (missed while the worker was not running) │ │ 16" in head
     assert "records that could not be evaluated │ │ 8" in head
     # SOP 004 routing: 11 leads routed (each score in routing's update: lead_scoring's own
-    # write of it superseded), 8 alerts, 1 escalation; the other rules' 177 as before, and 12 of lead_hygiene on the routing demo's leads.
+    # write of it superseded), 8 alerts, 1 escalation; the other rules' 177 as before, 12 of lead_hygiene on the routing demo's leads,
+    # and the SOP 004 lead rules' on the lead_dedupe demo leads.
     assert "lead_routing │ 4. Lead Routing: route by score and territory" in head
     assert "superseded (a stronger rule acts on the same record) │ │ 11" in head
-    assert "209 action(s) to apply, 16 skipped, 11 superseded" in head
+    assert "238 action(s) to apply, 16 skipped, 11 superseded" in head
     assert "Cost: 0 API call(s)" in head
 
 

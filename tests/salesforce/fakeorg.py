@@ -295,7 +295,13 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
     )  # fmt: skip
     owner = _ref("OwnerId", "User", "Owner")
     return {
-        "Account": (_f("Name"), _f("Phone", "phone", length=40), owner),
+        "Account": (
+            _f("Name"),
+            _f("Phone", "phone", length=40),
+            _f("Website", "url", length=255),
+            _f("BillingCountry", length=80),
+            owner,
+        ),
         "Contact": (
             _f("FirstName"),
             _f("LastName"),

@@ -225,10 +225,15 @@ def company_key(name: str, legal_suffixes: Iterable[str]) -> str | None:
         return domain.split(".")[0]
     text = _PARENS.sub(" ", folded).replace("&", " and ")
     words = [w for w in _NON_WORD.sub(" ", text.replace("'", "")).split() if w]
-    suffixes = {_NON_WORD.sub("", fold(s)) for s in legal_suffixes}
+    suffixes = _suffix_set(tuple(legal_suffixes))
     while len(words) > 1 and words[-1] in suffixes:
         words.pop()
     return " ".join(words) or None
+
+
+@cache
+def _suffix_set(legal_suffixes: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_NON_WORD.sub("", fold(s)) for s in legal_suffixes)
 
 
 def looks_like_domain(name: str) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +70,13 @@ def comment_keys(comments: Iterable[Record], rule_id: str) -> dict[str, Record]:
             if key.startswith(f"{rule_id}:"):
                 out[key] = comment
     return out
+
+
+def change_digest(changes: Iterable[FieldChange]) -> str:
+    """A short digest of an update's new values, for its step key: the same values keep
+    their key (never sent twice), new values get a new one."""
+    body = json.dumps(sorted((c.field, c.after) for c in changes), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:10]
 
 
 def in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:

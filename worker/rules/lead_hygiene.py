@@ -27,8 +27,6 @@ nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import zlib
 from collections.abc import Iterable
@@ -37,7 +35,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, field_validator
 
 from worker import schema
-from worker.actions import Action, FieldChange
+from worker.actions import Action
 from worker.declarations import FieldOf, FieldValues, Placeholders
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
@@ -52,7 +50,7 @@ from worker.rules.contact_data import (
     read_place,
     under_domain,
 )
-from worker.rules.kit import Emit, in_scope, render, worker_tasks
+from worker.rules.kit import Emit, change_digest, in_scope, render, worker_tasks
 
 RULE_ID = "lead_hygiene"
 STEPS = ("clean", "incomplete", "research")
@@ -185,7 +183,7 @@ def decide(
         "clean",
         values,
         reason=f"SOP 004 data standards: {', '.join(c.field for c in changes)}",
-        step_key=f"clean-{_digest(changes)}",
+        step_key=f"clean-{change_digest(changes)}",
     )
     if update:
         actions.append(update)
@@ -284,12 +282,6 @@ def _title(title: str, table: Iterable[TitleRule]) -> TitleRule | None:
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _digest(changes: Iterable[FieldChange]) -> str:
-    """A short digest of an update's new values: the same cleaning keeps its key."""
-    body = json.dumps(sorted((c.field, c.after) for c in changes), default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:10]
 
 
 def _research(

@@ -1,0 +1,381 @@
+"""Bench: the SOP 004 duplicate check (``lead_dedupe``): match quality and speed.
+
+    python bench/lead_matching_bench.py                     # 100,000 leads, 50,000 accounts
+    python bench/lead_matching_bench.py --leads 10000 --accounts 5000
+
+Two figures, printed:
+
+- **Quality**: a labelled set of lead pairs (same person or not) and lead-account pairs (the
+  lead's company or not), made here from fixed lists with a fixed seed (so every run scores
+  the same pairs), including the issue's bad inputs: email case and blanks, plus-addressing,
+  IDN domains in Unicode and ASCII, dots on gmail.com and elsewhere, shared role mailboxes,
+  generic domains, ``Acme, Inc. (EMEA)``, ``COOP``, a company that is its web domain, names
+  a letter apart with and without a supporting country. Each pair is put through the rule as
+  it runs (``evaluate_rule`` over a snapshot holding that pair): a merge is a pair of leads
+  decided in one email batch, a link a lead whose account update names that account. The
+  precision of automatic merges and links, and their recall, are printed; precision below
+  0.98 exits 1.
+- **Speed**: ``--leads`` synthetic Sales leads (10% in duplicate groups of 2-5, a third of
+  the rest at an account's domain) against ``--accounts`` accounts, evaluated by the rule
+  over one snapshot: the seconds for the whole evaluation (blocking, scoring, decisions) and
+  the process's peak resident memory. Above 60 s or 1 GiB exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from worker.actions import UpdateRecord  # noqa: E402
+from worker.mapping import LoadedMapping, load_mapping  # noqa: E402
+from worker.records import Record, Snapshot  # noqa: E402
+from worker.rules import ALL_RULES, evaluate_rule, rule_models  # noqa: E402
+
+RULE = next(r for r in ALL_RULES if r.id == "lead_dedupe")
+DAY = dt.date(2026, 11, 23)
+FIRST = [
+    "Jordan",
+    "Maria",
+    "Ken",
+    "Aya",
+    "Ravi",
+    "Helen",
+    "Oliver",
+    "Grace",
+    "Min",
+    "Pat",
+    "Lena",
+    "Sam",
+    "Noor",
+    "Dana",
+    "Jonas",
+    "Chloe",
+    "Mateo",
+    "Priya",
+    "Tomás",
+    "Zoë",
+]
+LAST = [
+    "Blake",
+    "Lopez",
+    "Adams",
+    "Kouassi",
+    "Shah",
+    "Park",
+    "Grant",
+    "Hill",
+    "Nguyen",
+    "Okafor",
+    "Brandt",
+    "Haddad",
+    "Reyes",
+    "Weber",
+    "Martin",
+    "García",
+    "Müller",
+    "Rossi",
+    "Kim",
+    "Singh",
+]
+WORDS = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Stark",
+    "Wayne",
+    "Wonka",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Aperture",
+    "Gringotts",
+    "Oscorp",
+    "Massive",
+    "Dunder",
+    "Pied",
+    "Prestige",
+    "Monarch",
+    "Bluth",
+    "Sterling",
+    "Nakatomi",
+    "Virtucon",
+    "Zorg",
+]
+KINDS = [
+    "Robotics",
+    "Logistics",
+    "Foods",
+    "Labs",
+    "Systems",
+    "Pharma",
+    "Media",
+    "Energy",
+    "Capital",
+    "Textiles",
+    "Motors",
+    "Analytics",
+    "Health",
+    "Software",
+    "Mining",
+]
+SUFFIXES = ["Inc.", "LLC", "Ltd", "GmbH", "Corp.", "Co.", ""]
+
+
+def lead(n: int, first: str, last: str, email: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "attributes": {"type": "Lead"},
+        "Id": f"00QBch{n:09d}AAA",
+        "FirstName": first,
+        "LastName": last,
+        "Name": f"{first} {last}",
+        "Email": email,
+        "Company": fields.pop("Company", "Unknown Co"),
+        "Phone": fields.pop("Phone", None),
+        "Country": fields.pop("Country", "US"),
+        "RecordType": {"DeveloperName": "Sales"},
+        "IsConverted": False,
+        "OwnerId": "005Bch000000001AAA",
+        "CreatedDate": f"2026-11-{1 + n % 20:02d}T10:00:00.000+0000",
+        "Matched_Account__c": None,
+        "Account_Match_Tier__c": None,
+        "Account_Match_Evidence__c": None,
+        **fields,
+    }
+
+
+def account(n: int, name: str, website: str | None, country: str | None) -> dict[str, Any]:
+    return {
+        "attributes": {"type": "Account"},
+        "Id": f"001Bch{n:09d}AAA",
+        "Name": name,
+        "Website": website,
+        "Phone": None,
+        "BillingCountry": country,
+    }
+
+
+# -- quality ---------------------------------------------------------------------------------
+
+
+def lead_pairs(rng: random.Random) -> list[tuple[dict[str, Any], dict[str, Any], bool]]:
+    """(lead, lead, same person?)"""
+    out = []
+    n = 0
+    for i in range(120):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        company = f"{rng.choice(WORDS)} {rng.choice(KINDS)}"
+        domain = company.lower().replace(" ", "") + rng.choice([".com", ".co.uk", ".de", ".io"])
+        local = f"{first}.{last}".lower()
+        variants = [
+            (f"{local}@{domain}", f"  {local.upper()}@{domain.upper()} "),
+            (f"{local}+events@{domain}", f"{local}@{domain}"),
+            (f"{local}@{domain}", f"{local}+webinar@{domain}"),
+            (f"{local.replace('.', '')}@gmail.com", f"{local}@gmail.com"),
+            ("jonas@bücher.de", "Jonas@xn--bcher-kva.de"),
+        ]
+        a, b = variants[i % len(variants)]
+        n += 2
+        out.append((lead(n, first, last, a, Company=company), lead(n + 1, first, last, b), True))
+        if i % 2 == 0:
+            # not the same person: dots count outside gmail.com, another person, a mailbox
+            # several people share
+            other = rng.choice(
+                [
+                    (f"{local}@{domain}", f"{local.replace('.', '')}@{domain}"),
+                    (f"{local}@{domain}", f"{rng.choice(FIRST).lower()}.{last.lower()}2@{domain}"),
+                    (f"info@{domain}", f"info@{domain}"),
+                    (f"sales@{domain}", f"sales+{first.lower()}@{domain}"),
+                ]
+            )
+            n += 2
+            out.append(
+                (
+                    lead(n, first, last, other[0], Company=company),
+                    lead(n + 1, rng.choice(FIRST), last, other[1], Company=company),
+                    False,
+                )
+            )
+    return out
+
+
+def account_pairs(rng: random.Random) -> list[tuple[dict[str, Any], dict[str, Any], bool]]:
+    """(lead, account, the lead's company?)"""
+    out = []
+    for i in range(200):
+        word, kind = rng.choice(WORDS), rng.choice(KINDS)
+        name = f"{word} {kind}"
+        domain = f"{word}{kind}".lower() + ".com"
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        email = f"{first.lower()}@{domain}"
+        case = i % 10
+        if case == 0:  # the email's domain is the account's website
+            pair = (
+                lead(i, first, last, email, Company="Something Else"),
+                account(i, f"{name} {rng.choice(SUFFIXES)}", f"https://www.{domain}/", "US"),
+                True,
+            )
+        elif case == 1:  # legal suffix and a note in parentheses
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company=f"{name}, Inc. (EMEA)"),
+                account(i, f"{name.upper()} INC", None, "US"),
+                True,
+            )
+        elif case == 2:  # a letter apart, same country
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company=f"{name}s", Country="USA"),
+                account(i, name, None, "United States"),
+                True,
+            )
+        elif case == 3:  # a company that is its web domain
+            pair = (
+                lead(i, first, last, f"{first}@yahoo.com", Company=domain),
+                account(i, f"{word}{kind}", None, None),
+                True,
+            )
+        elif case == 4:  # COOP is COOP
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company="COOP"),
+                account(i, "Coop", None, "CH"),
+                True,
+            )
+        elif case == 5:  # a generic domain is no evidence
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company=f"{word} Partners"),
+                account(i, f"{word} {kind}", "https://gmail.com", "US"),
+                False,
+            )
+        elif case == 6:  # a letter apart, another country: no support
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company=f"{name}s", Country="US"),
+                account(i, name, None, "DE"),
+                False,
+            )
+        elif case == 7:  # one word shared, another company
+            pair = (
+                lead(
+                    i,
+                    first,
+                    last,
+                    f"{first}@gmail.com",
+                    Company=f"{word} {rng.choice(KINDS)} Group",
+                ),
+                account(i, f"{word} Holdings International", None, "US"),
+                False,
+            )
+        elif case == 8:  # same domain word, other suffix: another registrable domain
+            pair = (
+                lead(i, first, last, f"{first}@{word.lower()}{kind.lower()}.net", Company="x"),
+                account(i, "Unrelated Ltd", f"https://{word.lower()}{kind.lower()}.org", "US"),
+                False,
+            )
+        else:  # the same name key
+            pair = (
+                lead(i, first, last, f"{first}@gmail.com", Company=f"{name} LLC"),
+                account(i, f"{name} Ltd", None, "GB"),
+                True,
+            )
+        out.append(pair)
+    return out
+
+
+def quality(mapping: LoadedMapping) -> tuple[float, float, int]:
+    rng = random.Random(20261123)
+    settings = mapping.rules["lead_dedupe"]
+    tp = fp = fn = 0
+    pairs = 0
+    for a, b, same in lead_pairs(rng):
+        pairs += 1
+        found = list(evaluate_rule(RULE, _snapshot(a, b), DAY, settings, mapping.common))
+        batches = {e.target.id: e.batch for e in found}
+        merged = batches[a["Id"]] == batches[b["Id"]]
+        tp, fp, fn = tp + (merged and same), fp + (merged and not same), fn + (same and not merged)
+    for lead_rec, acct, same in account_pairs(rng):
+        pairs += 1
+        found = list(evaluate_rule(RULE, _snapshot(lead_rec, acct), DAY, settings, mapping.common))
+        linked = any(
+            c.field == settings.matched_account_field and c.after == acct["Id"]  # type: ignore[attr-defined]
+            for e in found
+            for action in e.actions
+            if isinstance(action, UpdateRecord)
+            for c in action.changes
+        )
+        tp, fp, fn = tp + (linked and same), fp + (linked and not same), fn + (same and not linked)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return precision, recall, pairs
+
+
+def _snapshot(*raws: dict[str, Any]) -> Snapshot:
+    return Snapshot.build(Record.from_json(r) for r in raws)
+
+
+# -- speed -----------------------------------------------------------------------------------
+
+
+def synthetic(leads: int, accounts: int) -> Snapshot:
+    rng = random.Random(7)
+    records: list[dict[str, Any]] = []
+    names = []
+    for i in range(accounts):
+        name = f"{rng.choice(WORDS)} {rng.choice(KINDS)} {i}"
+        names.append(name)
+        domain = name.lower().replace(" ", "") + ".com"
+        records.append(account(i, f"{name} {rng.choice(SUFFIXES)}", f"https://{domain}", "US"))
+    i = 0
+    while i < leads:
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        company = rng.choice(names)
+        roll = rng.random()
+        domain = company.lower().replace(" ", "") + ".com" if roll < 0.33 else f"firm{i}.com"
+        email = f"{first.lower()}.{last.lower()}{i}@{domain}"
+        copies = rng.randint(2, 5) if rng.random() < 0.05 else 1
+        for c in range(min(copies, leads - i)):
+            variant = email if c == 0 else email.replace("@", f"+v{c}@").upper()
+            records.append(
+                lead(i, first, last, variant, Company=company, Phone=f"+1415{i % 10_000_000:07d}")
+            )
+            i += 1
+    return _snapshot(*records)
+
+
+def speed(mapping: LoadedMapping, leads: int, accounts: int) -> tuple[float, float, int]:
+    snapshot = synthetic(leads, accounts)
+    settings = mapping.rules["lead_dedupe"]
+    start = time.perf_counter()
+    evaluations = sum(1 for _ in evaluate_rule(RULE, snapshot, DAY, settings, mapping.common))
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return seconds, peak_mib, evaluations
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=50_000)
+    args = parser.parse_args()
+    mapping = load_mapping(ROOT / "mappings" / "default.toml", rule_models())
+    precision, recall, pairs = quality(mapping)
+    print(f"quality: {pairs} labelled pairs, precision {precision:.3f}, recall {recall:.3f}")
+    seconds, peak, evaluated = speed(mapping, args.leads, args.accounts)
+    print(
+        f"speed: {args.leads:,} leads against {args.accounts:,} accounts: {evaluated:,} "
+        f"evaluations in {seconds:.1f} s, peak memory {peak:.0f} MiB"
+    )
+    failed = precision < 0.98 or (args.leads >= 100_000 and (seconds > 60 or peak > 1024))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
