@@ -219,6 +219,14 @@ def _as_of_intended_option(func: F) -> F:
     )(func)
 
 
+def _no_pull_option(func: F) -> F:
+    return click.option(
+        "--no-pull",
+        is_flag=True,
+        help="Use the cache as it is; do not read the org first (needs no credentials).",
+    )(func)
+
+
 def _results_option(func: F) -> F:
     return click.option(
         "--results",
@@ -634,11 +642,7 @@ def runs(limit: int, fmt: str, **kwargs: Any) -> None:
 @_settings_options
 @_as_of_option
 @click.argument("record_id", type=RECORD_ID)
-@click.option(
-    "--no-pull",
-    is_flag=True,
-    help="Use the cache as it is; do not read the org first (needs no credentials).",
-)
+@_no_pull_option
 @_format_option("table", "json")
 def explain(record_id: str, no_pull: bool, fmt: str, **kwargs: Any) -> None:
     """Why: each rule's verdict on a record, its past SOP actions and the next ones due.
@@ -750,11 +754,7 @@ def report_command(
     show_default=True,
     help="Assume every Task is done on its due date, or that none is.",
 )
-@click.option(
-    "--no-pull",
-    is_flag=True,
-    help="Use the cache as it is; do not read the org first (needs no credentials).",
-)
+@_no_pull_option
 @_format_option("table", "json")
 def simulate(
     days: int, every_hours: int, tasks_done: bool, no_pull: bool, fmt: str, **kwargs: Any
@@ -796,11 +796,7 @@ def simulate(
     type=click.Path(path_type=Path, dir_okay=False),
     help="The current mapping file (env WORKER_MAPPING, default mappings/default.toml).",
 )
-@click.option(
-    "--no-pull",
-    is_flag=True,
-    help="Use the cache as it is; do not read the org first (needs no credentials).",
-)
+@_no_pull_option
 @_format_option("table", "json")
 def diff(current: Path | None, no_pull: bool, fmt: str, **kwargs: Any) -> None:
     """The impact of a mapping change: today's plan under the current mapping and under
@@ -853,11 +849,7 @@ def diff(current: Path | None, no_pull: bool, fmt: str, **kwargs: Any) -> None:
     help="The Status a closed Task is given (default: the first of [tasks] completed_statuses).",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Write the undo plan to this file.")
-@click.option(
-    "--no-pull",
-    is_flag=True,
-    help="Use the cache as it is; do not read the org first (needs no credentials).",
-)
+@_no_pull_option
 @_format_option("table", "json")
 def undo(
     run_id: str,

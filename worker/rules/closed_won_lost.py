@@ -37,7 +37,7 @@ from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit, render, worker_emails, worker_tasks
+from worker.rules.kit import Emit, in_scope, render, worker_emails, worker_tasks
 from worker.rules.opportunity_stages import stage_entered
 
 RULE_ID = "closed_won_lost"
@@ -90,11 +90,7 @@ class ClosedWonLostSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: ClosedWonLostSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (
-        r
-        for r in snapshot.of(settings.sobject)
-        if all(r.text(name) in allowed for name, allowed in settings.opportunity_scope.items())
-    )
+    return (r for r in snapshot.of(settings.sobject) if in_scope(r, settings.opportunity_scope))
 
 
 def decide(

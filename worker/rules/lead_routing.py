@@ -51,7 +51,7 @@ from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot, format_sf_datetime, full_record_id
 from worker.rules.base import AsOf, Batch, Evaluation, Rule, Verdict
 from worker.rules.kit import Emit, render
-from worker.rules.lead_scoring import LeadScoringSettings, Score, in_scope, score_lead
+from worker.rules.lead_scoring import LeadScoringSettings, Score, open_in_scope, score_lead
 
 RULE_ID = "lead_routing"
 STEPS = ("route", "alert", "exception")
@@ -323,7 +323,7 @@ class Routing:
 
 # -- the batch -------------------------------------------------------------------------------
 def batches(snapshot: Snapshot, s: LeadRoutingSettings, org: OrgMapping) -> Iterable[Batch]:
-    leads = tuple(r for r in snapshot.of(schema.LEAD) if in_scope(r, s.lead_scope))
+    leads = tuple(r for r in snapshot.of(schema.LEAD) if open_in_scope(r, s.lead_scope))
     if leads:
         yield Batch("lead routing", leads)
 

@@ -37,7 +37,7 @@ from worker.keys import task_key
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit
+from worker.rules.kit import Emit, in_scope
 
 RULE_ID = "lead_scoring"
 STEPS = ("score",)
@@ -191,10 +191,9 @@ class Score:
         }
 
 
-def in_scope(lead: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
-    return not lead.flag(schema.IS_CONVERTED) and all(
-        lead.text(name) in values for name, values in scope.items()
-    )
+def open_in_scope(lead: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
+    """An unconverted lead of ``scope``."""
+    return not lead.flag(schema.IS_CONVERTED) and in_scope(lead, scope)
 
 
 def score_lead(
@@ -284,7 +283,7 @@ def score_key(values: Mapping[str, object], day: dt.date) -> str:
 
 
 def candidates(snapshot: Snapshot, s: LeadScoringSettings, org: OrgMapping) -> Iterable[Record]:
-    return (r for r in snapshot.of(schema.LEAD) if in_scope(r, s.lead_scope))
+    return (r for r in snapshot.of(schema.LEAD) if open_in_scope(r, s.lead_scope))
 
 
 def decide(
