@@ -40,7 +40,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 # The whole cycle beside a simple-salesforce script; BENCH_ARGS="--sizes 10000,50000,200000
-# --latency 0.1" for the full table. bench-parts: the gateway and the store on their own.
+# --latency 0.1" for the full table. bench-parts: the gateway and the store on their own, and the rule benches.
 bench: $(STAMP)
 	$(BIN)/python bench/cycle_bench.py $(BENCH_ARGS)
 
@@ -48,6 +48,7 @@ bench-parts: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/lead_matching_bench.py
+	$(BIN)/python bench/sop004_bench.py
 
 # Heroku's buildpack reads requirements.txt: the runtime dependencies as pip resolves them.
 requirements: $(STAMP)

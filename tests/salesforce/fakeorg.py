@@ -1732,7 +1732,9 @@ class FakeOrg:
         if len(results) == 1 and results[0]["success"] is not True:
             error = results[0]["errors"][0]
             return 400, [{"errorCode": error["statusCode"], "message": error["message"]}]
-        return 200, results
+        # Bulk answers need not follow the requests' order (the reference's example does
+        # not): each names its record in entityId.
+        return 200, results[::-1]
 
     def _submit(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self.approval_requests.append(dict(request))

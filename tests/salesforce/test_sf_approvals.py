@@ -1,7 +1,9 @@
 """SOP 004 discount approvals against a fake org with an approval process: each discount is
-submitted once through process/approvals even when the database is lost every day, a record
-the process's entry criteria refuse fails alone with Salesforce's error code, and a lost
-answer to a submission is settled from ProcessInstance, never sent again."""
+submitted once through process/approvals even when the database is lost every day, the
+submissions of a run share a call and each answer is matched to its record, a record the
+process's entry criteria refuse fails alone with Salesforce's error code, a bulk call
+refused as a whole is settled and sent again alone, and a lost answer to a submission is
+settled from ProcessInstance, never sent again."""
 
 from __future__ import annotations
 
@@ -108,6 +110,46 @@ def test_each_discount_is_submitted_once_when_the_database_is_lost_every_day(
         cycle(org, tmp_path / "w10.db", mapping, 5)
         assert submitted(org)["006Dm1600000801000"] == [MANAGER, MANAGER]
         assert len(org.approval_requests) == 3
+
+
+def instances_by_action(db: Path) -> dict[str, str]:
+    """Opportunity -> the ProcessInstance Id the ledger recorded for its submission."""
+    with Store.open(db) as store:
+        return {
+            e.action.target.id: e.sf_id
+            for e in store.ledger_entries()
+            if e.action.rule == "deal_approvals" and e.sf_id
+        }
+
+
+def test_the_submissions_of_a_run_share_one_call_and_each_answer_finds_its_record(
+    tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    with seeded() as org:
+        db = tmp_path / "w.db"
+        report = cycle(org, db, mapping, 0)
+        assert report.outcomes[("deal_approvals", "applied")] == 2
+        assert org.calls_by_kind["approval"] == 1  # both in one bulk call
+        # The org answers in another order than the requests: each instance is recorded
+        # against the deal it was started on.
+        assert instances_by_action(db) == {
+            i["TargetObjectId"]: i["Id"] for i in org.of("ProcessInstance")
+        }
+
+
+def test_a_bulk_call_refused_as_a_whole_is_settled_then_sent_again_alone(
+    tmp_path: Path, mapping: LoadedMapping
+) -> None:
+    with seeded() as org:
+        db = tmp_path / "w.db"
+        org.fail(kind="approval", status=400, error_code="REQUEST_LIMIT_EXCEEDED", times=1)
+        report = cycle(org, db, mapping, 0)
+        assert report.outcomes[("deal_approvals", "applied")] == 2
+        assert org.calls_by_kind["approval"] == 3  # the refused bulk call, then one each
+        assert len(org.of("ProcessInstance")) == 2  # nothing started twice
+        assert instances_by_action(db) == {
+            i["TargetObjectId"]: i["Id"] for i in org.of("ProcessInstance")
+        }
 
 
 def test_a_deal_the_entry_criteria_refuse_fails_alone_with_its_error_code(

@@ -200,7 +200,9 @@ def score_lead(
     lead: Record, snapshot: Snapshot, day: dt.date, s: LeadScoringSettings, org: OrgMapping
 ) -> Score:
     """The lead's score on ``day`` (pure)."""
-    since = day - dt.timedelta(days=s.behaviour_window_days)
+    behaviour = _Behaviour(
+        lead, snapshot, day - dt.timedelta(days=s.behaviour_window_days), day, org
+    )
     groups: list[tuple[str, int]] = []
     items: list[tuple[str, int]] = []
     capped: list[str] = []
@@ -208,13 +210,14 @@ def score_lead(
         best: dict[str, PointRow] = {}
         counted: list[PointRow] = []
         for row in group.rows:
-            if not _matches(row, lead, snapshot, since, day, org):
+            if not _matches(row, lead, behaviour):
                 continue
             if not row.tier:
                 counted.append(row)
             elif row.tier not in best or row.points > best[row.tier].points:
                 best[row.tier] = row
-        rows = [r for r in group.rows if r in counted or best.get(r.tier) is r]
+        # Identity, not equality: two rows may be alike (and comparing models is slow).
+        rows = [r for r in group.rows if any(r is c for c in counted) or best.get(r.tier) is r]
         raw = sum(r.points for r in rows)
         if raw > group.cap:
             capped.append(group.letter)
@@ -224,37 +227,47 @@ def score_lead(
     return Score(tuple(groups), tuple(items), total, s.category(total), tuple(capped))
 
 
-def _matches(
-    row: PointRow,
-    lead: Record,
-    snapshot: Snapshot,
-    since: dt.date,
-    day: dt.date,
-    org: OrgMapping,
-) -> bool:
+@dataclass
+class _Behaviour:
+    """The lead's Tasks logged by people and its campaign responses within the window
+    (``since`` to ``day``), each gathered once per lead, when a row first asks, for all the
+    rows that read them."""
+
+    lead: Record
+    snapshot: Snapshot
+    since: dt.date
+    day: dt.date
+    org: OrgMapping
+
+    @functools.cached_property
+    def tasks(self) -> tuple[Record, ...]:
+        return tuple(
+            t
+            for t in self.snapshot.tasks_for(self.lead.id)
+            if not task_key(t, self.org)
+            and self.within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE))
+        )
+
+    @functools.cached_property
+    def responses(self) -> tuple[Record, ...]:
+        return tuple(
+            m
+            for m in self.snapshot.children(schema.CAMPAIGN_MEMBER, schema.LEAD_ID, self.lead.id)
+            if m.flag("HasResponded")
+            and self.within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE))
+        )
+
+    def within(self, when: dt.date | None) -> bool:
+        return when is not None and self.since <= when <= self.day
+
+
+def _matches(row: PointRow, lead: Record, behaviour: _Behaviour) -> bool:
     if row.source == schema.LEAD:
-        if row.dated_by and not _within(lead.date(row.dated_by), since, day):
+        if row.dated_by and not behaviour.within(lead.date(row.dated_by)):
             return False
         return _value_matches(row, lead)
-    if row.source == schema.TASK:
-        found: Iterable[Record] = (
-            t
-            for t in snapshot.tasks_for(lead.id)
-            if not task_key(t, org)
-            and _within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE), since, day)
-        )
-    else:
-        found = (
-            m
-            for m in snapshot.children(schema.CAMPAIGN_MEMBER, schema.LEAD_ID, lead.id)
-            if m.flag("HasResponded")
-            and _within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE), since, day)
-        )
+    found = behaviour.tasks if row.source == schema.TASK else behaviour.responses
     return any(_value_matches(row, r) for r in found)
-
-
-def _within(when: dt.date | None, since: dt.date, day: dt.date) -> bool:
-    return when is not None and since <= when <= day
 
 
 def _value_matches(row: PointRow, record: Record) -> bool:
@@ -266,13 +279,15 @@ def _value_matches(row: PointRow, record: Record) -> bool:
         return False
     if row.equals:
         return value in row.equals
-    return row.is_set or any(_words(v).search(value) for v in row.contains)
+    return row.is_set or _words(row.contains).search(value) is not None
 
 
 @functools.cache
-def _words(phrase: str) -> re.Pattern[str]:
-    """``phrase`` as whole words in any case: "CTO" is in "CTO, Acme", not in "Director"."""
-    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", re.IGNORECASE)
+def _words(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    """Any of ``phrases`` as whole words in any case: "CTO" is in "CTO, Acme", not in
+    "Director"."""
+    alternatives = "|".join(re.escape(p) for p in phrases)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
 def score_key(values: Mapping[str, object], day: dt.date) -> str:

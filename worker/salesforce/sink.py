@@ -27,11 +27,12 @@ Writes (:meth:`SalesforceSink.write`):
   does. Before sending, the sink looks for that log (like a keyed create): an email found
   there went out already and is not sent again.
 - ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
-- ``SubmitApproval``: ``POST process/approvals`` (actionType ``Submit``), one request a
-  call so a refusal (``NO_APPLICABLE_PROCESS``: the record fails the process's entry
-  criteria) fails that action alone; the key marker travels in the comments, which
-  Salesforce keeps on the instance's first ``ProcessInstanceStep``, where a lost answer is
-  reconciled (:mod:`worker.salesforce.writes.approvals`).
+- ``SubmitApproval``: ``POST process/approvals`` (actionType ``Submit``), fifty requests a
+  call, each answer matched to its record, so a refusal (``NO_APPLICABLE_PROCESS``: the
+  record fails the process's entry criteria) fails that action alone; the key marker
+  travels in the comments, which Salesforce keeps on the instance's first
+  ``ProcessInstanceStep``, where a lost or partial answer is reconciled
+  (:mod:`worker.salesforce.writes.approvals`).
 
 Idempotent composites (updates, upserts) are sent apart from creating ones, so a lost
 answer to the former is simply retried, and a lost answer to the latter marks its actions

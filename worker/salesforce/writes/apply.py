@@ -17,7 +17,7 @@ from worker.actions import (
     SubmitApproval,
 )
 from worker.salesforce.reads import composites_for
-from worker.salesforce.writes.approvals import submit_approvals
+from worker.salesforce.writes.approvals import approval_batches, submit_approvals
 from worker.salesforce.writes.collections import (
     COLLECTION_MAX,
     COLLECTIONS_PER_COMPOSITE,
@@ -97,7 +97,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
     counts: dict[tuple[str, Operation, bool], int] = {}
     lookup_parents: dict[str, set[str]] = {}
     emails = 0
-    submissions = 0
+    submissions: list[tuple[int, SubmitApproval]] = []
     converts: list[ConvertLead] = []
     for i, action in enumerate(actions):
         prepared = prepare(ctx, i, action)
@@ -112,7 +112,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
         elif prepared is None and isinstance(action, ConvertLead):
             converts.append(action)
         elif prepared is None and isinstance(action, SubmitApproval):
-            submissions += 1  # one call each (see approvals)
+            submissions.append((i, action))
     for (_, operation, _), n in counts.items():
         chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
     lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
@@ -121,7 +121,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
         + math.ceil(chunks[False] / COLLECTIONS_PER_COMPOSITE)
         + composites_for(lookups)
         + math.ceil(emails / EMAILS_PER_CALL)
-        + submissions
+        + len(approval_batches(submissions))
         + math.ceil(len(converts) / CONVERTS_PER_CALL)
         # one update composite after each conversion call that sets opportunity fields
         + sum(

@@ -2,19 +2,23 @@
 resource, and where a submission is found again (its key marker in the comments Salesforce
 keeps on the instance's first ``ProcessInstanceStep``).
 
-Each submission travels alone in its call: Salesforce commits the requests of a call that
-succeed and answers the others with an error, and a refused single request comes back as
-an HTTP 400 whose error (``NO_APPLICABLE_PROCESS`` when the record does not meet the
-process's entry criteria, ``ALREADY_IN_PROCESS`` when it is pending already) then belongs
-to that record alone. Approvals are few (a discount or budget changed), so a call each is
-cheap; a lost answer is never sent again blind: :func:`submitted` settles it from the org.
+Submissions travel up to :data:`APPROVALS_PER_CALL` in one call ("bulk approvals"), each
+record at most once per call. Salesforce commits the requests that succeed and answers the
+others with an error (``NO_APPLICABLE_PROCESS`` when the record does not meet the process's
+entry criteria, ``ALREADY_IN_PROCESS`` when it is pending already); its answers need not
+come in the order of the requests, so each is matched to its request by ``entityId``, the
+record. A submission the answer does not account for (a whole call refused with HTTP 400,
+an answer without the record's Id) is looked up in the org (:func:`submitted`, its key
+marker on the instance's first step): found, it is applied; not there, it was not
+committed, and it is sent again alone, where a refusal is an HTTP 400 whose error belongs to
+that record. A lost answer is never sent again blind: :func:`submitted` settles it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from worker import schema
 from worker.actions import ActionResult, Outcome, SubmitApproval
@@ -32,29 +36,100 @@ from worker.salesforce.writes.state import (
 )
 
 APPROVALS_PATH = "process/approvals"
+# The resource documents no maximum; a call of fifty stays well inside the request size and
+# the transaction's limits with the approval processes' own actions.
+APPROVALS_PER_CALL = 50
+
+T = TypeVar("T")
+
+
+def approval_batches(
+    submissions: Sequence[tuple[T, SubmitApproval]],
+) -> list[list[tuple[T, SubmitApproval]]]:
+    """The calls the submissions go in: in order, at most :data:`APPROVALS_PER_CALL` each,
+    and a record at most once per call (its answer is found by the record's Id)."""
+    batches: list[list[tuple[T, SubmitApproval]]] = []
+    targets: list[set[str]] = []
+    for item in submissions:
+        target = item[1].target.id[:15]
+        for batch, seen in zip(batches, targets, strict=True):
+            if len(batch) < APPROVALS_PER_CALL and target not in seen:
+                break
+        else:
+            batch, seen = [], set()
+            batches.append(batch)
+            targets.append(seen)
+        batch.append(item)
+        seen.add(target)
+    return batches
 
 
 def submit_approvals(
     ctx: WriteContext, submissions: Sequence[tuple[int, SubmitApproval]], state: WriteState
 ) -> None:
-    for i, action in submissions:
+    for batch in approval_batches(submissions):
         ctx.client.check_budget(1)
-        response = send_batch(
-            [(i, action)],
-            state,
-            partial(
-                ctx.client.request,
-                "POST",
-                ctx.client.data_path(APPROVALS_PATH),
-                kind="approval",
-                json={"requests": [_request(action)]},
-                idempotent=False,
-                ok_statuses=frozenset({400}),  # a refused request: its error is in the body
-            ),
-        )
+        response = send_batch(batch, state, partial(_send, ctx, batch))
         if response is None:
             continue
-        state.results[i] = _result(action, response.status_code, json_or_none(response))
+        body = json_or_none(response)
+        if len(batch) == 1:
+            i, action = batch[0]
+            state.results[i] = _result(action, response.status_code, body)
+            continue
+        answers = _by_record(body) if response.status_code < 300 else {}
+        unaccounted: list[tuple[int, SubmitApproval]] = []
+        for i, action in batch:
+            item = answers.get(action.target.id[:15])
+            if item is None:
+                unaccounted.append((i, action))
+            else:
+                state.results[i] = _result(action, response.status_code, [item])
+        if unaccounted:
+            _settle_or_resend(ctx, unaccounted, state)
+
+
+def _send(ctx: WriteContext, batch: Sequence[tuple[int, SubmitApproval]]) -> Any:
+    return ctx.client.request(
+        "POST",
+        ctx.client.data_path(APPROVALS_PATH),
+        kind="approval",
+        json={"requests": [_request(action) for _, action in batch]},
+        idempotent=False,
+        ok_statuses=frozenset({400}),  # refused: the error is in the body
+    )
+
+
+def _by_record(body: Any) -> dict[str, Mapping[str, Any]]:
+    """The answers of a bulk call by the 15-character Id of the record each names."""
+    items = body if isinstance(body, list) else []
+    return {
+        str(item["entityId"])[:15]: item
+        for item in items
+        if isinstance(item, Mapping) and item.get("entityId")
+    }
+
+
+def _settle_or_resend(
+    ctx: WriteContext, batch: Sequence[tuple[int, SubmitApproval]], state: WriteState
+) -> None:
+    """Submissions a bulk answer did not account for: applied when the org shows their
+    instance, else (not committed) sent again, alone."""
+    instances = submitted(ctx, [action for _, action in batch])
+    again: list[tuple[int, SubmitApproval]] = []
+    for i, action in batch:
+        instance = instances.get(action.key)
+        if instance is None:
+            again.append((i, action))
+        else:
+            state.results[i] = ActionResult(
+                action.key, Outcome.APPLIED, sf_id=instance, message="approval submitted"
+            )
+    for i, action in again:
+        ctx.client.check_budget(1)
+        response = send_batch([(i, action)], state, partial(_send, ctx, [(i, action)]))
+        if response is not None:
+            state.results[i] = _result(action, response.status_code, json_or_none(response))
 
 
 def submitted(ctx: WriteContext, actions: Sequence[SubmitApproval]) -> dict[str, str]:
