@@ -88,7 +88,7 @@ COPIED = {"Lead", "Task", "CampaignMember", "Opportunity", "OpportunityHistory",
 
 # -- scoring ---------------------------------------------------------------------------------
 def scoring(mapping: LoadedMapping, count: int) -> dict[str, Any]:
-    rng = random.Random(4)  # noqa: S311 (repeatable data, not a secret)
+    rng = random.Random(4)  # repeatable data
     titles = ("CEO", "VP Sales", "Director of IT", "Operations Manager", "Analyst")
     industries = ("Technology", "Banking", "Retail", "Healthcare")
     records: list[Record] = []
