@@ -364,6 +364,11 @@ class RuleSettings(StrictModel):
         """Lead statuses this rule converts leads into (doctor checks each is Converted)."""
         return set()
 
+    def object_fixes(self) -> dict[str, str]:
+        """Objects this rule reads that exist only when the org turns a feature on, and how
+        to fix their absence (doctor says it instead of its generic advice)."""
+        return {}
+
     def step_label(self, step_id: str) -> str:
         return self.steps.get(step_id, step_id)
 

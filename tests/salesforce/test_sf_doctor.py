@@ -16,6 +16,7 @@ from worker.findings import Finding, FindingKind, Severity
 from worker.mapping import LoadedMapping
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.doctor import run_doctor
+from worker.salesforce.wiring import doctor_inputs
 
 from .fakeorg import FakeOrg, standard_fields
 from .sfhelpers import load_fixture, make_client, settings
@@ -83,6 +84,19 @@ def test_key_field_must_be_an_external_id(org: FakeOrg) -> None:
 def test_unknown_object(org: FakeOrg) -> None:
     findings = doctor(org, needs={"Invoice__c": {"Name"}}, updates={}, picklists={})
     assert kinds(findings) == [(FindingKind.OBJECT_MISSING, "Invoice__c", None)]
+
+
+def test_out_of_office_not_turned_on_says_where_to_turn_it_on(
+    org: FakeOrg, mapping: LoadedMapping
+) -> None:
+    del org.schema["OutOfOffice"]  # an org without Chatter's Out of Office
+    wanted = doctor_inputs(mapping)
+    findings = doctor(
+        org, needs=wanted.needs, updates={}, picklists={}, object_fixes=wanted.object_fixes
+    )
+    assert kinds(findings) == [(FindingKind.OBJECT_MISSING, "OutOfOffice", None)]
+    assert "Setup > Chatter Settings" in findings[0].fix
+    assert 'out_of_office = "events"' in findings[0].fix
 
 
 def test_api_version_not_offered(org: FakeOrg) -> None:

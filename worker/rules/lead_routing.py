@@ -228,6 +228,15 @@ class LeadRoutingSettings(RuleSettings):
             out[schema.EVENT] = {schema.OWNER_ID, "StartDateTime", "EndDateTime", "ShowAs"}
         return out
 
+    def object_fixes(self) -> dict[str, str]:
+        if self.out_of_office != "OutOfOffice":
+            return {}
+        return {
+            schema.OUT_OF_OFFICE: "turn on Out of Office (Setup > Chatter Settings), or set "
+            '[rules.lead_routing] out_of_office = "events" (Events shown as Out of Office) '
+            'or "none"'
+        }
+
     def writes(self) -> dict[str, set[str]]:
         """The stamps and the owner, and the score's fields (written in the same update)."""
         out = super().writes()

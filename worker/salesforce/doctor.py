@@ -50,6 +50,7 @@ def run_doctor(
     updates: Mapping[str, Iterable[str]] | None = None,
     task_key_field: str = "",
     converted_statuses: Iterable[str] = (),
+    object_fixes: Mapping[str, str] | None = None,
     client: SalesforceClient | None = None,
     http: requests.Session | None = None,
     wait: wait_base | None = None,
@@ -59,7 +60,8 @@ def run_doctor(
     ``needs``: fields read per object; ``updates``: fields written per object;
     ``picklists``: (object, field) -> values the mapping uses; ``converted_statuses``: Lead
     statuses the worker converts leads into (each must be marked Converted, which describe
-    does not show: one query on ``LeadStatus``).
+    does not show: one query on ``LeadStatus``); ``object_fixes``: how to fix a missing
+    object that is a feature the org turns on (``OutOfOffice``: Chatter's Out of Office).
     """
     findings: list[Finding] = []
     try:
@@ -123,7 +125,7 @@ def run_doctor(
         wanted.setdefault("Task", set()).add(task_key_field)
 
     try:
-        described = _describe(api, sorted(wanted), findings)
+        described = _describe(api, sorted(wanted), findings, object_fixes or {})
     except AuthError as exc:
         # /services/data/ answers without a session: this is the first authenticated call.
         findings.append(Finding(FindingKind.AUTH, f"authentication failed: {exc}", _auth_fix(mode)))
@@ -229,7 +231,7 @@ def _check_converted(api: SalesforceClient, wanted: set[str]) -> list[Finding]:
 
 
 def _describe(
-    api: SalesforceClient, objects: list[str], findings: list[Finding]
+    api: SalesforceClient, objects: list[str], findings: list[Finding], fixes: Mapping[str, str]
 ) -> dict[str, dict[str, _FieldInfo]]:
     out: dict[str, dict[str, _FieldInfo]] = {}
     for start in range(0, len(objects), COMPOSITE_MAX_SUBREQUESTS):
@@ -247,7 +249,8 @@ def _describe(
                     Finding(
                         FindingKind.OBJECT_MISSING,
                         f"the org has no object {obj} (or the integration user cannot see it)",
-                        f"check the object API name in the mapping, or grant access to {obj}",
+                        fixes.get(obj)
+                        or f"check the object API name in the mapping, or grant access to {obj}",
                         sobject=obj,
                     )
                 )

@@ -90,6 +90,7 @@ class DoctorInputs:
     updates: dict[str, set[str]]  # fields updated, per object
     picklists: dict[tuple[str, str], set[str]]  # values used, per (object, field)
     converted_statuses: set[str]  # Lead statuses leads are converted into
+    object_fixes: dict[str, str]  # object -> how to fix its absence (a feature to turn on)
 
 
 def doctor_inputs(mapping: LoadedMapping) -> DoctorInputs:
@@ -99,6 +100,7 @@ def doctor_inputs(mapping: LoadedMapping) -> DoctorInputs:
     updates: dict[str, set[str]] = {}
     picklists: dict[tuple[str, str], set[str]] = dict(mapping.common.tasks.picklist_values())
     converted: set[str] = set()
+    fixes: dict[str, str] = {}
     if "Task" in needs and mapping.common.tasks.due_time_field:
         needs["Task"].add(mapping.common.tasks.due_time_field)
     for rule_id, section in mapping.rules.items():
@@ -109,7 +111,8 @@ def doctor_inputs(mapping: LoadedMapping) -> DoctorInputs:
         for pair, values in section.picklist_values().items():
             picklists.setdefault(pair, set()).update(values)
         converted |= section.converted_statuses()
-    return DoctorInputs(needs, updates, picklists, converted)
+        fixes.update(section.object_fixes())
+    return DoctorInputs(needs, updates, picklists, converted, fixes)
 
 
 def check_org(
@@ -132,6 +135,7 @@ def check_org(
         updates=wanted.updates,
         task_key_field=task_key,
         converted_statuses=wanted.converted_statuses,
+        object_fixes=wanted.object_fixes,
         client=client,
     )
     checked = sum(map(len, wanted.needs.values())) + sum(map(len, wanted.picklists.values()))
