@@ -100,6 +100,13 @@ def test_figures_are_measured_against_their_targets_or_said_not_measured(
     assert bounces["status"] == "not measured"
     assert "EmailBouncedDate" in bounces["note"]
     assert "[objects.Lead] fields" in bounces["note"]
+    # Routing's own figure: per pool, the largest gap between a member's leads and their
+    # weighted share over 30 days (the demo's West pool routed one lead last week).
+    west = figures["lead_routing.fairness.Reps_West"]
+    assert (west["status"], west["target"], west["unit"]) == ("met", "<= 1", "leads")
+    assert west["shown"] == f"{west['value']:.1f} leads"
+    assert "1 lead(s) routed 2026-10-25 to 2026-11-23" in west["formula"]
+    assert figures["lead_routing.fairness.Reps_East"]["status"] == "not measured"
     report = report_json(*org_args(demo_copy, db))
     assert report["headline"]["targets_met"] == sum(
         1 for f in report["figures"] if f["status"] == "met"

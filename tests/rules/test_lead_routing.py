@@ -15,9 +15,9 @@ from worker.actions import UpdateRecord
 from worker.errors import MappingError
 from worker.mapping import LoadedMapping, load_mapping
 from worker.plan import resolve_precedence
-from worker.records import Record, Snapshot
+from worker.records import Record, Snapshot, format_sf_datetime
 from worker.rules import Verdict, evaluate_rule, rule_models
-from worker.rules.lead_routing import weighted_rotation
+from worker.rules.lead_routing import Directory, LeadRoutingSettings, fairness, weighted_rotation
 from worker.rules.lead_scoring import RULE as SCORING
 
 from .routing_org import (
@@ -484,12 +484,47 @@ def test_fairness_over_1000_leads_with_a_member_out_for_two_days(
     assert sum(got.values()) == 1000
     for member in weights:
         assert abs(got[member] - expected[member]) <= 1, (member, got, expected)
+    # `sop-worker report` replays the same leads from their stamps and the cached rows.
+    snapshot = Snapshot.build(Record.from_json(raw) for raw in state.values())
+    settings_now = relaxed.rules["lead_routing"]
+    assert isinstance(settings_now, LeadRoutingSettings)
+    figures = {f.id: f for f in fairness(snapshot, settings_now, mapping.common, days[0], days[-1])}
+    west = figures["lead_routing.fairness.Reps_West"]
+    assert west.value == pytest.approx(max(abs(got[m] - expected[m]) for m in weights))
+    assert west.value is not None
+    assert west.value <= 1
     print(
         "fairness, pool Reps_West (weights 2:1:1, Cara out Tue-Wed):",
         {k: (got[k], round(expected[k], 1)) for k in weights},
         "per day:",
         {d.isoformat(): dict(c) for d, c in per_day.items()},
     )
+
+
+def test_fairness_counts_a_member_given_more_than_their_share(mapping: LoadedMapping) -> None:
+    """Leads handed to one member while the others were in: the report shows the gap."""
+    settings = settings_of(mapping)
+    members = Directory(Snapshot.build(Record.from_json(r) for r in org()), settings).members(
+        "Reps_West"
+    )
+    stamped = [
+        lead(
+            NOW.instant - dt.timedelta(minutes=i),
+            OwnerId=members[0],
+            Routed_At__c=format_sf_datetime(NOW.instant - dt.timedelta(minutes=i)),
+            Routed_Pool__c="Reps_West",
+            Routed_Slot__c=i,
+        )
+        for i in range(12)
+    ]
+    snapshot = Snapshot.build(Record.from_json(r) for r in org(*stamped))
+    figures = {f.id: f for f in fairness(snapshot, settings, mapping.common, MONDAY, MONDAY)}
+    west = figures["lead_routing.fairness.Reps_West"]
+    weights = {m: settings.pools["Reps_West"].weights.get(m, 1) for m in members}
+    fair_share = 12 * weights[members[0]] / sum(weights.values())
+    assert west.value == pytest.approx(12 - fair_share)
+    assert "12 lead(s) routed" in west.formula
+    assert figures["lead_routing.fairness.Reps_East"].value is None  # none routed there
 
 
 # -- the mapping --------------------------------------------------------------------------------

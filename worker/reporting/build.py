@@ -21,7 +21,8 @@ from worker.actions import Outcome
 from worker.keys import task_key
 from worker.mapping import LoadedMapping
 from worker.records import Snapshot
-from worker.reporting.figures import MET, MISSED, Period, compute
+from worker.reporting.figures import MET, MISSED, Period, compute, from_rule
+from worker.rules import ALL_RULES
 from worker.rules.base import Evaluation, Verdict
 from worker.rules.kit import is_completed
 from worker.store import AuditRow
@@ -73,6 +74,13 @@ def build_report(
     figures = [
         compute(fid, figure, snapshot, enabled, period).to_dict()
         for fid, figure in mapping.report.figures.items()
+    ] + [
+        from_rule(figure).to_dict()
+        for rule in ALL_RULES
+        if rule.figures is not None and mapping.enabled(rule.id)
+        for figure in rule.figures(
+            snapshot, mapping.rules[rule.id], mapping.common, period.first, period.last
+        )
     ]
     risks = _risks(evaluations, view.ledger, snapshot, mapping, period)
     runs = _runs(view.runs, mapping.report.daily_api_allowance)

@@ -68,6 +68,14 @@ class Target:
         return f"{self.op} {number}{' h' if self.unit == 'h' else self.unit}"
 
 
+def parse_target(text: str) -> Target:
+    """'>35%', '<1h', '<=1' as a :class:`Target` (ValueError for another shape)."""
+    found = _TARGET.match(text)
+    if found is None:
+        raise ValueError(f"not a target: {text!r} (an operator and a number: '>35%', '<=1')")
+    return Target(found.group(1), float(found.group(2)), found.group(3) or "")
+
+
 class Figure(_Strict):
     """One KPI, QA check or data-quality figure.
 
@@ -124,9 +132,7 @@ class Figure(_Strict):
         return self
 
     def parsed_target(self) -> Target:
-        found = _TARGET.match(self.target)
-        assert found is not None  # checked on load
-        return Target(found.group(1), float(found.group(2)), found.group(3) or "")
+        return parse_target(self.target)
 
     def needed_fields(self) -> set[str]:
         """Every field the figure reads: each must be cached for it to be measured."""

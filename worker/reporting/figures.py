@@ -15,7 +15,8 @@ from typing import Any
 
 from worker.errors import RecordError
 from worker.records import Record, Snapshot
-from worker.reporting.config import Condition, Figure
+from worker.reporting.config import Condition, Figure, parse_target
+from worker.rules.base import RuleFigure
 
 MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
 _KEY_CHARS = re.compile(r"[^a-z0-9@]")
@@ -31,7 +32,7 @@ class FigureResult:
     target: str
     status: str  # met, missed or not measured
     value: float | None
-    unit: str  # "%" or "h"
+    unit: str  # "%", "h", or what a rule's figure counts ("leads")
     numerator: int | None = None
     denominator: int | None = None
     note: str = ""
@@ -40,7 +41,7 @@ class FigureResult:
         """The value as the page shows it (and the browser test reads)."""
         if self.value is None:
             return NOT_MEASURED
-        return f"{self.value:.1f}{'%' if self.unit == '%' else ' h'}"
+        return f"{self.value:.1f}{'%' if self.unit == '%' else ' ' + self.unit}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +149,24 @@ def compute(
     if value is None:
         note = note or f"no record has {figure.end_field} yet, or none is due"
     return result(value, num, den, note)
+
+
+def from_rule(figure: RuleFigure) -> FigureResult:
+    """A rule's own figure (:class:`~worker.rules.base.RuleFigure`) as the report shows one."""
+    target = parse_target(figure.target)
+    status = NOT_MEASURED if figure.value is None else MET if target.met(figure.value) else MISSED
+    return FigureResult(
+        figure.id,
+        figure.label,
+        figure.group,
+        figure.sop,
+        figure.formula,
+        target.text(),
+        status,
+        figure.value,
+        figure.unit,
+        note=figure.note,
+    )
 
 
 def _in_period(record: Record, figure: Figure, period: Period) -> bool:

@@ -110,13 +110,31 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class RuleFigure:
+    """A figure a rule measures of its own work over the report's days (round-robin
+    fairness), shown by ``sop-worker report`` beside the mapping's ``[report]`` figures.
+    ``target`` is written as theirs are ('<=1'); ``value`` None: not measured, ``note`` why."""
+
+    id: str
+    label: str
+    sop: str
+    formula: str
+    target: str
+    value: float | None
+    unit: str  # shown after the value: "%", "h", "leads"
+    note: str = ""
+    group: str = "qa"
+
+
+@dataclass(frozen=True)
 class Rule(Generic[S]):
     """A rule module's entry: its id, settings model, steps, and its two functions.
 
     A per-record rule gives ``candidates`` and ``decide``; a batch rule gives ``batches``
     (the groups of records it decides over) and ``decide_batch``, which returns one
     :class:`Evaluation` per record of the batch (actions on several records, each with its
-    record's verdict and reason for ``explain``).
+    record's verdict and reason for ``explain``). ``figures``, optional, measures the rule's
+    own work for ``sop-worker report`` (:class:`RuleFigure`).
     """
 
     id: str
@@ -127,6 +145,10 @@ class Rule(Generic[S]):
     decide: Callable[[Record, Snapshot, AsOf, S, OrgMapping], Evaluation] | None = None
     batches: Callable[[Snapshot, S, OrgMapping], Iterable[Batch]] | None = None
     decide_batch: Callable[[Batch, Snapshot, AsOf, S, OrgMapping], Iterable[Evaluation]] | None = (
+        None
+    )
+    # The report's figures of this rule: (records, settings, org, first day, last day).
+    figures: Callable[[Snapshot, S, OrgMapping, dt.date, dt.date], Iterable[RuleFigure]] | None = (
         None
     )
 

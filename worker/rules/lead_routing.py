@@ -49,7 +49,7 @@ from worker.declarations import FieldOf, FieldValues, Placeholders
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot, format_sf_datetime, full_record_id
-from worker.rules.base import AsOf, Batch, Evaluation, Rule, Verdict
+from worker.rules.base import AsOf, Batch, Evaluation, Rule, RuleFigure, Verdict
 from worker.rules.kit import Emit, render
 from worker.rules.lead_scoring import LeadScoringSettings, Score, open_in_scope, score_lead
 
@@ -151,6 +151,15 @@ class LeadRoutingSettings(RuleSettings):
         description="User Id -> shifts every open day ('09:00-13:00'); others: all open hours.",
     )
     out_of_office: Literal["OutOfOffice", "events", "none"] = "OutOfOffice"
+    fairness_days: int = Field(
+        default=30, ge=1, description="Days `sop-worker report` measures pool fairness over."
+    )
+    fairness_target: int = Field(
+        default=1,
+        ge=0,
+        description="The largest gap, in leads, between a member's leads and their weighted "
+        "share that the report counts as fair.",
+    )
     routed_at_field: Annotated[str, FieldOf(schema.LEAD, write=True)]
     band_field: Annotated[str, FieldOf(schema.LEAD, write=True)]
     territory_field: Annotated[str, FieldOf(schema.LEAD, write=True)]
@@ -753,6 +762,75 @@ def _alerts(
     return out
 
 
+# -- the report's figure ----------------------------------------------------------------------
+def fairness(
+    snapshot: Snapshot, s: LeadRoutingSettings, org: OrgMapping, first: dt.date, last: dt.date
+) -> Iterator[RuleFigure]:
+    """Per pool, the largest gap in leads between what a member got and their weighted share
+    over the ``fairness_days`` ending ``last`` (the report's last day).
+
+    The pool's leads of those days are replayed in the order they were routed (their
+    ``Routed_At__c``, then Id): each lead adds to every member eligible at that instant (the
+    routing's own test: active, not out of office by the cached rows, within their hours,
+    under the daily cap as counted so far that day) their weight's share of it, and one to
+    the member who owns it. A lead whose owner is no longer in the pool (reassigned since)
+    is left out of both sides."""
+    directory = Directory(snapshot, s)
+    zone = org.org.zone
+    since = last - dt.timedelta(days=s.fairness_days - 1)
+    routed: dict[str, list[tuple[dt.datetime, str, str]]] = {}
+    for lead in snapshot.of(schema.LEAD):
+        pool = lead.text(s.pool_field)
+        when = lead.datetime(s.routed_at_field)
+        if pool and when is not None and since <= when.astimezone(zone).date() <= last:
+            routed.setdefault(pool, []).append((when, lead.id, lead.text(schema.OWNER_ID) or ""))
+    for name in sorted(set(s.pools) | set(routed)):
+        members = directory.members(name)
+        weights = s.pools.get(name, PoolSettings()).weights
+        cap = s.pools.get(name, PoolSettings()).daily_cap
+        got: dict[str, int] = dict.fromkeys(members, 0)
+        share: dict[str, float] = dict.fromkeys(members, 0.0)
+        taken: dict[tuple[dt.date, str], int] = {}
+        for when, _, owner in sorted(routed.get(name, [])):
+            if owner not in got:
+                continue
+            local = when.astimezone(zone)
+            eligible = [
+                m
+                for m in members
+                if weights.get(m, 1) > 0
+                and _unavailable(m, snapshot, local, s, directory) is None
+                and (cap is None or taken.get((local.date(), m), 0) < cap)
+            ]
+            total = sum(weights.get(m, 1) for m in eligible)
+            for m in eligible:
+                share[m] += weights.get(m, 1) / total
+            got[owner] += 1
+            taken[(local.date(), owner)] = taken.get((local.date(), owner), 0) + 1
+        leads = sum(got.values())
+        gaps = {m: got[m] - share[m] for m in members}
+        worst = max(gaps, key=lambda m: abs(gaps[m]), default=None)
+        yield RuleFigure(
+            id=f"{RULE_ID}.fairness.{name}",
+            label=f"Round-robin fairness, pool {name}",
+            sop="004 Lead Management: 4. Lead Routing (Apply round-robin within territory)",
+            formula=(
+                f"largest |leads a member got - their weighted share| over the pool's {leads} "
+                f"lead(s) routed {since.isoformat()} to {last.isoformat()}, each lead shared by "
+                "weight among the members eligible when it was routed"
+                + (
+                    f"; largest: {directory.name(worst)} got {got[worst]}, share {share[worst]:.1f}"
+                    if worst is not None and leads
+                    else ""
+                )
+            ),
+            target=f"<={s.fairness_target}",
+            value=abs(gaps[worst]) if worst is not None and leads else None,
+            unit="leads",
+            note="" if leads else f"no leads routed to pool {name} in those days",
+        )
+
+
 RULE: Rule[LeadRoutingSettings] = Rule(
     id=RULE_ID,
     title="SOP 004 lead routing",
@@ -760,4 +838,5 @@ RULE: Rule[LeadRoutingSettings] = Rule(
     step_ids=STEPS,
     batches=batches,
     decide_batch=decide_batch,
+    figures=fairness,
 )
