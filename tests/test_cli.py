@@ -444,7 +444,10 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     # and the SOP 004 lead rules' on the lead_dedupe demo leads.
     assert "lead_routing │ 4. Lead Routing: route by score and territory" in head
     assert "superseded (a stronger rule acts on the same record) │ │ 11" in head
-    assert "238 action(s) to apply, 16 skipped, 11 superseded" in head
+    # SOP 004 handoff: 19 on its demo deals and the won demo deal (checklists, form,
+    # introduction, a late kickoff, a re-opened deal's Tasks closed).
+    assert "customer_handoff │ Customer Handoff 5: post-handoff week 1 │ 4" in head
+    assert "257 action(s) to apply, 16 skipped, 11 superseded" in head
     assert "Cost: 0 API call(s)" in head
 
 

@@ -417,7 +417,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
                 "picklist",
                 picklist=values(
                     ("Call", "Email", "Meeting", "Other"),
-                    ("Discovery Call", "Demo", "Proposal Review"),
+                    ("Discovery Call", "Demo", "Proposal Review", "Kickoff"),
                 ),
             ),
             _f("StartDateTime", "datetime"),
