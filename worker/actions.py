@@ -28,6 +28,7 @@ class ActionKind(StrEnum):
     SEND_EMAIL = "send_email"
     CONVERT_LEAD = "convert_lead"
     SUBMIT_APPROVAL = "submit_approval"
+    MERGE = "merge"
 
 
 class Outcome(StrEnum):
@@ -88,6 +89,11 @@ class Action:
     def summary(self) -> str:
         """One line saying what the action does, for tables."""
         raise NotImplementedError
+
+    def checked_records(self) -> tuple[RecordRef, ...]:
+        """The records read again before writing: one deleted, converted or changed since
+        it was read makes the action a conflict (the target; a merge adds its victims)."""
+        return (self.target,)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _jsonable(self)  # field by field: no deep copy (asdict's)
@@ -214,6 +220,35 @@ class SubmitApproval(Action):
         return f"submit for approval ({self.process}) to {to}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class MergeRecords(Action):
+    """Merge one or two records into the target (SOAP ``merge()``: at most three records a
+    request, the master included), after writing a snapshot of what the merge changes to the
+    org. ``victim_stamps`` are the victims' ``SystemModstamp`` as planned: a victim changed
+    since is not merged. ``master_values`` are set on the master by the merge
+    (survivorship); ``snapshot_fields`` are the fields the snapshot keeps of every record."""
+
+    kind: ClassVar[ActionKind] = ActionKind.MERGE
+    victim_ids: tuple[str, ...]
+    victim_stamps: Mapping[str, str | None] = field(default_factory=dict)
+    master_values: Mapping[str, Any] = field(default_factory=dict)
+    snapshot_fields: tuple[str, ...] = ()
+
+    def checked_records(self) -> tuple[RecordRef, ...]:
+        return (
+            self.target,
+            *(
+                RecordRef(self.target.sobject, v, stamp=self.victim_stamps.get(v))
+                for v in self.victim_ids
+            ),
+        )
+
+    def summary(self) -> str:
+        values = ", ".join(f"{k}={_short(v, 30)}" for k, v in self.master_values.items())
+        kept = f", master keeps {values}" if values else ""
+        return f"merge {', '.join(self.victim_ids)} into this record{kept}"
+
+
 ACTION_TYPES: dict[ActionKind, type[Action]] = {
     cls.kind: cls
     for cls in (
@@ -224,6 +259,7 @@ ACTION_TYPES: dict[ActionKind, type[Action]] = {
         SendEmail,
         ConvertLead,
         SubmitApproval,
+        MergeRecords,
     )
 }
 
@@ -256,7 +292,7 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
                 raw = dt.date.fromisoformat(raw)
             elif f.name == "due_at" and raw is not None:
                 raw = dt.datetime.fromisoformat(raw)
-            elif f.name == "approver_ids":
+            elif f.name in ("approver_ids", "victim_ids", "snapshot_fields"):
                 raw = tuple(raw)
             values[f.name] = raw
         return cls(**values)

@@ -910,6 +910,34 @@ def undo(
     report.print_not_undone(found["not_undone"], console)
 
 
+@cli.command("undo-merge")
+@_settings_options
+@click.argument("key")
+@click.option("--dry-run", is_flag=True, help="Only show what undoing the merge would write.")
+@_format_option("table", "json")
+def undo_merge(key: str, dry_run: bool, fmt: str, **kwargs: Any) -> None:
+    """Undo the merge KEY (its action key, as the audit and the merge's result show it) from
+    its snapshot in the org (SOP_Merge_Snapshot__c): undelete the merged records, set the
+    master's values back, point the moved Tasks, Events and campaign members back at them.
+
+    Refused (exit 1, saying why) once the org's 15-day recycle window is past, when a merged
+    record is not in the recycle bin as the merge left it, or when the master changed since
+    the merge. A live org only; with --dry-run it only reads.
+    """
+    settings = _settings(kwargs)
+    if settings.local_org:
+        raise ConfigError("undo-merge works on a live org: unset WORKER_LOCAL_ORG / --local-org")
+    from worker.salesforce.wiring import undo_merge as undo  # only needed for a live org
+
+    with Store.open(settings.store_target) as store:
+        found = undo(key, dry_run=dry_run, store=store, state_dir=settings.legacy_state_dir)
+    if fmt == "json":
+        click.echo(report.machine_text("json", found), nl=False)
+        return
+    for line in found["steps"]:
+        click.echo(f"would {line}" if dry_run else line)
+
+
 @cli.command()
 @_settings_options
 @_format_option("table", "json")

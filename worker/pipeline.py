@@ -86,7 +86,7 @@ from worker.ports import (
     Source,
     TargetState,
 )
-from worker.records import Record, Snapshot, format_sf_datetime, parse_sf_datetime
+from worker.records import Record, RecordRef, Snapshot, format_sf_datetime, parse_sf_datetime
 from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store
 
@@ -560,12 +560,22 @@ class Pipeline:
         """
         if not actions:
             return actions
-        targets = {a.target.id: a.target for a in actions}
+        targets = {r.id: r for a in actions for r in a.checked_records()}
         current = self.sink.current_state(list(targets.values()))
         conflicts = [
             found
             for action in actions
-            if (found := _conflict(action, current.get(action.target.id))) is not None
+            if (
+                found := next(
+                    (
+                        c
+                        for r in action.checked_records()
+                        if (c := _conflict(action, current.get(r.id), r)) is not None
+                    ),
+                    None,
+                )
+            )
+            is not None
         ]
         if conflicts:
             by_key = {a.key: a for a in actions}
@@ -692,10 +702,13 @@ def _outcome_label(outcome: Outcome) -> str:
     return "not_sent" if outcome is Outcome.PLANNED else outcome.value
 
 
-def _conflict(action: Action, now: TargetState | None) -> ActionResult | None:
-    """Why the action's target no longer is the record it was planned on, if it is not."""
-    target = action.target
-    what = f"the {target.sobject}"
+def _conflict(
+    action: Action, now: TargetState | None, target: RecordRef | None = None
+) -> ActionResult | None:
+    """Why the action's target (or another record it checks: a merge's victim) no longer
+    is the record it was planned on, if it is not."""
+    target = target or action.target
+    what = f"the {target.sobject}" if target is action.target else f"{target.sobject} {target.id}"
     if now is None:
         return ActionResult(
             action.key,
@@ -712,6 +725,10 @@ def _conflict(action: Action, now: TargetState | None) -> ActionResult | None:
         code, message = "RECORD_CLOSED", f"{what} was closed after it was read ({moved})"
     else:
         code, message = "RECORD_CHANGED", f"changed in Salesforce after it was read ({moved})"
+        if target is not action.target:
+            message = f"{what} {message}"
+    if target is not action.target:
+        message += f" (the {action.target.sobject} {action.target.id} is not merged with it)"
     return ActionResult(
         action.key, Outcome.CONFLICT, error_code=code, message=f"{message}; re-planned next cycle"
     )

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 
 ID = "Id"
 SYSTEM_MODSTAMP = "SystemModstamp"
+# The merge snapshot object shipped in salesforce/ (a merge's undo data, kept in the org).
+MERGE_SNAPSHOT = "SOP_Merge_Snapshot__c"
+MERGE_SNAPSHOT_KEY = "Merge_Key__c"  # Text(255), External ID, unique: the merge's action key
+MERGE_SNAPSHOT_MASTER = "Master_Id__c"  # Text(18)
+MERGE_SNAPSHOT_BODY = "Body__c"  # Long Text Area(131072): the snapshot as JSON
+MERGE_SNAPSHOT_FIELDS = (MERGE_SNAPSHOT_KEY, MERGE_SNAPSHOT_MASTER, MERGE_SNAPSHOT_BODY)
 IS_DELETED = "IsDeleted"
 ATTRIBUTES = "attributes"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.actions import CreateTask, UpdateRecord
+from worker.actions import CreateTask, MergeRecords, UpdateRecord
 from worker.localorg import apply_actions
 from worker.mapping import LoadedMapping
 from worker.records import Record, Snapshot
@@ -267,3 +267,45 @@ def test_declared_writes_cover_what_the_rule_writes(mapping: LoadedMapping) -> N
     assert seen.updates > 0
     for sobject, fields in seen.writes.items():
         assert fields <= settings.writes().get(sobject, set())
+
+
+def _group(n: int, email: str, first: int) -> list[dict[str, Any]]:
+    return [lead(first + i, Email=email) for i in range(n)]
+
+
+def test_merges_are_off_by_default_a_plan_only(mapping: LoadedMapping) -> None:
+    found = run(mapping, *_group(3, "jo@globex.com", 1))
+    assert all(not isinstance(a, MergeRecords) for e in found.values() for a in e.actions)
+    assert all("plan only (merge = false)" in e.why for e in found.values())
+
+
+def test_with_merges_on_the_master_carries_one_merge_per_request(mapping: LoadedMapping) -> None:
+    group = _group(5, "jo@globex.com", 1)
+    found = run(mapping, *group, merge=True)
+    merges = [a for e in found.values() for a in e.actions if isinstance(a, MergeRecords)]
+    assert len(merges) == 2
+    master = merges[0].target.id
+    assert {m.target.id for m in merges} == {master}
+    assert all(1 <= len(m.victim_ids) <= 2 for m in merges)
+    assert all(
+        m.victim_stamps == dict.fromkeys(m.victim_ids, group[0]["SystemModstamp"]) for m in merges
+    )
+    assert "Email" in merges[0].snapshot_fields
+    victims = [e for rid, e in found.items() if rid != master]
+    assert all(e.actions == () and "left to the master" in e.why for e in victims)
+
+
+def test_the_merge_cap_holds_whole_groups_back(mapping: LoadedMapping) -> None:
+    records = [*_group(3, "jo@globex.com", 1), *_group(3, "al@initech.com", 4)]
+    found = run(mapping, *records, merge=True, merge_cap=1)
+    merges = [a for e in found.values() for a in e.actions if isinstance(a, MergeRecords)]
+    assert len(merges) == 1  # the first group (in group order); the other waits
+    held = [e for e in found.values() if "held back: merge_cap 1 reached" in e.why]
+    assert {e.batch for e in held} == {"email:jo@globex.com"}
+
+
+def test_with_merges_on_doctor_checks_the_snapshot_object(mapping: LoadedMapping) -> None:
+    settings = mapping.rules["lead_dedupe"]
+    assert "SOP_Merge_Snapshot__c" not in settings.writes()
+    on = settings.model_copy(update={"merge": True})
+    assert on.writes()["SOP_Merge_Snapshot__c"] == {"Merge_Key__c", "Master_Id__c", "Body__c"}

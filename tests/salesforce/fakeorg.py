@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import datetime as dt
 import io
 import itertools
@@ -110,6 +111,7 @@ PREFIXES = {
     "ProcessInstance": "04g",
     "ProcessInstanceStep": "04h",
     "ProcessInstanceWorkitem": "04i",
+    "SOP_Merge_Snapshot__c": "a0A",
 }
 APPROVAL_STATUSES = (
     "Approved",
@@ -171,6 +173,13 @@ def _f(name: str, type_: str = "string", **kw: Any) -> FieldDef:
 def _ref(name: str, to: str | tuple[str, ...], rel: str | None = None) -> FieldDef:
     targets = (to,) if isinstance(to, str) else to
     return FieldDef(name, "reference", 18, relationship=rel, reference_to=targets)
+
+
+def master_record(sobject: str) -> FieldDef:
+    """``MasterRecordId``: on a record deleted by a merge, the record it was merged into."""
+    return dataclasses.replace(
+        _ref("MasterRecordId", sobject, "MasterRecord"), updateable=False, createable=False
+    )
 
 
 _SYSTEM = (
@@ -301,6 +310,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Website", "url", length=255),
             _f("BillingCountry", length=80),
             owner,
+            master_record("Account"),
         ),
         "Contact": (
             _f("FirstName"),
@@ -308,6 +318,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Name", updateable=False, createable=False),
             _f("Email", "email"),
             _ref("AccountId", "Account", "Account"),
+            master_record("Contact"),
         ),
         "User": (
             _f("Name"),
@@ -382,10 +393,10 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             ),
             _f("Comments", length=4000, updateable=False, createable=False),
         ),
-        "CampaignMember": (
-            _ref("CampaignId", "Campaign", "Campaign"),
-            _ref("LeadId", "Lead", "Lead"),
-            _ref("ContactId", "Contact", "Contact"),
+        "CampaignMember": (  # its lookups are set on create only (object reference)
+            dataclasses.replace(_ref("CampaignId", "Campaign", "Campaign"), updateable=False),
+            dataclasses.replace(_ref("LeadId", "Lead", "Lead"), updateable=False),
+            dataclasses.replace(_ref("ContactId", "Contact", "Contact"), updateable=False),
             _f("Status", "picklist", picklist=("Sent", "Responded")),
             _f("HasResponded", "boolean", updateable=False, createable=False),
             _f("FirstRespondedDate", "date", updateable=False, createable=False),
@@ -501,6 +512,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _ref("ConvertedOpportunityId", "Opportunity", "ConvertedOpportunity"),
             _ref("RecordTypeId", "RecordType", "RecordType"),
             _ref("OwnerId", ("User", "Group"), "Owner"),  # a user or a queue
+            master_record("Lead"),
         ),
         "OutOfOffice": (
             _ref("UserId", "User", "User"),
@@ -612,9 +624,11 @@ def metadata_fields(folder: Path = METADATA) -> dict[str, tuple[FieldDef, ...]]:
 def default_schema() -> dict[str, dict[str, FieldDef]]:
     """Standard fields plus the custom fields deployed from salesforce/."""
     custom = metadata_fields()
+    standard = standard_fields()
+    objects = {**standard, **{obj: () for obj in custom if obj not in standard}}
     return {
         obj: {f.name: f for f in (*system_fields(obj), *fields, *custom.get(obj, ()))}
-        for obj, fields in standard_fields().items()
+        for obj, fields in objects.items()
     }
 
 
@@ -743,6 +757,7 @@ class FakeOrg:
         self.reassigned: list[tuple[str, Any, str]] = []  # (record Id, owner before, after)
         self.approval_processes: dict[str, ApprovalProcess] = {}
         self.approval_requests: list[dict[str, Any]] = []  # every Submit request received
+        self.merges_received = 0  # MergeRequests received, in every merge() call
         self._cursors: dict[str, _Cursor] = {}
         self._jobs: dict[str, _Job] = {}
         self._counter = itertools.count(1)
@@ -1094,6 +1109,8 @@ class FakeOrg:
             return self._replicated(match.group(1), match.group(2) == "deleted", query)
         if rest == "composite/sobjects" and method in ("POST", "PATCH"):
             return self._collection(method, None, payload, _auto_assign(headers))
+        if rest == "composite/sobjects" and method == "DELETE":
+            return self._delete_collection(query)
         match = re.fullmatch(r"composite/sobjects/(\w+)/(\w+)", rest)
         if method == "PATCH" and match:
             return self._collection(
@@ -1447,8 +1464,25 @@ class FakeOrg:
                         "message": f"Field name provided, {ext} is not an External ID or indexed field for {sobject}",
                     }
                 ]
+        # An Id twice in one list is refused, each time it appears ("duplicate id in list");
+        # the other records go on under allOrNone false.
+        ids = Counter(
+            r.get("Id") for r in records if isinstance(r, Mapping) and isinstance(r.get("Id"), str)
+        )
         staged: list[tuple[str, dict[str, Any], bool] | list[dict[str, Any]]] = []
         for raw in records:
+            rid = raw.get("Id") if isinstance(raw, Mapping) else None
+            if isinstance(rid, str) and ids[rid] > 1:
+                staged.append(
+                    [
+                        {
+                            "statusCode": "INVALID_FIELD",
+                            "message": f"duplicate id in list: {rid}",
+                            "fields": [],
+                        }
+                    ]
+                )
+                continue
             staged.append(self._stage(op, upsert, raw))
         failed = any(isinstance(s, list) for s in staged)
         results = []
@@ -1476,6 +1510,37 @@ class FakeOrg:
                     item["created"] = created
                 results.append(item)
         return 200, results
+
+    def _delete_collection(self, query: Mapping[str, str]) -> tuple[int, Any]:
+        """``DELETE composite/sobjects?ids=...``: at most 200 Ids, each to the recycle bin."""
+        ids = [i for i in query.get("ids", "").split(",") if i]
+        if not ids or len(ids) > 200:
+            return 400, [{"errorCode": "INVALID_ID_FIELD", "message": "1 to 200 ids are required"}]
+        out = []
+        for rid in ids:
+            try:
+                sobject = self._sobject_of(rid)
+            except KeyError:
+                sobject = ""
+            record = self._load(sobject, rid) if sobject else None
+            if record is None or record.get("IsDeleted"):
+                out.append(
+                    {
+                        "id": rid,
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": "ENTITY_IS_DELETED",
+                                "message": "entity is deleted",
+                                "fields": [],
+                            }
+                        ],
+                    }
+                )
+                continue
+            self.delete(rid)
+            out.append({"id": rid, "success": True, "errors": []})
+        return 200, out
 
     def _stage(
         self, op: str, upsert: tuple[str, str] | None, raw: Any
@@ -1852,11 +1917,22 @@ class FakeOrg:
     def _soap(self, body: str) -> tuple[int, Any, dict[str, str]]:
         root = ET.fromstring(body)  # noqa: S314 - our own test traffic
         ns = {"s": SOAP_NS, "p": PARTNER_NS}
+        for call, handler in (("merge", self._merge), ("undelete", self._undelete)):
+            node = root.find(f".//s:Body/p:{call}", ns)
+            if node is not None:
+                results = handler(node)
+                if isinstance(results, str):  # a fault
+                    return 500, results, {"Content-Type": "text/xml"}
+                return (
+                    200,
+                    self._soap_answer(call, results),
+                    {"Content-Type": "text/xml; charset=utf-8"},
+                )
         converts = root.findall(".//p:convertLead/p:leadConverts", ns)
         if root.find(".//p:convertLead", ns) is None:
             return (
                 500,
-                _soap_fault("INVALID_OPERATION", "only convertLead is faked"),
+                _soap_fault("INVALID_OPERATION", "only convertLead, merge and undelete are faked"),
                 {"Content-Type": "text/xml"},
             )
         results = []
@@ -1915,18 +1991,186 @@ class FakeOrg:
                 )
                 + "<success>true</success></result>"
             )
-        xml = (
+        return (
+            200,
+            self._soap_answer("convertLead", results),
+            {"Content-Type": "text/xml; charset=utf-8"},
+        )
+
+    def _soap_answer(self, call: str, results: Sequence[str]) -> str:
+        return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns="{PARTNER_NS}" '
             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
             "<soapenv:Header><LimitInfoHeader><limitInfo>"
             f"<current>{self.used}</current><limit>{self.daily_limit}</limit><type>API REQUESTS</type>"
             "</limitInfo></LimitInfoHeader></soapenv:Header>"
-            "<soapenv:Body><convertLeadResponse>"
+            f"<soapenv:Body><{call}Response>"
             + "".join(results)
-            + "</convertLeadResponse></soapenv:Body></soapenv:Envelope>"
+            + f"</{call}Response></soapenv:Body></soapenv:Envelope>"
         )
-        return 200, xml, {"Content-Type": "text/xml; charset=utf-8"}
+
+    # -- SOAP merge() and undelete() -------------------------------------------------------------
+
+    def _merge(self, call: ET.Element) -> list[str] | str:
+        """merge(): each request its own transaction (reference: "merge()", "MergeResult").
+        Lead, Contact and Account only; at most three records a request, the master
+        included; at most 200 requests a call. The master takes the values set in
+        ``masterRecord`` (validation rules run on it: a duplicate rule's
+        ``DUPLICATES_DETECTED`` fails that request); the victims' children move to the
+        master (a campaign member of a campaign the master is already in is deleted); the
+        victims go to the recycle bin, ``IsDeleted`` with ``MasterRecordId``."""
+        ns = {"p": PARTNER_NS, "o": "urn:sobject.partner.soap.sforce.com"}
+        requests_ = call.findall("p:request", ns)
+        if len(requests_) > 200:
+            return _soap_fault("LIMIT_EXCEEDED", "merge() takes at most 200 merge requests")
+        out = []
+        for request in requests_:
+            self.merges_received += 1
+            master_node = request.find("p:masterRecord", ns)
+            victims = [n.text or "" for n in request.findall("p:recordToMergeIds", ns)]
+            out.append(self._merge_one(master_node, victims, ns))
+        return out
+
+    def _merge_one(
+        self, master_node: ET.Element | None, victims: list[str], ns: Mapping[str, str]
+    ) -> str:
+        def refused(code: str, message: str) -> str:
+            return (
+                f"<result><errors><message>{escape(message)}</message>"
+                f"<statusCode>{code}</statusCode></errors>"
+                '<id xsi:nil="true"/><success>false</success></result>'
+            )
+
+        if master_node is None or not victims:
+            return refused("MISSING_ARGUMENT", "masterRecord and recordToMergeIds are required")
+        sobject = master_node.findtext("o:type", "", ns)
+        master_id = master_node.findtext("o:Id", "", ns)
+        if sobject not in ("Lead", "Contact", "Account"):
+            return refused("INVALID_TYPE", f"merge() does not take {sobject} records")
+        if len(victims) + 1 > 3:
+            # The limit is documented; the status code Salesforce gives it is assumed here.
+            return refused(
+                "LIMIT_EXCEEDED", "up to three records can be merged, the master included"
+            )
+        if master_id in victims or len(set(victims)) != len(victims):
+            return refused("INVALID_ID_FIELD", "a record cannot be merged with itself")
+        records = {rid: self._load(sobject, rid) for rid in (master_id, *victims)}
+        for rid, record in records.items():
+            if record is None:
+                return refused("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id {rid}")
+            if record.get("IsDeleted"):
+                return refused("ENTITY_IS_DELETED", f"entity is deleted: {rid}")
+            if record.get("IsConverted"):
+                return refused("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
+        values: dict[str, Any] = {}
+        fields = self.schema[sobject]
+        for node in master_node:
+            name = node.tag.split("}", 1)[-1]
+            if name in ("type", "Id"):
+                continue
+            if name == "fieldsToNull":
+                values[node.text or ""] = None
+                continue
+            fd = fields.get(name)
+            if fd is None or not fd.updateable:
+                return refused("INVALID_FIELD", f"No such column '{name}' on {sobject}")
+            text = node.text or ""
+            values[name] = text == "true" if fd.type == "boolean" else text
+        master = self._materialize(sobject, master_id)
+        after = {**master, **values}
+        for rule in self.validations:
+            problem = rule(sobject, after)
+            if problem:
+                return refused(problem[0], problem[1])
+        master.update(values)
+        master["SystemModstamp"] = master["LastModifiedDate"] = self.stamp()
+        moved: list[str] = []
+        for victim in victims:
+            moved += self._reparent(victim, master_id)
+            record = self._materialize(sobject, victim)
+            record.update(IsDeleted=True, MasterRecordId=master_id)
+            record["SystemModstamp"] = self.stamp()
+        return (
+            f"<result><id>{master_id}</id>"
+            + "".join(f"<mergedRecordIds>{v}</mergedRecordIds>" for v in victims)
+            + "<success>true</success>"
+            + "".join(f"<updatedRelatedIds>{m}</updatedRelatedIds>" for m in moved)
+            + "</result>"
+        )
+
+    def _reparent(self, victim: str, master: str) -> list[str]:
+        moved = []
+        for sobject, name in (
+            ("Task", "WhoId"),
+            ("Task", "WhatId"),
+            ("Event", "WhoId"),
+            ("Event", "WhatId"),
+            ("CampaignMember", "LeadId"),
+            ("CampaignMember", "ContactId"),
+            ("Contact", "AccountId"),
+            ("Opportunity", "AccountId"),
+        ):
+            for child in list(self.of(sobject)):
+                if child.get(name) != victim:
+                    continue
+                if sobject == "CampaignMember" and any(
+                    m.get(name) == master and m.get("CampaignId") == child.get("CampaignId")
+                    for m in self.of(sobject)
+                ):
+                    del self.records[sobject][child["Id"]]  # the master is a member already
+                    continue
+                record = self._materialize(sobject, child["Id"])
+                record[name] = master
+                record["SystemModstamp"] = record["LastModifiedDate"] = self.stamp()
+                moved.append(child["Id"])
+        return moved
+
+    def _undelete(self, call: ET.Element) -> list[str] | str:
+        """undelete(): records in the recycle bin come back (their children re-parented by
+        a merge do not); one result per Id."""
+        ns = {"p": PARTNER_NS}
+        ids = [n.text or "" for n in call.findall("p:ids", ns)]
+        if len(ids) > 200:
+            return _soap_fault("LIMIT_EXCEEDED", "undelete() takes at most 200 ids")
+        out = []
+        for rid in ids:
+            try:
+                sobject = self._sobject_of(rid)
+            except KeyError:
+                sobject = ""
+            record = self._load(sobject, rid) if sobject else None
+            if record is None:
+                out.append(
+                    "<result><errors><message>invalid cross reference id</message>"
+                    "<statusCode>INVALID_CROSS_REFERENCE_KEY</statusCode></errors>"
+                    '<id xsi:nil="true"/><success>false</success></result>'
+                )
+                continue
+            if not record.get("IsDeleted"):
+                out.append(
+                    "<result><errors><message>Entity is not in the recycle bin</message>"
+                    "<statusCode>UNDELETE_FAILED</statusCode></errors>"
+                    f"<id>{rid}</id><success>false</success></result>"
+                )
+                continue
+            record = self._materialize(sobject, rid)
+            record["IsDeleted"] = False
+            record["SystemModstamp"] = record["LastModifiedDate"] = self.stamp()
+            out.append(f"<result><id>{rid}</id><success>true</success></result>")
+        return out
+
+    def empty_recycle_bin(self, older_than: dt.timedelta = dt.timedelta(days=15)) -> None:
+        """Salesforce purges the recycle bin's records after 15 days: gone from queryAll."""
+        for stored in self.records.values():
+            for rid, record in list(stored.items()):
+                stamp = record.get("SystemModstamp")
+                if (
+                    record.get("IsDeleted")
+                    and isinstance(stamp, str)
+                    and _parse_stamp(stamp) < self.now - older_than
+                ):
+                    del stored[rid]
 
     # -- Bulk API 2.0 ------------------------------------------------------------------------------------
     def _bulk(
@@ -2123,7 +2367,7 @@ def is_write_request(method: str, path: str, body: str | bytes | None) -> bool:
         return False
     text = _text(body)
     if path.startswith("/services/Soap/"):
-        return "convertLead" in text
+        return any(f"{call}>" in text for call in ("convertLead", "merge", "undelete"))
     kind = _kind(method, path)
     if kind == "composite":
         try:

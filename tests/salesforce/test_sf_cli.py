@@ -584,6 +584,61 @@ def test_sigkill_audit_shows_every_action_applied(sigkill: KillScenario) -> None
     assert not left, _listing(left)
 
 
+def _merge_call(call: Call) -> bool:
+    return call.kind == "soap" and b"<urn:merge>" in call.body
+
+
+def test_sigkill_between_a_merge_and_the_local_commit_never_merges_twice(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Merges on over the demo org: the process dies once merge() was applied in the org and
+    before its answer; the next run reconciles the merges from queryAll (the victims deleted
+    with their MasterRecordId) and sends none of them again."""
+    folder = tmp_path_factory.mktemp("merge-kill")
+    mapping = folder / "merge.toml"
+    mapping.write_text(
+        DEFAULT_MAPPING.read_text().replace("\nmerge = false\n", "\nmerge = true\n"),
+        encoding="utf-8",
+    )
+    with live_org(folder / "org") as live:
+        live.env["WORKER_MAPPING"] = str(mapping)
+        call, returncode, output = kill_during_write(live, _merge_call)
+        assert call is not None, output[-2000:]
+        assert returncode == -signal.SIGKILL, output[-2000:]
+        merged_at_kill = {
+            r["Id"] for r in live.org.of("Lead", deleted=True) if r.get("MasterRecordId")
+        }
+        assert merged_at_kill, "the killed merge() call was not applied"
+        live.server.reset_calls()
+        rerun = live.cli("run")
+        if rerun.returncode == EXIT_LOCKED:
+            _expire_lease(live)
+            rerun = live.cli("run")
+        assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
+        resent = [
+            victim
+            for c in live.writes()
+            if _merge_call(c)
+            for victim in re.findall(r"<urn:recordToMergeIds>(\w+)<", c.body.decode())
+        ]
+        assert not set(resent) & merged_at_kill, "a merged lead was sent to merge() again"
+        rows = live.audit()
+        killed_keys = {
+            r["key"]
+            for r in rows
+            if r["key"].startswith("lead_dedupe:merge-")
+            and set(r["key"].split(":")[1].removeprefix("merge-").split("-")) <= merged_at_kill
+        }
+        assert killed_keys
+        reconciled = {
+            r["key"] for r in rows if r["event"] == "reconciled" and r["outcome"] == "applied"
+        }
+        assert killed_keys <= reconciled
+        assert len(live.org.of("SOP_Merge_Snapshot__c")) == len(
+            {r["key"] for r in rows if r["key"].startswith("lead_dedupe:merge-")}
+        )
+
+
 # == (d) transient faults ==========================================================================
 def test_transient_faults_are_retried_and_everything_is_applied_once(
     live: LiveOrg, local_plan: dict[str, Any]

@@ -48,17 +48,40 @@ def test_malformed_soql(org: FakeOrg) -> None:
 
 def test_all_or_none_true_rolls_everything_back(org: FakeOrg) -> None:
     a = org.add("Opportunity", Name="a")
+    b = org.add("Opportunity", Name="b")
     body = {
         "allOrNone": True,
         "records": [
             {"attributes": {"type": "Opportunity"}, "Id": a, "NextStep": "x"},
-            {"attributes": {"type": "Opportunity"}, "Id": a, "Bogus__c": 1},
+            {"attributes": {"type": "Opportunity"}, "Id": b, "Bogus__c": 1},
         ],
     }
     results = call(org, "PATCH", f"{V}/composite/sobjects", json=body).json()
     assert [r["success"] for r in results] == [False, False]
     assert results[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
     assert org.get(a).get("NextStep") is None  # type: ignore[union-attr]
+
+
+def test_an_id_twice_in_one_collection_is_refused_each_time(org: FakeOrg) -> None:
+    a = org.add("Opportunity", Name="a")
+    b = org.add("Opportunity", Name="b")
+    body = {
+        "allOrNone": False,
+        "records": [
+            {"attributes": {"type": "Opportunity"}, "Id": a, "NextStep": "x"},
+            {"attributes": {"type": "Opportunity"}, "Id": b, "NextStep": "y"},
+            {"attributes": {"type": "Opportunity"}, "Id": a, "Name": "z"},
+        ],
+    }
+    results = call(org, "PATCH", f"{V}/composite/sobjects", json=body).json()
+    assert [r["success"] for r in results] == [False, True, False]
+    assert results[0]["errors"][0] == {
+        "statusCode": "INVALID_FIELD",
+        "message": f"duplicate id in list: {a}",
+        "fields": [],
+    }
+    assert org.get(a).get("NextStep") is None  # type: ignore[union-attr]
+    assert org.get(b)["NextStep"] == "y"  # type: ignore[index]
 
 
 def test_limit_header_and_daily_limit(org: FakeOrg) -> None:

@@ -38,6 +38,8 @@ NOT_REVERSIBLE = {
     ActionKind.CONVERT_LEAD.value: "a lead conversion cannot be undone through the API",
     ActionKind.SUBMIT_APPROVAL.value: "a submitted approval request is recalled in Salesforce "
     "(the record's Approval History)",
+    ActionKind.MERGE.value: "a merge is undone from its snapshot in the org: "
+    "sop-worker undo-merge KEY",
 }
 
 

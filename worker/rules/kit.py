@@ -26,6 +26,7 @@ from worker.actions import (
     ConvertLead,
     CreateTask,
     FieldChange,
+    MergeRecords,
     SendEmail,
     SubmitApproval,
     UpdateRecord,
@@ -387,6 +388,26 @@ class Emit:
             approver_ids=tuple(approver_ids),
             comments=with_key_marker(comments, meta["key"]),
             submitter_id=submitter_id,
+        )
+
+    def merge(
+        self,
+        step_id: str,
+        *,
+        victim_ids: Sequence[str],
+        victim_stamps: Mapping[str, str | None],
+        master_values: Mapping[str, Any],
+        snapshot_fields: Sequence[str],
+        reason: str,
+        step_key: str | None = None,
+    ) -> MergeRecords:
+        """A merge of ``victim_ids`` (one or two) into the record (SOAP ``merge()``)."""
+        return MergeRecords(
+            **self._meta(step_id, step_key, reason),
+            victim_ids=tuple(victim_ids),
+            victim_stamps=dict(victim_stamps),
+            master_values=dict(master_values),
+            snapshot_fields=tuple(snapshot_fields),
         )
 
     def convert(

@@ -16,8 +16,10 @@ from comparing every pair:
   ``master_policy`` (most activity, oldest, active owner; then the lowest Id), and the
   master's values after the merge by survivorship: empty fields filled from the others
   (master first, then in policy order), opt-outs OR-ed so an unsubscribe is never lost,
-  the earliest lead's Lead Source. A plan only: each lead's verdict names its group, the
-  master, why it won and the values it would keep. Leads with the same E.164 phone, or the
+  the earliest lead's Lead Source. Each lead's verdict names its group, the master, why it
+  won and the values it keeps. With ``merge = true`` the master's evaluation carries one
+  ``MergeRecords`` per merge request (the master and at most two others), at most
+  ``merge_cap`` requests per run (whole groups, in group order); off, a plan only. Leads with the same E.164 phone, or the
   same registrable domain and company key, and a name scoring at least
   ``fuzzy_name_threshold`` are listed as possible duplicates, never merged.
 - Lead-Contact (``contact``): a contact with the same normalised email: one Task for the
@@ -43,7 +45,7 @@ from pydantic import Field
 from rapidfuzz import fuzz, process
 
 from worker import schema
-from worker.actions import Action
+from worker.actions import Action, MergeRecords
 from worker.declarations import FieldOf, FieldValues, Placeholders
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings
@@ -91,6 +93,9 @@ class LeadDedupeSettings(RuleSettings):
         CONTACT: ("AccountId", "Account.Name"),
         ACCOUNT: (),
         schema.USER: ("IsActive",),
+        # The activity the master policy counts, and the contact Tasks found by their key:
+        # read even when no other rule reads Tasks.
+        schema.TASK: (),
     }
 
     lead_scope: Annotated[dict[str, tuple[str, ...]], FieldValues(schema.LEAD)] = Field(
@@ -122,6 +127,17 @@ class LeadDedupeSettings(RuleSettings):
     fill_empty_fields: _LeadFields = ()
     or_fields: _LeadFields = ()
     earliest_fields: _LeadFields = ()
+    merge: bool = Field(
+        default=False,
+        description="Send the merges (SOAP merge(), each after its snapshot is written to "
+        "SOP_Merge_Snapshot__c); off: the merge plan is shown only.",
+    )
+    merge_cap: int = Field(
+        default=20,
+        ge=0,
+        description="Merge requests sent per run at most (whole groups, in group order); "
+        "the groups past it wait for a later run.",
+    )
     # -- contacts, accounts -----------------------------------------------------------------
     contact_email_field: Annotated[str, FieldOf(CONTACT)] = "Email"
     contact_subject: Annotated[str, Placeholders(frozenset({"lead", "contact", "email"}))]
@@ -134,6 +150,17 @@ class LeadDedupeSettings(RuleSettings):
     matched_account_field: _Written
     match_tier_field: _Written
     match_evidence_field: _Written
+
+    def writes(self) -> dict[str, set[str]]:
+        out = super().writes()
+        if self.merge:  # doctor checks the snapshot object is deployed and writable
+            out.setdefault(schema.MERGE_SNAPSHOT, set()).update(schema.MERGE_SNAPSHOT_FIELDS)
+        return out
+
+    def snapshot_fields(self) -> tuple[str, ...]:
+        """The lead fields a merge's snapshot keeps of every record of the request."""
+        names = (self.email_field, *self.fill_empty_fields, *self.or_fields, *self.earliest_fields)
+        return tuple(dict.fromkeys(names))
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -232,6 +259,7 @@ class DedupeBatch(Batch):
     accounts: Mapping[str, tuple[AccountMatch, ...]] = field(default_factory=dict)
     contacts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     possible: Mapping[str, tuple[tuple[str, float, str], ...]] = field(default_factory=dict)
+    merge_allowed: bool = False  # within the run's merge_cap
 
 
 def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Iterator[Batch]:
@@ -255,8 +283,12 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
         email = keys[lead.id].email
         shared = email is not None and email.split("@", 1)[0] in roles
         groups[email if email and not shared else f"lead:{lead.id}"].append(lead)
+    budget = s.merge_cap if s.merge else 0
     for group_key, members in sorted(groups.items()):
         label = f"email:{group_key}" if len(members) > 1 else f"lead:{members[0].id}"
+        requests = len(members) // 2  # the master and two others a request
+        allowed = 0 < requests <= budget
+        budget -= requests if allowed else 0
         yield DedupeBatch(
             key=label,
             records=tuple(members),
@@ -264,6 +296,7 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
             accounts={m.id: index.match(keys[m.id]) for m in members},
             contacts={m.id: tuple(contacts.get(keys[m.id].email or "", ())) for m in members},
             possible={m.id: possible.get(m.id, ()) for m in members},
+            merge_allowed=allowed,
         )
 
 
@@ -388,12 +421,25 @@ def decide_batch(
     assert isinstance(batch, DedupeBatch)
     group = list(batch.records)
     plan = merge_plan(group, snapshot, s) if len(group) > 1 else None
+    state = "plan only (merge = false)"
+    if plan and s.merge:
+        state = "merged" if batch.merge_allowed else f"held back: merge_cap {s.merge_cap} reached"
     for lead in group:
         emit = Emit.on(RULE_ID, s, org, lead)
         actions: list[Action] = []
         notes: list[str] = []
         if plan:
-            notes.append(plan.describe(lead.id))
+            notes.append(plan.describe(lead.id, state))
+        if plan and state == "merged" and lead.id != plan.master:
+            yield Evaluation(
+                rule=RULE_ID,
+                target=emit.target,
+                verdict=Verdict.DONE,
+                why=notes[0] + "; its own steps are left to the master",
+            )
+            continue
+        if plan and state == "merged":
+            actions.extend(_merges(emit, plan, snapshot, s))
         link = _account_link(emit, lead, batch.accounts[lead.id], s)
         notes.append(link[1])
         if link[0]:
@@ -433,13 +479,35 @@ class MergePlan:
             (self.master, *self.victims[i : i + 2]) for i in range(0, len(self.victims), 2)
         )
 
-    def describe(self, lead_id: str) -> str:
+    def describe(self, lead_id: str, state: str = "plan only (merge = false)") -> str:
         order = ", ".join(f"{rid} ({why})" for rid, why in self.ranking)
         kept = ", ".join(f"{k}={v!r}" for k, v in sorted(self.values.items())) or "none"
         role = "master" if lead_id == self.master else f"merged into {self.master}"
         return (
             f"same email {self.email}: {role}; candidates by master policy: {order}; "
-            f"{len(self.requests)} merge request(s); master keeps {kept}; plan only"
+            f"{len(self.requests)} merge request(s); master keeps {kept}; {state}"
+        )
+
+
+def _merges(
+    emit: Emit, plan: MergePlan, snapshot: Snapshot, s: LeadDedupeSettings
+) -> Iterator[MergeRecords]:
+    """One merge per request, each setting the surviving values on the master (a request
+    merged alone still leaves the master with every value the plan keeps)."""
+    for request in plan.requests:
+        victims = request[1:]
+        stamps = {}
+        for victim in victims:
+            record = snapshot.get(victim)
+            stamps[victim] = record.text(schema.SYSTEM_MODSTAMP) if record else None
+        yield emit.merge(
+            "merge",
+            victim_ids=victims,
+            victim_stamps=stamps,
+            master_values=plan.values,
+            snapshot_fields=s.snapshot_fields(),
+            reason=f"same email {plan.email}: {len(victims)} lead(s) merged into the master",
+            step_key=f"merge-{'-'.join(victims)}",
         )
 
 

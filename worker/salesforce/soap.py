@@ -1,10 +1,11 @@
-"""Lead conversion through the SOAP partner API: the only API that converts leads.
+"""Lead conversion, merges and undeletes through the SOAP partner API: the only API with
+``convertLead`` and ``merge`` (REST has neither; ``undelete`` goes with merge, to undo it).
 
-REST has no convertLead resource and simple-salesforce has no helper, so this module
-builds the envelope (``POST /services/Soap/u/<version>``, the session id in
+simple-salesforce has no helper for them, so this module builds the envelopes (``POST /services/Soap/u/<version>``, the session id in
 ``SessionHeader``, ``AssignmentRuleHeader`` with ``useDefaultRule`` false so no assignment
-rule runs on what the conversion writes, every value XML-escaped) and parses the answer: one
-``LeadConvertResult`` per ``LeadConvert`` in request order, and the ``LimitInfoHeader``
+rule runs on what the call writes, every value XML-escaped) and parses the answers: one
+result per request in request order (``LeadConvertResult``, ``MergeResult``,
+``UndeleteResult``), and the ``LimitInfoHeader``
 that carries API usage on SOAP calls. A SOAP fault (HTTP 500) is turned into the same
 error classes as REST errors, by its ``exceptionCode``.
 
@@ -15,8 +16,8 @@ and the body comes from the org over TLS.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 import requests
@@ -29,6 +30,11 @@ SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
 FAULT_NS = "urn:fault.partner.soap.sforce.com"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+SOBJECT_NS = "urn:sobject.partner.soap.sforce.com"
+MERGEABLE = ("Lead", "Contact", "Account")  # the objects merge() takes
+MERGE_MAX_RECORDS = 3  # per MergeRequest, the master included
+MERGE_REQUESTS_PER_CALL = 200
+UNDELETES_PER_CALL = 200
 _NS = {"soapenv": SOAP_NS, "p": PARTNER_NS, "sf": FAULT_NS}
 
 
@@ -77,17 +83,125 @@ def convert_lead_envelope(session_id: str, converts: Sequence[LeadConvertRequest
             + _element("sendNotificationEmail", False)
             + "</urn:leadConverts>"
         )
+    return _envelope(session_id, "convertLead", "".join(items))
+
+
+def _envelope(session_id: str, call: str, body: str) -> str:
+    """A partner API call with the session, and no assignment rule run on what it writes."""
     return (
         '<?xml version="1.0" encoding="utf-8"?>'
-        f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:urn="{PARTNER_NS}">'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:urn="{PARTNER_NS}" '
+        f'xmlns:urn1="{SOBJECT_NS}" xmlns:xsi="{XSI_NS}">'
         "<soapenv:Header><urn:SessionHeader>"
         f"<urn:sessionId>{escape(session_id)}</urn:sessionId>"
         "</urn:SessionHeader>"
         "<urn:AssignmentRuleHeader><urn:useDefaultRule>false</urn:useDefaultRule>"
         "</urn:AssignmentRuleHeader></soapenv:Header>"
-        "<soapenv:Body><urn:convertLead>" + "".join(items) + "</urn:convertLead></soapenv:Body>"
+        f"<soapenv:Body><urn:{call}>{body}</urn:{call}></soapenv:Body>"
         "</soapenv:Envelope>"
     )
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """One ``MergeRequest``: the master (with the values the merge sets on it) and the one
+    or two records merged into it."""
+
+    sobject: str
+    master_id: str
+    victim_ids: tuple[str, ...]
+    master_values: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    master_id: str | None
+    success: bool
+    merged_ids: tuple[str, ...] = ()
+    updated_related_ids: tuple[str, ...] = ()
+    errors: tuple[RecordFailure, ...] = ()
+
+
+def _sobject_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return escape(str(value))
+
+
+def merge_envelope(session_id: str, requests_: Sequence[MergeRequest]) -> str:
+    """The ``merge`` request: each ``masterRecord`` an sObject (type, Id, the values to
+    set; ``fieldsToNull`` for the ones to clear), then ``recordToMergeIds``."""
+    items = []
+    for r in requests_:
+        if not 1 <= len(r.victim_ids) <= MERGE_MAX_RECORDS - 1:
+            raise ValueError(f"a merge request takes 1 or 2 records besides the master: {r}")
+        nulls = "".join(
+            f"<urn1:fieldsToNull>{escape(k)}</urn1:fieldsToNull>"
+            for k, v in r.master_values.items()
+            if v is None or v == ""
+        )
+        values = "".join(
+            f"<{k}>{_sobject_value(v)}</{k}>"
+            for k, v in r.master_values.items()
+            if v is not None and v != ""
+        )
+        items.append(
+            '<urn:request><urn:masterRecord xsi:type="urn1:sObject">'
+            f"<urn1:type>{escape(r.sobject)}</urn1:type>{nulls}"
+            f"<urn1:Id>{escape(r.master_id)}</urn1:Id>{values}</urn:masterRecord>"
+            + "".join(
+                f"<urn:recordToMergeIds>{escape(v)}</urn:recordToMergeIds>" for v in r.victim_ids
+            )
+            + "</urn:request>"
+        )
+    return _envelope(session_id, "merge", "".join(items))
+
+
+def undelete_envelope(session_id: str, ids: Sequence[str]) -> str:
+    return _envelope(
+        session_id, "undelete", "".join(f"<urn:ids>{escape(i)}</urn:ids>" for i in ids)
+    )
+
+
+def _errors(node: ET.Element) -> tuple[RecordFailure, ...]:
+    return tuple(
+        RecordFailure(
+            code=_text(err, "statusCode") or "UNKNOWN_ERROR",
+            message=_text(err, "message") or "",
+            fields=tuple(f.text or "" for f in err.findall("p:fields", _NS)),
+        )
+        for err in node.findall("p:errors", _NS)
+    )
+
+
+def parse_merge_response(content: bytes) -> tuple[list[MergeResult], ApiUsage | None]:
+    """The ``MergeResult`` of each request in request order, and the API usage."""
+    root = _parse(content)
+    results = [
+        MergeResult(
+            master_id=_text(node, "id"),
+            success=_text(node, "success") == "true",
+            merged_ids=tuple(n.text or "" for n in node.findall("p:mergedRecordIds", _NS)),
+            updated_related_ids=tuple(
+                n.text or "" for n in node.findall("p:updatedRelatedIds", _NS)
+            ),
+            errors=_errors(node),
+        )
+        for node in root.iterfind(".//p:mergeResponse/p:result", _NS)
+    ]
+    return results, _usage(root)
+
+
+def parse_undelete_response(
+    content: bytes,
+) -> tuple[list[tuple[str | None, bool, tuple[RecordFailure, ...]]], ApiUsage | None]:
+    """(id, success, errors) of each ``UndeleteResult`` in request order, and the usage."""
+    root = _parse(content)
+    results = [
+        (_text(node, "id"), _text(node, "success") == "true", _errors(node))
+        for node in root.iterfind(".//p:undeleteResponse/p:result", _NS)
+    ]
+    return results, _usage(root)
 
 
 def _text(node: ET.Element, name: str) -> str | None:
@@ -109,14 +223,7 @@ def parse_convert_response(content: bytes) -> tuple[list[LeadConvertResult], Api
     root = _parse(content)
     results = []
     for node in root.iterfind(".//p:convertLeadResponse/p:result", _NS):
-        errors = tuple(
-            RecordFailure(
-                code=_text(err, "statusCode") or "UNKNOWN_ERROR",
-                message=_text(err, "message") or "",
-                fields=tuple(f.text or "" for f in err.findall("p:fields", _NS)),
-            )
-            for err in node.findall("p:errors", _NS)
-        )
+        errors = _errors(node)
         results.append(
             LeadConvertResult(
                 lead_id=_text(node, "leadId"),

@@ -7,9 +7,11 @@ Salesforce is kept in the store (see :mod:`worker.salesforce.tokens`).
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -140,3 +142,17 @@ def check_org(
     )
     checked = sum(map(len, wanted.needs.values())) + sum(map(len, wanted.picklists.values()))
     return findings, checked
+
+
+def undo_merge(key: str, *, dry_run: bool, store: Store, state_dir: Path | None) -> dict[str, Any]:
+    """``sop-worker undo-merge``: the merge's undo, planned from its snapshot in the org and
+    (unless ``dry_run``) written; what it did or would do."""
+    from worker.salesforce import undo_merge as undo  # only needed for this command
+
+    settings = load_salesforce_settings()
+    check_auth_config(settings)
+    client = _client(settings, store, state_dir, read_only=dry_run)
+    plan = undo.plan_undo(client, key, dt.datetime.now(dt.UTC))
+    if not dry_run:
+        undo.apply_undo(client, plan)
+    return {**plan.to_dict(), "dry_run": dry_run, "api_calls": client.api_calls()}

@@ -1,6 +1,6 @@
 """One write in order: guards, the key lookups that keep creates and emails from repeating,
-then creates, emails, updates and upserts, approval submissions, lead conversions; and the
-API calls that will cost.
+then creates, emails, updates and upserts, approval submissions, lead conversions, merges;
+and the API calls that will cost.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from worker.actions import (
     Action,
     ActionResult,
     ConvertLead,
+    MergeRecords,
     Outcome,
     SendEmail,
     SubmitApproval,
@@ -26,6 +27,8 @@ from worker.salesforce.writes.collections import (
 from worker.salesforce.writes.conversion import CONVERTS_PER_CALL, convert_leads
 from worker.salesforce.writes.emails import EMAILS_PER_CALL, logged_email_lookups, send_emails
 from worker.salesforce.writes.lookups import find_keyed
+from worker.salesforce.writes.merges import estimate_calls as estimate_merge_calls
+from worker.salesforce.writes.merges import merge_records
 from worker.salesforce.writes.prepare import prepare
 from worker.salesforce.writes.state import (
     IDS_PER_QUERY,
@@ -43,6 +46,7 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
     emails: list[tuple[int, SendEmail]] = []
     converts: list[tuple[int, ConvertLead]] = []
     submissions: list[tuple[int, SubmitApproval]] = []
+    merges: list[tuple[int, MergeRecords]] = []
     for i, action in enumerate(actions):
         prepared = prepare(ctx, i, action)
         if isinstance(prepared, ActionResult):
@@ -55,6 +59,8 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
             converts.append((i, action))
         elif isinstance(action, SubmitApproval):
             submissions.append((i, action))
+        elif isinstance(action, MergeRecords):
+            merges.append((i, action))
     creates = [p for p in records if p.operation is Operation.CREATE]
     if creates or emails:
         existing = find_keyed(
@@ -89,6 +95,7 @@ def write_all(ctx: WriteContext, actions: Sequence[Action], state: WriteState) -
     send_records(ctx, [p for p in records if p.operation.idempotent], state)
     submit_approvals(ctx, submissions, state)
     convert_leads(ctx, converts, state)
+    merge_records(ctx, merges, state)
 
 
 def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
@@ -99,6 +106,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
     emails = 0
     submissions: list[tuple[int, SubmitApproval]] = []
     converts: list[ConvertLead] = []
+    merges: list[MergeRecords] = []
     for i, action in enumerate(actions):
         prepared = prepare(ctx, i, action)
         if isinstance(prepared, PreparedRecord):
@@ -113,6 +121,8 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
             converts.append(action)
         elif prepared is None and isinstance(action, SubmitApproval):
             submissions.append((i, action))
+        elif prepared is None and isinstance(action, MergeRecords):
+            merges.append(action)
     for (_, operation, _), n in counts.items():
         chunks[operation.idempotent] += math.ceil(n / COLLECTION_MAX)
     lookups = sum(math.ceil(len(p) / IDS_PER_QUERY) for p in lookup_parents.values())
@@ -123,6 +133,7 @@ def estimate_write_calls(ctx: WriteContext, actions: Sequence[Action]) -> int:
         + math.ceil(emails / EMAILS_PER_CALL)
         + len(approval_batches(submissions))
         + math.ceil(len(converts) / CONVERTS_PER_CALL)
+        + estimate_merge_calls(merges)
         # one update composite after each conversion call that sets opportunity fields
         + sum(
             1

@@ -16,6 +16,7 @@ from worker.actions import (
     AddCaseComment,
     ConvertLead,
     CreateTask,
+    MergeRecords,
     Outcome,
     SendEmail,
     SubmitApproval,
@@ -29,6 +30,7 @@ from worker.keys import (
     with_key_marker,
 )
 from worker.records import format_sf_datetime
+from worker.salesforce.soap import MERGE_MAX_RECORDS, MERGEABLE
 from worker.salesforce.writes.state import Operation, PreparedRecord, WriteContext, converted_lead
 
 
@@ -61,7 +63,21 @@ def _prepare(ctx: WriteContext, index: int, action: Action) -> PreparedRecord | 
             message="an email must be logged on a record (log_on_id), or a lost database "
             "could send it again; not sent",
         )
-    if isinstance(action, (SendEmail, ConvertLead, SubmitApproval)):
+    if isinstance(action, MergeRecords) and action.target.sobject not in MERGEABLE:
+        return ActionResult(
+            action.key,
+            Outcome.FAILED,
+            error_code="INVALID_TYPE",
+            message=f"merge() takes Lead, Contact and Account records, not {action.target.sobject}",
+        )
+    if isinstance(action, MergeRecords) and not 1 <= len(action.victim_ids) < MERGE_MAX_RECORDS:
+        return ActionResult(
+            action.key,
+            Outcome.FAILED,
+            error_code="LIMIT_EXCEEDED",
+            message="a merge request takes at most 3 records, the master included",
+        )
+    if isinstance(action, (SendEmail, ConvertLead, SubmitApproval, MergeRecords)):
         return None
     return ActionResult(
         action.key,

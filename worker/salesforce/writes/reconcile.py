@@ -11,6 +11,7 @@ from worker.actions import (
     AddCaseComment,
     ConvertLead,
     CreateTask,
+    MergeRecords,
     Outcome,
     SendEmail,
     SubmitApproval,
@@ -28,6 +29,7 @@ from worker.salesforce.writes.lookups import (
     tasks_by_key,
     updates_in_place,
 )
+from worker.salesforce.writes.merges import merged
 from worker.salesforce.writes.prepare import prepare
 from worker.salesforce.writes.state import PreparedRecord, WriteContext, WriteState
 
@@ -37,7 +39,8 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
     or created with its key marker, is APPLIED when the org has it; an email when the
     org logged it (a Task or EmailMessage on its ``log_on_id`` record, the key marker in
     the body); an update when the target holds every value it was to write; a
-    conversion when the Lead is converted; an approval submission when an instance on its
+    conversion when the Lead is converted; a merge when queryAll shows its victims deleted
+    with the master as their MasterRecordId; an approval submission when an instance on its
     target carries its key in its first step's comments. The others are safe to send
     again (None): an email Salesforce did not log was not sent, since the log is written
     in the same transaction as the send and Salesforce sends only once that transaction
@@ -48,6 +51,7 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
     updates: list[PreparedRecord] = []
     leads: dict[str, list[int]] = {}
     submissions: list[tuple[int, SubmitApproval]] = []
+    merges: list[tuple[int, MergeRecords]] = []
     for i, action in enumerate(actions):
         if isinstance(action, CreateTask) and ctx.task_key_field:
             upserted.setdefault(action.key, []).append(i)
@@ -75,6 +79,10 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
             leads.setdefault(action.target.id, []).append(i)
         elif isinstance(action, SubmitApproval):
             submissions.append((i, action))
+        elif isinstance(action, MergeRecords):
+            merges.append((i, action))
+    for i, result in merged(ctx, merges).items():
+        out[i] = result
     found = find_keyed(ctx, keyed)
     for i, sf_id in found.items():
         message = "found by its key marker"
