@@ -102,8 +102,11 @@ def test_a_group_of_five_is_two_merge_requests_into_one_master(
     assert all(len(a.victim_ids) <= 2 for a in actions)
 
     sink, _ = sink_for(org)
+    before = org.call_count
     results = sink.write(actions)
     assert [r.outcome for r in results] == [Outcome.APPLIED] * 2, results
+    # the leads, the children (one composite each), the snapshots, one merge() call
+    assert org.call_count - before == sink.estimate_write_calls(actions) == 4
     assert "undo with: sop-worker undo-merge" in (results[0].message or "")
     assert org.calls_by_kind["soap"] == 1  # both requests in one merge() call
     assert org.merges_received == 2

@@ -27,6 +27,8 @@ Writes (:meth:`SalesforceSink.write`):
   does. Before sending, the sink looks for that log (like a keyed create): an email found
   there went out already and is not sent again.
 - ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
+- ``MergeRecords``: a snapshot upserted to ``SOP_Merge_Snapshot__c``, then the SOAP
+  ``merge()`` call (:mod:`worker.salesforce.writes.merges`).
 - ``SubmitApproval``: ``POST process/approvals`` (actionType ``Submit``), fifty requests a
   call, each answer matched to its record, so a refusal (``NO_APPLICABLE_PROCESS``: the
   record fails the process's entry criteria) fails that action alone; the key marker
@@ -39,7 +41,7 @@ answer to the former is simply retried, and a lost answer to the latter marks it
 ``SENT`` (error ``UNKNOWN_OUTCOME``) for :meth:`SalesforceSink.reconcile`, never resent.
 
 Order within one write: creates (CaseComments first), emails, updates and upserts,
-approval submissions, lead conversions. The notes of a step go before the change that
+approval submissions, lead conversions, merges. The notes of a step go before the change that
 moves the SOP on (its Task, a status, a closure): a run that stops between two requests leaves the step visibly undone,
 so the rules plan it again next run, and the notes already written are found by their keys.
 
@@ -154,7 +156,9 @@ class SalesforceSink:
         """API calls applying these actions will spend: re-reading every target once
         (:meth:`current_state`), then :meth:`estimate_write_calls` of each batch, as the
         pipeline hands them to :meth:`write` (each batch's composites round up apart)."""
-        by_object = ids_by_object([a.target for batch in batches for a in batch])
+        by_object = ids_by_object(
+            [r for batch in batches for a in batch for r in a.checked_records()]
+        )
         queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in by_object.values())
         return composites_for(queries) + sum(self.estimate_write_calls(b) for b in batches)
 

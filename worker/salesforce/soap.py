@@ -25,6 +25,7 @@ import requests
 from worker.errors import SalesforceError
 from worker.ports import ApiUsage
 from worker.salesforce.errors import RecordFailure, error_for
+from worker.salesforce.soql import identifier
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
@@ -141,7 +142,7 @@ def merge_envelope(session_id: str, requests_: Sequence[MergeRequest]) -> str:
             if v is None or v == ""
         )
         values = "".join(
-            f"<{k}>{_sobject_value(v)}</{k}>"
+            f"<{identifier(k)}>{_sobject_value(v)}</{k}>"
             for k, v in r.master_values.items()
             if v is not None and v != ""
         )

@@ -36,7 +36,7 @@ import structlog
 
 from worker import schema
 from worker.actions import ActionResult, MergeRecords, Outcome
-from worker.errors import SalesforceError
+from worker.errors import ApiLimitError, AuthError, SalesforceError
 from worker.salesforce.client import SubRequest
 from worker.salesforce.errors import UNKNOWN_OUTCOME, RecordFailure, record_errors
 from worker.salesforce.reads import composites_for, every_row
@@ -337,6 +337,8 @@ def write_snapshots(
         ]
         try:
             answers = ctx.client.composite(subs, kind="write", idempotent=True)
+        except (ApiLimitError, AuthError):
+            raise  # the run stops; these merges are not sent
         except SalesforceError as exc:
             for chunk in composite:
                 for i, a, _ in chunk:

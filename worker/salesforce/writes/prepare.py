@@ -31,6 +31,7 @@ from worker.keys import (
 )
 from worker.records import format_sf_datetime
 from worker.salesforce.soap import MERGE_MAX_RECORDS, MERGEABLE
+from worker.salesforce.soql import identifier
 from worker.salesforce.writes.state import Operation, PreparedRecord, WriteContext, converted_lead
 
 
@@ -77,6 +78,10 @@ def _prepare(ctx: WriteContext, index: int, action: Action) -> PreparedRecord | 
             error_code="LIMIT_EXCEEDED",
             message="a merge request takes at most 3 records, the master included",
         )
+    if isinstance(action, MergeRecords):
+        for name in action.master_values:  # a field of the master, never markup
+            if "." in identifier(name):
+                raise ValueError(f"not a field of the master: {name!r}")
     if isinstance(action, (SendEmail, ConvertLead, SubmitApproval, MergeRecords)):
         return None
     return ActionResult(
