@@ -36,6 +36,7 @@ from worker.app import (
     org_today,
     resolve_as_of,
     run_lock,
+    utc_now,
 )
 from worker.canary import Canary
 from worker.errors import (
@@ -930,7 +931,14 @@ def undo_merge(key: str, dry_run: bool, fmt: str, **kwargs: Any) -> None:
     from worker.salesforce.wiring import undo_merge as undo  # only needed for a live org
 
     with Store.open(settings.store_target) as store:
-        found = undo(key, dry_run=dry_run, store=store, state_dir=settings.legacy_state_dir)
+        found = undo(
+            key,
+            dry_run=dry_run,
+            store=store,
+            state_dir=settings.legacy_state_dir,
+            run_id=new_run_id(),
+            clock=utc_now,
+        )
     if fmt == "json":
         click.echo(report.machine_text("json", found), nl=False)
         return

@@ -606,6 +606,40 @@ class Store:
             "org_id": self._run_org(run_id),
         }
 
+    def record_events(
+        self, run_id: str, now: dt.datetime, events: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Audit rows of writes made outside the action pipeline (``undo-merge``): each
+        gives ``key``, ``kind``, ``record_id`` and ``outcome``, and may give ``before``,
+        ``after`` (JSON-able), ``error_code``, ``message`` and ``reason``."""
+        if not events:
+            return
+        org_id = self._run_org(run_id)
+        rows = [
+            {
+                "run_id": run_id,
+                "ts": now.isoformat(),
+                "actor": self.actor,
+                "event": "outcome",
+                "key": e["key"],
+                "rule": e.get("rule"),
+                "sop": None,
+                "step": e.get("step"),
+                "kind": e["kind"],
+                "record_id": e["record_id"],
+                "record_name": e.get("record_name"),
+                "before": _json_or_none(e.get("before")),
+                "after": _json_or_none(e.get("after")),
+                "outcome": e["outcome"],
+                "error_code": e.get("error_code"),
+                "message": redact_value(e.get("message")),
+                "reason": e.get("reason"),
+                "org_id": org_id,
+            }
+            for e in events
+        ]
+        self.transaction(lambda c: c.execute(AUDIT.insert(), rows))
+
     # -- audit queries ----------------------------------------------------------------------
     def audit_rows(
         self,
@@ -1010,6 +1044,10 @@ def _ledger_row(action: Action, run_id: str, status: Outcome, now: dt.datetime) 
         "planned_at": now.isoformat(),
         "updated_at": now.isoformat(),
     }
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str, sort_keys=True)
 
 
 def _before_after(action: Action) -> tuple[str | None, str | None]:

@@ -77,6 +77,14 @@ def test_run_merges_a_group_of_five_then_undo_merge_undoes_one(
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["victims"] == victims
     assert all(not (org.get(v) or {})["IsDeleted"] for v in victims)
+    # The undo is a run of its own, each write in the audit under the merge's key.
+    undone = [r for r in audit(org, tmp_path, merge_mapping, "--rule", "lead_dedupe")
+              if r["step"] == "undo-merge"]  # fmt: skip
+    assert sorted(r["record_id"] for r in undone if r["kind"] == "undelete") == sorted(victims)
+    assert {(r["key"], r["outcome"]) for r in undone} == {(key, "applied")}
+    assert json.loads(done.stdout)["run_id"] in {r["run_id"] for r in undone}
+    runs = invoke(org, tmp_path, merge_mapping, "runs", "--format", "json")
+    assert "undo-merge" in [r["mode"] for r in json.loads(runs.stdout)]
     again = invoke(org, tmp_path, merge_mapping, "undo-merge", key)
     assert again.exit_code == 1
     assert "not deleted: never merged, or undone already" in again.output

@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from worker import schema
+from worker.actions import Outcome
 from worker.errors import ConfigError, SalesforceError
 from worker.records import parse_sf_datetime
 from worker.salesforce.client import SalesforceClient, SubRequest
@@ -286,6 +287,45 @@ def apply_undo(client: SalesforceClient, plan: UndoPlan) -> UndoPlan:
         )
     log.info("merge.undone", key=plan.key, victims=list(plan.victims), restored=len(plan.restore))
     return plan
+
+
+def audit_events(
+    plan: UndoPlan, outcome: str, message: str | None = None, *, undeleted: bool
+) -> list[dict[str, Any]]:
+    """The audit rows of ``plan``'s writes (``Store.record_events``), keyed by the merge's
+    own key. ``undeleted``: the victims' undelete is ``applied`` and ``outcome`` (with
+    ``message``) is the other writes'; else ``outcome`` is the undelete's, and the other
+    writes were never sent (``planned``)."""
+    rule, step = plan.key.split(":", 1)[0], "undo-merge"
+    rest = outcome if undeleted else Outcome.PLANNED.value
+    events: list[dict[str, Any]] = [
+        {"key": plan.key, "rule": rule, "step": step, "kind": "undelete", "record_id": victim,
+         "after": {schema.IS_DELETED: False, "MasterRecordId": None},
+         "outcome": Outcome.APPLIED.value if undeleted else outcome, "message": message}
+        for victim in plan.victims
+    ]  # fmt: skip
+    if plan.restore:
+        events.append({
+            "key": plan.key, "rule": rule, "step": step, "kind": "update",
+            "record_id": plan.master_id,
+            "before": {name: now for name, (now, _) in plan.restore.items()},
+            "after": {name: before for name, (_, before) in plan.restore.items()},
+            "outcome": rest, "message": message,
+        })  # fmt: skip
+    events += [
+        {"key": plan.key, "rule": rule, "step": step, "kind": "update", "record_id": c[schema.ID],
+         "before": {c["field"]: plan.master_id}, "after": {c["field"]: c["to"]},
+         "outcome": rest, "message": message}
+        for c in plan.repoint
+    ]  # fmt: skip
+    events += [
+        {"key": plan.key, "rule": rule, "step": step, "kind": "campaign_member",
+         "record_id": c[schema.ID], "before": {c["field"]: plan.master_id},
+         "after": {c["field"]: c["to"], "CampaignId": c["CampaignId"]},
+         "outcome": rest, "message": message}
+        for c in plan.rejoin
+    ]  # fmt: skip
+    return events
 
 
 def _rows(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from worker.actions import Outcome
 from worker.dryrun import DryRunSink
-from worker.errors import ConfigError
+from worker.errors import ConfigError, SalesforceError
 from worker.findings import Finding
 from worker.mapping import LoadedMapping
 from worker.ports import Sink, Source
@@ -144,15 +146,43 @@ def check_org(
     return findings, checked
 
 
-def undo_merge(key: str, *, dry_run: bool, store: Store, state_dir: Path | None) -> dict[str, Any]:
+def undo_merge(
+    key: str,
+    *,
+    dry_run: bool,
+    store: Store,
+    state_dir: Path | None,
+    run_id: str,
+    clock: Callable[[], dt.datetime],
+) -> dict[str, Any]:
     """``sop-worker undo-merge``: the merge's undo, planned from its snapshot in the org and
-    (unless ``dry_run``) written; what it did or would do."""
+    (unless ``dry_run``) written as run ``run_id`` (mode ``undo-merge`` in ``runs``), each
+    write in the audit under the merge's key; what it did or would do."""
     from worker.salesforce import undo_merge as undo  # only needed for this command
+    from worker.salesforce.errors import UnknownOutcomeError
 
     settings = load_salesforce_settings()
     check_auth_config(settings)
     client = _client(settings, store, state_dir, read_only=dry_run)
-    plan = undo.plan_undo(client, key, dt.datetime.now(dt.UTC))
-    if not dry_run:
+    plan = undo.plan_undo(client, key, clock())
+    if dry_run:
+        return {**plan.to_dict(), "dry_run": True, "api_calls": client.api_calls()}
+    store.begin_run(run_id, "undo-merge", clock().date(), clock())
+    try:
         undo.apply_undo(client, plan)
-    return {**plan.to_dict(), "dry_run": dry_run, "api_calls": client.api_calls()}
+    except SalesforceError as exc:
+        outcome = Outcome.SENT if isinstance(exc, UnknownOutcomeError) else Outcome.FAILED
+        events = undo.audit_events(plan, outcome.value, str(exc), undeleted=bool(plan.done))
+        for event in events:
+            event["error_code"] = exc.error_code
+        store.record_events(run_id, clock(), events)
+        store.finish_run(
+            run_id, "failed", {"run_id": run_id, "key": key, "error": str(exc)}, clock()
+        )
+        raise
+    store.record_events(
+        run_id, clock(), undo.audit_events(plan, Outcome.APPLIED.value, undeleted=True)
+    )
+    summary = {"run_id": run_id, "key": key, "api_calls": client.api_calls()}
+    store.finish_run(run_id, "ok", summary, clock())
+    return {**plan.to_dict(), "dry_run": False, "run_id": run_id, "api_calls": client.api_calls()}
