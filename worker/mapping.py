@@ -11,6 +11,7 @@ Layout::
     [objects.<Name>]   per sObject: the name field, extra fields and scope filters to pull
     [retention]        how long cached records and audit rows are kept
     [calendar]         business hours for every rule (or read from the org), closed days
+    [suppression]      who may not be called or emailed: opt-out fields, Do Not Contact statuses
     precedence = [...] rule ids, strongest first, when two rules touch one record
     [rules.<id>]       one section per rule, validated by that rule's settings model
     [report]           the report's period and SOP figures (worker.reporting.config)
@@ -187,6 +188,62 @@ class TaskSection(StrictModel):
                 self.task_subtype,
             },
         }
+
+
+class SuppressionSection(StrictModel):
+    """Who the worker never plans a call or an email for, whichever rule asks
+    (:mod:`worker.suppression`). Keys of the per-object tables are sObject API names."""
+
+    email_opt_out: dict[str, str] = Field(
+        default_factory=lambda: {
+            schema.LEAD: "HasOptedOutOfEmail",
+            "Contact": "HasOptedOutOfEmail",
+        },
+        description="Checkbox per person object: set, no email to that person.",
+    )
+    call_opt_out: dict[str, str] = Field(
+        default_factory=lambda: {schema.LEAD: "DoNotCall", "Contact": "DoNotCall"},
+        description="Checkbox per person object: set, no call to that person.",
+    )
+    status_field: dict[str, str] = Field(
+        default_factory=dict, description="Status field per person object (Lead = Status)."
+    )
+    do_not_contact_statuses: tuple[str, ...] = Field(
+        default=(), description="Statuses that suppress both calls and emails."
+    )
+    email_field: dict[str, str] = Field(
+        default_factory=lambda: {schema.LEAD: "Email", "Contact": "Email"},
+        description="Email field per person object: an email sent to that address is for "
+        "that person.",
+    )
+    person_field: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per object a rule acts on that is not a person (Opportunity, Case): "
+        "the lookup naming its person, called by a call Task without a WhoId.",
+    )
+    call_task_types: tuple[str, ...] = Field(
+        default=("Call",),
+        description="A new Task whose [tasks] type_field or TaskSubtype is one of these is a call.",
+    )
+    email_task_types: tuple[str, ...] = Field(
+        default=("Email",),
+        description="A new Task whose [tasks] type_field or TaskSubtype is one of these is an "
+        "email.",
+    )
+
+    def person_objects(self) -> set[str]:
+        return {*self.email_opt_out, *self.call_opt_out, *self.status_field, *self.email_field}
+
+    def fields_of(self, sobject: str) -> set[str]:
+        """The fields the check reads on a record of ``sobject``."""
+        tables = (
+            self.email_opt_out,
+            self.call_opt_out,
+            self.status_field,
+            self.email_field,
+            self.person_field,
+        )
+        return {table[sobject] for table in tables if sobject in table}
 
 
 class ObjectSection(StrictModel):
@@ -385,6 +442,7 @@ class _MappingFile(StrictModel):
     objects: dict[str, ObjectSection] = Field(default_factory=dict)
     retention: RetentionSection = RetentionSection()
     calendar: CalendarSection = CalendarSection()
+    suppression: SuppressionSection = SuppressionSection()
     precedence: tuple[str, ...] = ()
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     report: ReportSection = ReportSection()
@@ -405,6 +463,7 @@ class OrgMapping:
     objects: Mapping[str, ObjectSection]
     calendar: BusinessCalendar
     calendar_from_org: bool = False  # the pipeline puts the org's BusinessHours in its place
+    suppression: SuppressionSection = dataclasses.field(default_factory=SuppressionSection)
 
     def replication(self, sobject: str) -> schema.Replication:
         """How ``sobject`` is read incrementally (see :func:`worker.schema.replication`)."""
@@ -450,6 +509,8 @@ class LoadedMapping:
         for sobject, extra in common.objects.items():
             if sobject in needed:
                 needed[sobject].update(extra.fields)
+        for sobject, names in needed.items():
+            names.update(common.suppression.fields_of(sobject))  # on objects read anyway
         for sobject, names in needed.items():
             names.update(common.replication(sobject).fields())
             names.add(common.name_field(sobject))
@@ -521,6 +582,7 @@ def load_mapping(path: str | Path, rule_models: Mapping[str, type[RuleSettings]]
             objects=dict(top.objects),
             calendar=calendar,
             calendar_from_org=top.calendar.source == "org",
+            suppression=top.suppression,
         ),
         retention=top.retention,
         precedence=top.precedence,

@@ -19,6 +19,8 @@ A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN
      "actions":    [action, ...],                  # to apply, in order
      "skipped":    [{"action": action, "why": str}, ...],   # steps missed, not done late
      "superseded": [{"action": action, "why": str}, ...],   # lost to a stronger rule
+     "suppressed": [{"action": action, "why": str}, ...],   # a call or email to a person
+                                                    # who may not be contacted that way
      "done":       [key, ...],                      # already applied earlier
      "errors":     [{"rule", "record_id", "record_name", "why"}, ...],
      "cost":       {"api_calls": int, "remaining_daily": int | null}}
@@ -33,6 +35,9 @@ org; ``username`` null where knowing it would cost an API call). ``apply`` appli
 only to that org, compared by Organization Id (never by ``name``, the mapping's label).
 Version 1 plans named the org by the mapping's label only, which a sandbox and production
 can share: they are refused, with a message saying to plan again.
+
+``suppressed`` actions (:mod:`worker.suppression`) are shown, never applied nor recorded in
+the ledger: the check is made again at every plan.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class Plan:
     actions: tuple[Action, ...]
     skipped: tuple[Skip, ...] = ()
     superseded: tuple[Skip, ...] = ()
+    suppressed: tuple[Skip, ...] = ()
     done: tuple[str, ...] = ()
     errors: tuple[RecordProblem, ...] = ()
     api_calls: int = 0
@@ -122,6 +128,7 @@ class Plan:
             "actions": [a.to_dict() for a in self.actions],
             "skipped": [{"action": s.action.to_dict(), "why": s.why} for s in self.skipped],
             "superseded": [{"action": s.action.to_dict(), "why": s.why} for s in self.superseded],
+            "suppressed": [{"action": s.action.to_dict(), "why": s.why} for s in self.suppressed],
             "done": list(self.done),
             "errors": [
                 {
@@ -148,6 +155,7 @@ class Plan:
             actions=tuple(a for a in self.actions if keep(a.rule, a.target.id)),
             skipped=tuple(s for s in self.skipped if keep(s.action.rule, s.action.target.id)),
             superseded=tuple(s for s in self.superseded if keep(s.action.rule, s.action.target.id)),
+            suppressed=tuple(s for s in self.suppressed if keep(s.action.rule, s.action.target.id)),
             done=tuple(k for k in self.done if keep(k.split(":", 1)[0], k.rsplit(":", 1)[-1])),
             errors=tuple(e for e in self.errors if keep(e.rule, e.target.id)),
             evaluations=tuple(e for e in self.evaluations if keep(e.rule, e.target.id)),
@@ -191,6 +199,7 @@ class Plan:
                 actions=tuple(action_from_dict(a) for a in data["actions"]),
                 skipped=_skips(data.get("skipped", ())),
                 superseded=_skips(data.get("superseded", ())),
+                suppressed=_skips(data.get("suppressed", ())),
                 done=tuple(data.get("done", ())),
                 errors=tuple(
                     RecordProblem(
@@ -328,6 +337,12 @@ def build_plan(
         actions=tuple(todo),
         skipped=tuple(skipped),
         superseded=tuple(d for d in dropped if ledger.get(d.action.key) not in final_states),
+        suppressed=tuple(
+            Skip(s.action, s.why)
+            for e in evaluations
+            for s in e.suppressed
+            if ledger.get(s.action.key) not in final_states
+        ),
         done=done,
         errors=errors,
         evaluations=tuple(evaluations),

@@ -105,7 +105,8 @@ def plan_totals(plan: Plan) -> str:
     remaining = "unknown" if plan.remaining_daily is None else f"{plan.remaining_daily:,}"
     return (
         f"{len(plan.actions)} action(s) to apply, {len(plan.skipped)} skipped, "
-        f"{len(plan.superseded)} superseded, {len(plan.done)} already done, "
+        f"{len(plan.superseded)} superseded, {len(plan.suppressed)} suppressed, "
+        f"{len(plan.done)} already done, "
         f"{len(plan.errors)} record error(s). Cost: {plan.api_calls} API call(s); "
         f"daily allowance remaining: {remaining}."
     )
@@ -122,6 +123,7 @@ def print_plan_summary(plan: Plan, console: Console) -> None:
     for label, n in (
         ("skipped (missed while the worker was not running)", len(plan.skipped)),
         ("superseded (a stronger rule acts on the same record)", len(plan.superseded)),
+        ("suppressed (a call or email to a person who may not be contacted)", len(plan.suppressed)),
         ("records that could not be evaluated", len(plan.errors)),
     ):
         if n:
@@ -172,6 +174,15 @@ def _print_left_out(plan: Plan, console: Console) -> None:
                 s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
             )
         console.print(lost)
+    if plan.suppressed:
+        held = Table(title="Suppressed (the person may not be called or emailed)", expand=True)
+        for name in ("Record", "Rule", "Change", "Why"):
+            held.add_column(name, overflow="fold")
+        for s in plan.suppressed:
+            held.add_row(
+                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
+            )
+        console.print(held)
     if plan.errors:
         errors = Table(
             title="Records that could not be evaluated (skipped, nothing written)", expand=True
@@ -380,6 +391,15 @@ def explanation_record(found: Explanation, as_of: dt.date) -> dict[str, Any]:
                     {"key": k.key, "step": k.step, "due": k.due.isoformat(), "why": k.reason}
                     for k in e.skipped
                 ],
+                "suppressed": [
+                    {
+                        "key": k.action.key,
+                        "step": k.action.step,
+                        "change": change_detail(k.action),
+                        "why": k.why,
+                    }
+                    for k in e.suppressed
+                ],
                 "next_step": e.next_step,
                 "next_due": e.next_due.isoformat() if e.next_due else None,
                 "next_due_at": e.next_due_at.isoformat() if e.next_due_at else None,
@@ -428,6 +448,8 @@ def print_explanation(found: Explanation, as_of: dt.date, console: Console) -> N
                 lines.append(f"acts: {action.summary()}")
         for skipped in e.skipped:
             lines.append(f"skipped {skipped.step} due {skipped.due}: {skipped.reason}")
+        for held in e.suppressed:
+            lines.append(f"skipped {held.action.summary()}: {held.why}")
         if e.batch:
             lines.append(f"decided together with batch {e.batch}")
         nxt = f"{e.next_step or ''} on {due_text(e.next_due, e.next_due_at)}" if e.next_due else ""

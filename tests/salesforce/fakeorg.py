@@ -319,6 +319,8 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("Email", "email"),
             _ref("AccountId", "Account", "Account"),
             master_record("Contact"),
+            _f("DoNotCall", "boolean"),
+            _f("HasOptedOutOfEmail", "boolean"),
         ),
         "User": (
             _f("Name"),
@@ -484,6 +486,8 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("NextStep"),
             _f("IsClosed", "boolean", updateable=False, createable=False),
             _ref("AccountId", "Account", "Account"),
+            # The primary contact (API 46.0 and later), set from its OpportunityContactRole.
+            _ref("ContactId", "Contact", "Contact"),
             owner,
         ),
         "Lead": (

@@ -16,7 +16,9 @@ timezone-aware instant in the org's time zone and its date there) is passed in. 
 that decides by day reads ``at.date``; one with minute-level deadlines reads ``at.instant``
 and ``org.calendar``. :func:`evaluate_rule` runs ``decide`` per record and turns a
 malformed record (``RecordError``) or a template with a missing value (``TemplateError``)
-into an ``error`` verdict for that record alone.
+into an ``error`` verdict for that record alone. Every evaluation then passes the one
+suppression check (:mod:`worker.suppression`): a new call or email for a person who may not
+be contacted that way moves from ``actions`` to ``suppressed``, with the reason.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from worker.actions import Action
 from worker.errors import RecordError, TemplateError
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, RecordRef, Snapshot
+from worker.suppression import Suppressed, SuppressionCheck, suppress
 
 S = TypeVar("S", bound=RuleSettings)
 
@@ -98,6 +101,8 @@ class Evaluation:
     # A minute-level deadline of the next step (its date is ``next_due``), when it has one.
     next_due_at: dt.datetime | None = None
     batch: str | None = None  # the batch this record was decided with (a batch rule's)
+    # Actions the rule planned that the suppression check left out (worker.suppression).
+    suppressed: tuple[Suppressed, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,24 @@ def evaluate_rule(
     rule: Rule[S], snapshot: Snapshot, as_of: AsOf | dt.date, settings: S, org: OrgMapping
 ) -> Iterator[Evaluation]:
     """Run one rule over its candidates (or batches); one bad record never stops the
-    others, nor another batch. A bare date is evaluated at its start (:meth:`AsOf.start_of`)."""
+    others, nor another batch. A bare date is evaluated at its start (:meth:`AsOf.start_of`).
+    Each evaluation has passed the suppression check."""
+    check = SuppressionCheck(snapshot, org)
+    for evaluation in _evaluate(rule, snapshot, as_of, settings, org):
+        if not evaluation.actions:
+            yield evaluation
+            continue
+        kept, suppressed = suppress(evaluation.actions, check.check)
+        if suppressed:
+            evaluation = dataclasses.replace(
+                evaluation, actions=kept, suppressed=evaluation.suppressed + suppressed
+            )
+        yield evaluation
+
+
+def _evaluate(
+    rule: Rule[S], snapshot: Snapshot, as_of: AsOf | dt.date, settings: S, org: OrgMapping
+) -> Iterator[Evaluation]:
     at = as_of if isinstance(as_of, AsOf) else AsOf.start_of(as_of, org.org.zone)
     if rule.batches is not None and rule.decide_batch is not None:
         for batch in rule.batches(snapshot, settings, org):
