@@ -50,7 +50,13 @@ def test_undo_of_a_run_restores_the_local_orgs_values(demo_copy: Path, tmp_path:
     assert result.exit_code == 0, result.output
     undo = json.loads(plan_file.read_text(encoding="utf-8"))
     kinds = {n["kind"] for n in undo["not_undone"]}
-    assert kinds <= {"case_comment", "send_email", "convert_lead", "submit_approval"}
+    assert kinds <= {
+        "case_comment",
+        "send_email",
+        "convert_lead",
+        "submit_approval",
+        "add_campaign_member",
+    }
     assert all("not reversible" in n["why"] for n in undo["not_undone"])
     result = invoke("apply", str(plan_file), *org_args(demo_copy, db))
     assert result.exit_code == 0, result.output

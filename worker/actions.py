@@ -29,6 +29,7 @@ class ActionKind(StrEnum):
     CONVERT_LEAD = "convert_lead"
     SUBMIT_APPROVAL = "submit_approval"
     MERGE = "merge"
+    ADD_CAMPAIGN_MEMBER = "add_campaign_member"
 
 
 class Outcome(StrEnum):
@@ -249,6 +250,23 @@ class MergeRecords(Action):
         return f"merge {', '.join(self.victim_ids)} into this record{kept}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AddCampaignMember(Action):
+    """Add a Contact or a Lead (``member_id``) to a Campaign: a CampaignMember create.
+    Salesforce keeps one membership per person and campaign and refuses a second
+    (``DUPLICATE_VALUE``): a person already a member is this action done, so a repeat or a
+    retry after a lost answer never adds anyone twice."""
+
+    kind: ClassVar[ActionKind] = ActionKind.ADD_CAMPAIGN_MEMBER
+    campaign_id: str
+    member_id: str
+    status: str | None = None  # the membership's Status; None: the campaign's default
+
+    def summary(self) -> str:
+        status = f" as {self.status!r}" if self.status else ""
+        return f"add {self.member_id} to campaign {self.campaign_id}{status}"
+
+
 ACTION_TYPES: dict[ActionKind, type[Action]] = {
     cls.kind: cls
     for cls in (
@@ -260,6 +278,7 @@ ACTION_TYPES: dict[ActionKind, type[Action]] = {
         ConvertLead,
         SubmitApproval,
         MergeRecords,
+        AddCampaignMember,
     )
 }
 

@@ -30,6 +30,7 @@ from worker import schema
 from worker.actions import (
     Action,
     ActionResult,
+    AddCampaignMember,
     AddCaseComment,
     ConvertLead,
     CreateTask,
@@ -277,7 +278,44 @@ def _apply_one(
         return ActionResult(action.key, Outcome.APPLIED, sf_id=opp_id or acc.sf_id)
     if isinstance(action, SubmitApproval):
         return _submit(records, action, target, stamp, now)
+    if isinstance(action, AddCampaignMember):
+        return _add_member(records, action, stamp, now)
     raise _LocalWriteError("UNSUPPORTED", f"the local org cannot apply {action.kind}")
+
+
+def _add_member(
+    records: dict[str, dict[str, Any]], action: AddCampaignMember, stamp: str, now: dt.datetime
+) -> ActionResult:
+    """A CampaignMember, as Salesforce keeps it: one per person and campaign (a second is
+    refused with DUPLICATE_VALUE: the person is a member already, the action is done)."""
+    for rid in (action.campaign_id, action.member_id):
+        found = records.get(rid)
+        if found is None or found.get(schema.IS_DELETED):
+            raise _LocalWriteError(
+                "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id {rid}"
+            )
+    member = _find_member(records, action)
+    if member:
+        return ActionResult(
+            action.key, Outcome.APPLIED, sf_id=member, message="already a member of the campaign"
+        )
+    person = schema.LEAD_ID if action.member_id.startswith(schema.LEAD_ID_PREFIX) else "ContactId"
+    fields: dict[str, Any] = {"CampaignId": action.campaign_id, person: action.member_id}
+    if action.status:
+        fields[schema.STATUS] = action.status
+    return _create(records, schema.CAMPAIGN_MEMBER, action.key, fields, stamp, now)
+
+
+def _find_member(records: Mapping[str, Mapping[str, Any]], action: AddCampaignMember) -> str | None:
+    for rid, rec in records.items():
+        if (
+            rec.get(schema.ATTRIBUTES, {}).get("type") == schema.CAMPAIGN_MEMBER
+            and not rec.get(schema.IS_DELETED)
+            and rec.get("CampaignId") == action.campaign_id
+            and action.member_id in (rec.get(schema.LEAD_ID), rec.get("ContactId"))
+        ):
+            return rid
+    return None
 
 
 def _submit(
@@ -472,6 +510,8 @@ class LocalOrg:
                 found = _find_task(records, action.key, self._key_field)
             elif isinstance(action, SubmitApproval):
                 found = _find_submission(records, action.key)
+            elif isinstance(action, AddCampaignMember):
+                found = _find_member(records, action)
             elif isinstance(action, AddCaseComment):
                 marker = key_marker(action.key)
                 found = next(

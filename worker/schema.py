@@ -75,6 +75,7 @@ CONTACT_ID_PREFIX = "003"
 # ... and to check the org and user a session or a plan names.
 ORGANIZATION_ID_PREFIX = "00D"
 USER_ID_PREFIX = "005"
+CAMPAIGN_ID_PREFIX = "701"
 
 # Key prefixes of the standard objects the worker touches (fixed by the platform).
 KEY_PREFIXES = {
@@ -88,9 +89,10 @@ KEY_PREFIXES = {
     "00a": CASE_COMMENT,
     "02s": EMAIL_MESSAGE,
     "500": CASE,
-    "701": "Campaign",
+    CAMPAIGN_ID_PREFIX: "Campaign",
     "04g": "ProcessInstance",
     "04h": "ProcessInstanceStep",
+    "00v": "CampaignMember",
 }
 
 # Objects a rule may read beside its own (related records, see docs/engine.md).

@@ -1474,6 +1474,7 @@ class FakeOrg:
             r.get("Id") for r in records if isinstance(r, Mapping) and isinstance(r.get("Id"), str)
         )
         staged: list[tuple[str, dict[str, Any], bool] | list[dict[str, Any]]] = []
+        members: set[tuple[Any, Any]] = set()  # CampaignMembers of this request
         for raw in records:
             rid = raw.get("Id") if isinstance(raw, Mapping) else None
             if isinstance(rid, str) and ids[rid] > 1:
@@ -1487,7 +1488,13 @@ class FakeOrg:
                     ]
                 )
                 continue
-            staged.append(self._stage(op, upsert, raw))
+            s = self._stage(op, upsert, raw)
+            if not isinstance(s, list) and s[2] and s[1]["attributes"]["type"] == "CampaignMember":
+                pair = (s[1].get("CampaignId"), s[1].get("LeadId") or s[1].get("ContactId"))
+                if pair in members:
+                    s = [_ALREADY_A_MEMBER]
+                members.add(pair)
+            staged.append(s)
         failed = any(isinstance(s, list) for s in staged)
         results = []
         for s in staged:
@@ -1661,6 +1668,36 @@ class FakeOrg:
                     "Related To ID: id value of incorrect type",
                     ["WhatId"],
                 )
+        if sobject == "CampaignMember" and existing is None:
+            # One membership per person and campaign (CampaignMember, object reference).
+            person = merged.get("LeadId") or merged.get("ContactId")
+            missing = [
+                f
+                for f, v in (("CampaignId", merged.get("CampaignId")), ("LeadId", person))
+                if not v
+            ]
+            if missing:
+                return error(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
+            for value in (merged["CampaignId"], person):
+                try:
+                    ref = self._load(self._sobject_of(str(value)), str(value))
+                except KeyError:
+                    ref = None
+                if ref is None or ref.get("IsDeleted"):
+                    return error(
+                        "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}"
+                    )
+            if any(
+                r.get("CampaignId") == merged["CampaignId"]
+                and person in (r.get("LeadId"), r.get("ContactId"))
+                and not r.get("IsDeleted")
+                for r in self._iter("CampaignMember")
+            ):
+                return [_ALREADY_A_MEMBER]
         if sobject == "CaseComment":
             if not merged.get("ParentId"):
                 return error(
@@ -2298,6 +2335,12 @@ class FakeOrg:
         raise KeyError(rid)
 
 
+# Salesforce's answer to a second membership of one person in one campaign.
+_ALREADY_A_MEMBER = {
+    "statusCode": "DUPLICATE_VALUE",
+    "message": "Already a campaign member.",
+    "fields": [],
+}
 ASSIGNABLE = ("Account", "Case", "Lead")  # the objects Sforce-Auto-Assign governs
 INHERITED_HEADERS = frozenset({"accept", "authorization", "content-type"})
 

@@ -40,6 +40,8 @@ NOT_REVERSIBLE = {
     "(the record's Approval History)",
     ActionKind.MERGE.value: "a merge is undone from its snapshot in the org: "
     "sop-worker undo-merge KEY",
+    ActionKind.ADD_CAMPAIGN_MEMBER.value: "a campaign member stays on the campaign (the worker "
+    "deletes nothing)",
 }
 
 

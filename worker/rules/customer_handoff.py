@@ -40,7 +40,14 @@ from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot, full_record_id
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit, in_scope, is_completed, render, worker_tasks
+from worker.rules.kit import (
+    Emit,
+    in_scope,
+    is_completed,
+    primary_contact_id,
+    render,
+    worker_tasks,
+)
 from worker.rules.opportunity_stages import stage_entered
 
 RULE_ID = "customer_handoff"
@@ -328,7 +335,7 @@ def _introduction(
 ) -> CreateTask:
     """The SOP's introduction email, filled in, as an Email Task for the CSM to send."""
     start = kickoff.astimezone(org.org.zone)
-    contact = _primary_contact(record, snapshot)
+    contact = snapshot.get(primary_contact_id(snapshot, record.id))
     intro: dict[str, object] = {
         "company": s.company_name,
         "customer": (contact.text("FirstName") if contact else None) or values["account"],
@@ -408,13 +415,6 @@ def _filled(record: Record, snapshot: Snapshot, item: FormItem) -> bool:
         role.text("Role") == item.contact_role
         for role in snapshot.children(CONTACT_ROLE, "OpportunityId", record.id)
     )
-
-
-def _primary_contact(record: Record, snapshot: Snapshot) -> Record | None:
-    for role in snapshot.children(CONTACT_ROLE, "OpportunityId", record.id):
-        if role.flag("IsPrimary"):
-            return snapshot.get(role.text("ContactId"))
-    return None
 
 
 def _manager(snapshot: Snapshot, csm: str, fallback: str) -> str:

@@ -21,6 +21,7 @@ from dateutil.relativedelta import relativedelta
 
 from worker import schema
 from worker.actions import (
+    AddCampaignMember,
     AddCaseComment,
     CloseRecord,
     ConvertLead,
@@ -71,6 +72,14 @@ def comment_keys(comments: Iterable[Record], rule_id: str) -> dict[str, Record]:
             if key.startswith(f"{rule_id}:"):
                 out[key] = comment
     return out
+
+
+def primary_contact_id(snapshot: Any, opportunity_id: str) -> str | None:
+    """The ContactId of the opportunity's primary contact role (``IsPrimary``), if any."""
+    for role in snapshot.children(schema.OPPORTUNITY_CONTACT_ROLE, "OpportunityId", opportunity_id):
+        if role.flag("IsPrimary") and role.text("ContactId"):
+            return str(role.text("ContactId"))
+    return None
 
 
 def change_digest(changes: Iterable[FieldChange]) -> str:
@@ -366,6 +375,25 @@ class Emit:
             subject=subject,
             body=with_key_marker(body, meta["key"]),
             log_on_id=self.record.id,
+        )
+
+    def add_campaign_member(
+        self,
+        step_id: str,
+        *,
+        campaign_id: str,
+        member_id: str,
+        reason: str,
+        status: str | None = None,
+        step_key: str | None = None,
+    ) -> AddCampaignMember:
+        """A Contact or Lead added to a Campaign (Salesforce keeps one membership per
+        person and campaign, so a repeat is done, never a second member)."""
+        return AddCampaignMember(
+            **self._meta(step_id, step_key, reason),
+            campaign_id=campaign_id,
+            member_id=member_id,
+            status=status,
         )
 
     def submit_approval(

@@ -29,6 +29,10 @@ Writes (:meth:`SalesforceSink.write`):
 - ``ConvertLead``: the SOAP ``convertLead`` call (:mod:`worker.salesforce.soap`).
 - ``MergeRecords``: a snapshot upserted to ``SOP_Merge_Snapshot__c``, then the SOAP
   ``merge()`` call (:mod:`worker.salesforce.writes.merges`).
+- ``AddCampaignMember``: ``POST composite/sobjects`` of a CampaignMember. Salesforce keeps
+  one membership per person and campaign and refuses a second with ``DUPLICATE_VALUE``:
+  that person is a member already, so the action is APPLIED. That makes the create safe to
+  send again, and it travels with the idempotent collections (a lost answer is retried).
 - ``SubmitApproval``: ``POST process/approvals`` (actionType ``Submit``), fifty requests a
   call, each answer matched to its record, so a refusal (``NO_APPLICABLE_PROCESS``: the
   record fails the process's entry criteria) fails that action alone; the key marker

@@ -27,6 +27,7 @@ from worker.salesforce.errors import (
 from worker.salesforce.writes.lookups import tasks_by_key
 from worker.salesforce.writes.state import (
     CONVERTED_LEAD,
+    DUPLICATE_VALUE,
     NOT_UPDATEABLE,
     Operation,
     PreparedRecord,
@@ -157,7 +158,8 @@ def _subrequest(ctx: WriteContext, j: int, chunk: Sequence[PreparedRecord]) -> S
     if first.operation is Operation.UPSERT:
         url = ctx.client.data_path(f"composite/sobjects/{first.sobject}/{ctx.task_key_field}")
         return SubRequest("PATCH", url, f"c{j}", body, headers)
-    method = "POST" if first.operation is Operation.CREATE else "PATCH"
+    creates = (Operation.CREATE, Operation.CREATE_UNIQUE)
+    method = "POST" if first.operation in creates else "PATCH"
     url = ctx.client.data_path("composite/sobjects")
     return SubRequest(method, url, f"c{j}", body, headers)
 
@@ -199,6 +201,12 @@ def _apply_results(
         if first.disposition is Disposition.RETRY:
             state.last_error[p.index] = first
             retry.append(p)
+        elif p.operation is Operation.CREATE_UNIQUE and first.code == DUPLICATE_VALUE:
+            state.results[p.index] = ActionResult(
+                p.action.key,
+                Outcome.APPLIED,
+                message="already a member of the campaign (DUPLICATE_VALUE); not added again",
+            )
         elif p.operation is Operation.UPSERT and first.code == NOT_UPDATEABLE:
             state.last_error[p.index] = first
             state.refused_upserts.append(p)

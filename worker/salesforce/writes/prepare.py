@@ -13,6 +13,7 @@ from worker import schema
 from worker.actions import (
     Action,
     ActionResult,
+    AddCampaignMember,
     AddCaseComment,
     ConvertLead,
     CreateTask,
@@ -54,6 +55,8 @@ def _prepare(ctx: WriteContext, index: int, action: Action) -> PreparedRecord | 
         return _prepare_task(ctx, index, action)
     if isinstance(action, AddCaseComment):
         return _prepare_comment(ctx, index, action)
+    if isinstance(action, AddCampaignMember):
+        return _prepare_member(index, action)
     if isinstance(action, ConvertLead) and action.target.id in ctx.converted:
         return converted_lead(action)
     if isinstance(action, SendEmail) and not action.log_on_id:
@@ -154,6 +157,18 @@ def _prepare_task(
     )
     parents = tuple(p for p in (what, who) if isinstance(p, str) and p)
     return PreparedRecord(index, action, schema.TASK, operation, record, tuple(notes), parents)
+
+
+def _prepare_member(index: int, action: AddCampaignMember) -> PreparedRecord:
+    person = schema.LEAD_ID if action.member_id.startswith(schema.LEAD_ID_PREFIX) else "ContactId"
+    record: dict[str, Any] = {
+        "attributes": {"type": schema.CAMPAIGN_MEMBER},
+        "CampaignId": action.campaign_id,
+        person: action.member_id,
+    }
+    if action.status:
+        record[schema.STATUS] = action.status
+    return PreparedRecord(index, action, schema.CAMPAIGN_MEMBER, Operation.CREATE_UNIQUE, record)
 
 
 def _prepare_comment(ctx: WriteContext, index: int, action: AddCaseComment) -> PreparedRecord:

@@ -44,7 +44,8 @@ def reconcile(ctx: WriteContext, actions: Sequence[Action]) -> list[ActionResult
     target carries its key in its first step's comments. The others are safe to send
     again (None): an email Salesforce did not log was not sent, since the log is written
     in the same transaction as the send and Salesforce sends only once that transaction
-    commits; a submission is committed with its instance and first step, or not at all."""
+    commits; a submission is committed with its instance and first step, or not at all; a
+    campaign member sent again answers DUPLICATE_VALUE when it was added, which is done."""
     out: list[ActionResult | None] = [None] * len(actions)
     keyed: list[tuple[int, Action, str, tuple[str, ...]]] = []
     upserted: dict[str, list[int]] = {}

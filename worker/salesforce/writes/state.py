@@ -35,12 +35,17 @@ CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 # only (TaskSubtype): Salesforce refuses the update. Also the answer when field-level
 # security forbids a field, so the key lookup decides which it was.
 NOT_UPDATEABLE = "INVALID_FIELD_FOR_INSERT_UPDATE"
+# A CampaignMember create for a person already a member of the campaign.
+DUPLICATE_VALUE = "DUPLICATE_VALUE"
 
 
 class Operation(StrEnum):
     UPDATE = "update"  # PATCH composite/sobjects
     UPSERT = "upsert"  # PATCH composite/sobjects/<Object>/<ExternalIdField>
     CREATE = "create"  # POST composite/sobjects (after a key-marker lookup)
+    # POST composite/sobjects of a record Salesforce keeps unique (a CampaignMember): a
+    # repeat answers DUPLICATE_VALUE, which is the action done, so it is safe to resend.
+    CREATE_UNIQUE = "create_unique"
 
     @property
     def idempotent(self) -> bool:
