@@ -447,7 +447,9 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     # SOP 004 handoff: 19 on its demo deals and the won demo deal (checklists, form,
     # introduction, a late kickoff, a re-opened deal's Tasks closed).
     assert "customer_handoff │ Customer Handoff 5: post-handoff week 1 │ 4" in head
-    assert "257 action(s) to apply, 16 skipped, 11 superseded" in head
+    # SOP 004 Closed Lost: the lost demo deal's primary contact joins the nurture campaign.
+    assert "closed_won_lost │ Closed Lost: add to nurture campaign │ 1" in head
+    assert "258 action(s) to apply, 16 skipped, 11 superseded" in head
     assert "Cost: 0 API call(s)" in head
 
 

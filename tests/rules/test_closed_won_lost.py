@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from worker.actions import CreateTask
+from worker.actions import AddCampaignMember, CreateTask
 from worker.localorg import apply_actions
 from worker.mapping import LoadedMapping
 from worker.records import Record, Snapshot
@@ -114,3 +114,39 @@ def test_declarations_match_what_the_rule_does_on_the_demo_org(mapping: LoadedMa
     seen = walk_demo("closed_won_lost", mapping, days=10)
     assert seen.writes == {}
     assert undeclared(seen, settings.picklist_values(), mapping) == {}
+
+
+def test_a_lost_deals_primary_contact_joins_the_nurture_campaign(mapping: LoadedMapping) -> None:
+    campaign = mapping.rules["closed_won_lost"].nurture_campaign_id
+    contact = "003Dm1600000960002"
+    org = org_with("Closed Lost")
+    day = dt.date(2026, 11, 19)
+    alone = evaluate(org, day, mapping)
+    assert not [a for a in alone.actions if isinstance(a, AddCampaignMember)]
+    assert "no primary contact (OpportunityContactRole.IsPrimary)" in alone.why
+    for rid, primary, person in (
+        ("00KDm1600000960003", False, "003Dm1600000960003"),
+        ("00KDm1600000960004", True, contact),
+    ):
+        org[rid] = {
+            "attributes": {"type": "OpportunityContactRole"},
+            "Id": rid,
+            "OpportunityId": OPP,
+            "ContactId": person,
+            "IsPrimary": primary,
+        }
+    (joins,) = [a for a in evaluate(org, day, mapping).actions if isinstance(a, AddCampaignMember)]
+    assert (joins.key, joins.campaign_id, joins.member_id, joins.status) == (
+        f"closed_won_lost:nurture:{OPP}",
+        campaign,
+        contact,
+        "Sent",
+    )
+    org["00vDm1600000960005"] = {  # the org shows them a member: nothing to do
+        "attributes": {"type": "CampaignMember"},
+        "Id": "00vDm1600000960005",
+        "CampaignId": campaign,
+        "ContactId": contact,
+    }
+    member = evaluate(org, day, mapping)
+    assert not [a for a in member.actions if isinstance(a, AddCampaignMember)]

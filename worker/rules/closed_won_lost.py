@@ -11,8 +11,10 @@ CRM" is the stage itself; "Celebrate!" is the team's.
 
 Lost ("1. Conduct loss interview 2. Document reasons 3. Set follow-up reminder 4. Add to
 nurture campaign 5. Request feedback 6. Learn and improve"): a loss interview Task, a Task
-asking for the reason when ``loss_reason_field`` is blank, and a follow-up reminder Task due
-``followup_after_days`` after the loss.
+asking for the reason when ``loss_reason_field`` is blank, a follow-up reminder Task due
+``followup_after_days`` after the loss, and the primary contact (the contact role with
+``IsPrimary``) added to the ``nurture_campaign_id`` campaign, unless the org shows them a
+member already.
 
 The day a deal closed is the day it entered its closed stage by ``OpportunityHistory``; a
 deal whose close is not in the history read, or older than ``recent_days``, is left alone,
@@ -28,21 +30,28 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from worker import schema
-from worker.actions import Action
+from worker.actions import Action, AddCampaignMember
 from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings
-from worker.records import Record, Snapshot
+from worker.records import Record, Snapshot, full_record_id
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit, in_scope, render, worker_emails, worker_tasks
+from worker.rules.kit import (
+    Emit,
+    in_scope,
+    primary_contact_id,
+    render,
+    worker_emails,
+    worker_tasks,
+)
 from worker.rules.opportunity_stages import stage_entered
 
 RULE_ID = "closed_won_lost"
 WON_STEPS = ("notify", "kickoff", "introduce_cs", "referral")
-LOST_STEPS = ("loss_interview", "loss_reason", "followup")
+LOST_STEPS = ("loss_interview", "loss_reason", "followup", "nurture")
 STEPS = WON_STEPS + LOST_STEPS
 
 _VALUES = frozenset({"name", "account", "amount", "closed", "owner", "csm", "reason"})
@@ -54,6 +63,8 @@ class ClosedWonLostSettings(RuleSettings):
     reads: ClassVar = {
         "sobject": (schema.OWNER_ID, "Amount", "CloseDate", "Account.Name", "Owner.Name"),
         schema.OPPORTUNITY_HISTORY: ("OpportunityId", "StageName", schema.CREATED_DATE),
+        schema.OPPORTUNITY_CONTACT_ROLE: ("OpportunityId", "ContactId", "IsPrimary"),
+        schema.CAMPAIGN_MEMBER: ("CampaignId", "ContactId"),
     }
 
     sobject: str = "Opportunity"
@@ -85,6 +96,19 @@ class ClosedWonLostSettings(RuleSettings):
     reason_description: _Text
     followup_subject: _Text
     followup_description: _Text
+    nurture_campaign_id: str = Field(
+        description="Campaign Id of the lost-deal nurture campaign the primary contact joins."
+    )
+    nurture_member_status: Annotated[str, ValuesOf("Status", sobject=schema.CAMPAIGN_MEMBER)] = (
+        Field(default="", description="The membership's Status; empty: the campaign's default.")
+    )
+
+    @field_validator("nurture_campaign_id")
+    @classmethod
+    def _campaign(cls, value: str) -> str:
+        if not value.startswith(schema.CAMPAIGN_ID_PREFIX):
+            raise ValueError(f"not a Campaign Id: {value!r}")
+        return full_record_id(value)
 
 
 def candidates(
@@ -141,6 +165,7 @@ def decide(
     }
     where = f"rules.{RULE_ID}"
     actions: list[Action] = []
+    notes: list[str] = []
 
     def task(step: str, subject: str, description: str, due: dt.date, **kw: object) -> None:
         if emit.key(step) in done:
@@ -193,8 +218,33 @@ def decide(
             task("loss_reason", s.reason_subject, s.reason_description, at.date)
         followup_on = closed + dt.timedelta(days=s.followup_after_days)
         task("followup", s.followup_subject, s.followup_description, max(followup_on, at.date))
-    why = f"{stage} on {closed} ({age} days ago)"
+        nurture = _nurture(emit, record, snapshot, s, f"{stage} on {closed}")
+        if isinstance(nurture, str):
+            notes.append(nurture)
+        elif nurture is not None and emit.key("nurture") not in done:
+            actions.append(nurture)
+    why = f"{stage} on {closed} ({age} days ago)" + "".join(f"; {n}" for n in notes)
     return _eval(emit, Verdict.ACT if actions else Verdict.DONE, why, actions)
+
+
+def _nurture(
+    emit: Emit, record: Record, snapshot: Snapshot, s: ClosedWonLostSettings, reason: str
+) -> AddCampaignMember | str | None:
+    """The primary contact added to the nurture campaign; what stops it, as a note; None
+    when the org shows them a member already."""
+    contact = primary_contact_id(snapshot, record.id)
+    if contact is None:
+        return "no primary contact (OpportunityContactRole.IsPrimary) for the nurture campaign"
+    members = snapshot.children(schema.CAMPAIGN_MEMBER, "ContactId", contact)
+    if any(m.text("CampaignId") == s.nurture_campaign_id for m in members):
+        return None
+    return emit.add_campaign_member(
+        "nurture",
+        campaign_id=s.nurture_campaign_id,
+        member_id=contact,
+        status=s.nurture_member_status or None,
+        reason=f"{reason}: its primary contact joins the lost-deal nurture campaign",
+    )
 
 
 def _eval(emit: Emit, verdict: Verdict, why: str, actions: Iterable[Action] = ()) -> Evaluation:
