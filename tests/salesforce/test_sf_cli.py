@@ -211,6 +211,10 @@ def effect_problems(
         for step in org.of("ProcessInstanceStep")
         for key in MARKER.findall(step.get("Comments") or "")
     )
+    members = Counter(
+        (m.get("CampaignId"), m.get("ContactId") or m.get("LeadId"))
+        for m in org.of("CampaignMember")
+    )
     problems = []
     for action in actions:
         key, kind, target = action["key"], action["kind"], action["target"]
@@ -233,6 +237,10 @@ def effect_problems(
         elif kind == "submit_approval":
             if submissions[key] != 1:
                 problems.append(f"{key}: {submissions[key]} approval submissions carry the key")
+        elif kind == "add_campaign_member":
+            pair = (action["campaign_id"], action["member_id"])
+            if members[pair] != 1:
+                problems.append(f"{key}: {members[pair]} CampaignMembers of {pair[1]}")
         elif kind == "convert_lead":
             lead = org.get(target["id"]) or {}
             if not lead.get("IsConverted"):
