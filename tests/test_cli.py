@@ -449,7 +449,9 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     assert "customer_handoff │ Customer Handoff 5: post-handoff week 1 │ 4" in head
     # SOP 004 Closed Lost: the lost demo deal's primary contact joins the nurture campaign.
     assert "closed_won_lost │ Closed Lost: add to nurture campaign │ 1" in head
-    assert "258 action(s) to apply, 16 skipped, 11 superseded" in head
+    # SOP 004 dispositions: one Do Not Contact lead (opt-outs, one worker Task closed), two
+    # reminders to update a status after a contact (one on lead_dedupe's lead).
+    assert "262 action(s) to apply, 16 skipped, 11 superseded, 0 suppressed" in head
     assert "Cost: 0 API call(s)" in head
 
 

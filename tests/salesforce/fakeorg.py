@@ -280,6 +280,8 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             "Contact Attempted",
             "Contact Successful - Pending Qualification",
             "Qualified",
+            "No Response",
+            "Do Not Contact",
         ),
     )
     case_statuses = values(("New", "Working", "Escalated", "Closed"), ("Homeowner Responded",))
