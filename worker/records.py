@@ -6,7 +6,9 @@ on a malformed value, so a rule never guesses: the runner records the error, ski
 record and goes on with the rest.
 
 A :class:`Snapshot` is every cached record of one cycle with the indexes rules need
-(Tasks by WhatId/WhoId, CaseComments by ParentId, children by lookup field).
+(Tasks by WhatId/WhoId, CaseComments by ParentId, children by lookup field): in memory
+(:meth:`Snapshot.build`), or read from the store as the rules ask
+(:class:`worker.store.StoredSnapshot`), behind the same methods.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -203,9 +205,12 @@ class Record:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """All cached records of one cycle, by sObject, with lookup indexes built on demand."""
+    """All cached records of one cycle, by sObject, with lookup indexes built on demand.
 
-    records: Mapping[str, tuple[Record, ...]] = field(default_factory=dict)
+    ``of`` gives an object's records in Id order; rules iterate it (a stored snapshot
+    streams it), so they treat it as a sequence, not as a tuple."""
+
+    records: Mapping[str, Sequence[Record]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, records: Iterable[Record]) -> Snapshot:
@@ -214,7 +219,7 @@ class Snapshot:
             grouped[rec.sobject].append(rec)
         return cls({k: tuple(sorted(v, key=lambda r: r.id)) for k, v in grouped.items()})
 
-    def of(self, sobject: str) -> tuple[Record, ...]:
+    def of(self, sobject: str) -> Sequence[Record]:
         return self.records.get(sobject, ())
 
     @cached_property

@@ -33,7 +33,9 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import socket
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -368,6 +370,18 @@ class Store:
             except sa.exc.DBAPIError as exc:
                 raise self._error(exc) from None
         return Snapshot.build(records), problems
+
+    def snapshot(self, sobjects: Iterable[str]) -> StoredSnapshot:
+        """The cached records of ``sobjects`` as the rules read them, without holding them
+        all: see :class:`StoredSnapshot`."""
+        names = sorted(set(sobjects))
+        query = (
+            sa.select(RECORDS.c.sobject, sa.func.count())
+            .where(RECORDS.c.sobject.in_(names))
+            .group_by(RECORDS.c.sobject)
+        )
+        rows = self.transaction(lambda c: c.execute(query).all(), write=False)
+        return StoredSnapshot(self, {sobject: int(n) for sobject, n in rows})
 
     def cached_record(self, record_id: str) -> Record | None:
         row = self.transaction(
@@ -817,6 +831,244 @@ class Store:
             return removed
 
         return self.transaction(work)
+
+
+# A stored snapshot holds an object of at most this many cached rows whole (as
+# Snapshot.build would: about 30 MB, and each rule's pass over it decodes nothing again);
+# a larger one is streamed from the store a page at a time.
+WHOLE_ROWS = 10_000
+STREAM_PAGE = 2000
+RECENT = 5000  # decoded records of streamed objects kept by Id (get, children)
+_PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+
+
+class StoredSnapshot(Snapshot):
+    """The cached records of one cycle read from the store as the rules ask, so that a
+    cycle's memory does not grow with the org: the rules see the same :class:`Snapshot`.
+
+    - An object of at most :data:`WHOLE_ROWS` rows is read whole on first use and kept.
+    - A larger one is streamed: ``of`` pages through it in Id order on each iteration
+      (one query per :data:`STREAM_PAGE` rows); ``get`` reads a record by its Id (the
+      primary key) and ``children`` by an index of child Ids per parent, built once per
+      lookup field in one query that reads only the Id and the lookup (its column, or the
+      JSON field); the last :data:`RECENT` records read that way are kept.
+
+    A row whose JSON cannot be read is left out, as :meth:`Store.load_snapshot` leaves it
+    out, and logged once (``cache.unreadable_record``); ``problems`` lists them.
+    """
+
+    def __init__(self, store: Store, counts: Mapping[str, int]) -> None:
+        object.__setattr__(self, "records", _StoredRecords(self, counts))
+        self._store = store
+        self._counts = dict(counts)
+        self._whole: dict[str, tuple[Record, ...]] = {}
+        self._whole_by_id: dict[str, Record] = {}
+        self._recent: OrderedDict[str, Record | None] = OrderedDict()
+        self._child_ids: dict[tuple[str, str], dict[str, list[str]]] = {}
+        self._reported: set[str] = set()
+        self.problems: list[RecordError] = []
+        self._ids = _ordered_id(store.backend)
+
+    def _streamed(self, sobject: str) -> bool:
+        return self._counts.get(sobject, 0) > WHOLE_ROWS
+
+    def _decode(self, rid: str, sobject: str, raw: Any) -> Record | None:
+        try:
+            return Record.from_json(_loaded(raw), sobject, owned=True)
+        except RecordError as exc:
+            problem = exc
+        except ValueError as exc:
+            problem = RecordError(rid, "raw", f"unreadable JSON: {exc}")
+        if rid not in self._reported:
+            self._reported.add(rid)
+            self.problems.append(problem)
+            log.warning(
+                "cache.unreadable_record", record_id=problem.record_id, problem=problem.problem
+            )
+        return None
+
+    def _rows(self, query: sa.Select[Any]) -> Sequence[Any]:
+        return self._store.transaction(lambda c: c.execute(query).all(), write=False)
+
+    def _stream(self, sobject: str) -> Iterator[Record]:
+        after: str | None = None
+        while True:
+            query = sa.select(RECORDS.c.id, RECORDS.c.raw).where(RECORDS.c.sobject == sobject)
+            if after is not None:
+                query = query.where(self._ids > after)
+            rows = self._rows(query.order_by(self._ids).limit(STREAM_PAGE))
+            for rid, raw in rows:
+                record = self._decode(rid, sobject, raw)
+                if record is not None:
+                    yield record
+            if len(rows) < STREAM_PAGE:
+                return
+            after = rows[-1][0]
+
+    def _load_whole(self, sobject: str) -> tuple[Record, ...]:
+        loaded = self._whole.get(sobject)
+        if loaded is None:
+            query = sa.select(RECORDS.c.id, RECORDS.c.raw).where(RECORDS.c.sobject == sobject)
+            found = (self._decode(rid, sobject, raw) for rid, raw in self._rows(query))
+            loaded = tuple(sorted((r for r in found if r is not None), key=lambda r: r.id))
+            self._whole[sobject] = loaded
+            self._whole_by_id.update((r.id, r) for r in loaded)
+        return loaded
+
+    def of(self, sobject: str) -> Sequence[Record]:
+        if sobject not in self._counts:
+            return ()
+        if self._streamed(sobject):
+            return _Streamed(self, sobject, self._counts[sobject])
+        return self._load_whole(sobject)
+
+    def _remember(self, rid: str, record: Record | None) -> None:
+        self._recent[rid] = record
+        self._recent.move_to_end(rid)
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+
+    def _fetch(self, ids: Sequence[str]) -> dict[str, Record]:
+        """Records by Id (those cached of this snapshot's objects); a small object a
+        record belongs to is read whole."""
+        found: dict[str, Record] = {}
+        wanted: list[str] = []
+        for rid in ids:
+            if (hit := self._whole_by_id.get(rid)) is not None:
+                found[rid] = hit
+            elif rid in self._recent:
+                if (record := self._recent[rid]) is not None:
+                    found[rid] = record
+                self._recent.move_to_end(rid)
+            else:
+                wanted.append(rid)
+        for chunk in _chunks(wanted):
+            query = sa.select(RECORDS.c.id, RECORDS.c.sobject, RECORDS.c.raw).where(
+                RECORDS.c.id.in_(chunk), RECORDS.c.sobject.in_(sorted(self._counts))
+            )
+            rows = {rid: (sobject, raw) for rid, sobject, raw in self._rows(query)}
+            for rid in chunk:
+                if rid not in rows:
+                    self._remember(rid, None)
+                    continue
+                sobject, raw = rows[rid]
+                if not self._streamed(sobject):
+                    self._load_whole(sobject)
+                    if (hit := self._whole_by_id.get(rid)) is not None:
+                        found[rid] = hit
+                    continue
+                record = self._decode(rid, sobject, raw)
+                self._remember(rid, record)
+                if record is not None:
+                    found[rid] = record
+        return found
+
+    def get(self, record_id: str | None) -> Record | None:
+        if not record_id:
+            return None
+        return self._fetch([record_id]).get(record_id)
+
+    def children(self, sobject: str, lookup_field: str, parent_id: str) -> tuple[Record, ...]:
+        if not self._streamed(sobject):
+            return super().children(sobject, lookup_field, parent_id)
+        index = self._child_ids.get((sobject, lookup_field))
+        if index is None:
+            index = self._child_index(sobject, lookup_field)
+            self._child_ids[(sobject, lookup_field)] = index
+        ids = index.get(parent_id)
+        if not ids:
+            return ()
+        found = self._fetch(ids)
+        return tuple(found[rid] for rid in ids if rid in found)
+
+    def _child_index(self, sobject: str, lookup_field: str) -> dict[str, list[str]]:
+        """Child Ids (in Id order) per parent, from one query of Ids and lookup values."""
+        index: dict[str, list[str]] = defaultdict(list)
+        value = _lookup_value(self._store.backend, lookup_field)
+        if value is None:  # not a plain field path: read the records themselves
+            for record in self._stream(sobject):
+                parent = record.get(lookup_field)
+                if isinstance(parent, str) and parent:
+                    index[parent].append(record.id)
+            return index
+        query = (
+            sa.select(RECORDS.c.id, value).where(RECORDS.c.sobject == sobject).order_by(self._ids)
+        )
+        for rid, parent in self._rows(query):
+            if isinstance(parent, str) and parent:
+                index[parent].append(rid)
+        return index
+
+
+class _Streamed(Sequence[Record]):
+    """A streamed object's records, in Id order: read from the store on each iteration."""
+
+    def __init__(self, snapshot: StoredSnapshot, sobject: str, count: int) -> None:
+        self._snapshot, self._sobject, self._count = snapshot, sobject, count
+
+    def __iter__(self) -> Iterator[Record]:
+        return self._snapshot._stream(self._sobject)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(self)[index]
+
+
+class _StoredRecords(Mapping[str, Sequence[Record]]):
+    """``Snapshot.records`` of a stored snapshot: each object's records as ``of`` gives them."""
+
+    def __init__(self, snapshot: StoredSnapshot, counts: Mapping[str, int]) -> None:
+        self._snapshot, self._names = snapshot, sorted(counts)
+
+    def __getitem__(self, sobject: str) -> Sequence[Record]:
+        if sobject not in self._names:
+            raise KeyError(sobject)
+        return self._snapshot.of(sobject)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+_COLUMNS = {schema.WHAT_ID: "what_id", schema.WHO_ID: "who_id", schema.PARENT_ID: "parent_id"}
+
+
+def _lookup_value(backend: str, lookup_field: str) -> sa.ColumnElement[Any] | None:
+    """The SQL for a record's ``lookup_field`` as text (NULL when it is no string): its
+    column, or the field read from the raw JSON; None for a name that is no field path."""
+    if lookup_field in _COLUMNS:
+        return RECORDS.c[_COLUMNS[lookup_field]]
+    if not _PATH.fullmatch(lookup_field):
+        return None
+    parts = lookup_field.split(".")
+    if backend == "postgresql":
+        path = sa.literal(parts, postgresql.ARRAY(sa.Text))
+        node = RECORDS.c.raw.op("#>")(path)
+        return sa.case(
+            (
+                sa.func.jsonb_typeof(node) == "string",
+                RECORDS.c.raw.op("#>>", return_type=sa.Text)(path),
+            )
+        )
+    json_path = "$." + ".".join(f'"{p}"' for p in parts)
+    text = sa.case(
+        (
+            sa.func.json_type(RECORDS.c.raw, json_path) == "text",
+            sa.func.json_extract(RECORDS.c.raw, json_path),
+        )
+    )
+    # A damaged row (not JSON) must not fail the query: json_type would raise on it.
+    return sa.case((sa.func.json_valid(RECORDS.c.raw) == 1, text))
+
+
+def _ordered_id(backend: str) -> sa.ColumnElement[str]:
+    """Record Ids compared as Python compares them (code point order): PostgreSQL's
+    default collation follows the locale, so it is told byte order."""
+    return RECORDS.c.id.collate("C") if backend == "postgresql" else RECORDS.c.id
 
 
 def _unneeded(conn: Connection, cutoff_for: Callable[[str], dt.datetime]) -> dict[str, list[str]]:
