@@ -439,6 +439,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("EndDateTime", "datetime"),
             _f("ActivityDateTime", "datetime"),
             _f("DurationInMinutes", "int"),
+            _f("ShowAs", "picklist", picklist=("Busy", "OutOfOffice", "Free")),
             _ref("WhatId", ("Opportunity", "Account", "Case"), "What"),
             _ref("WhoId", ("Lead", "Contact"), "Who"),
             owner,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from worker.mapping import load_mapping
+from worker.rules import rule_models
+from worker.salesforce.soql import incremental_select
+
 from .fakeorg import INSTANCE, FakeOrg
+
+MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "default.toml"
 
 V = "/services/data/v66.0"
 
@@ -251,3 +258,26 @@ def test_replication_probes_ignore_seconds_and_keep_their_reach(org: FakeOrg) ->
         refused = probe(kind, start, end)
         assert refused.status_code == 400
         assert refused.json()[0]["errorCode"] == "INVALID_REPLICATION_DATE"
+
+
+@pytest.mark.parametrize("out_of_office", ["OutOfOffice", "events"])
+def test_every_field_the_default_mapping_reads_is_in_the_fake_orgs_schema(
+    org: FakeOrg, tmp_path: Path, out_of_office: str
+) -> None:
+    """The pull's query of each object, with every field the mapping names, is accepted
+    as a real org accepts it (Event has Type and ShowAs there); a field missing from the
+    fake org's schema would fail a bench or a test run with INVALID_FIELD."""
+    text = MAPPING.read_text(encoding="utf-8")
+    mapping_file = tmp_path / "m.toml"
+    mapping_file.write_text(
+        text.replace('out_of_office = "OutOfOffice"', f'out_of_office = "{out_of_office}"'),
+        encoding="utf-8",
+    )
+    mapping = load_mapping(mapping_file, rule_models())
+    for sobject, names in mapping.object_fields().items():
+        replication = mapping.common.replication(sobject)
+        soql = incremental_select(sobject, names, {}, None, None, replication=replication)
+        answer = call(org, "GET", f"{V}/queryAll/", params={"q": soql})
+        assert answer.status_code == 200, (sobject, answer.text)
+    if out_of_office == "events":
+        assert "ShowAs" in mapping.object_fields()["Event"]
