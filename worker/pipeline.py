@@ -37,15 +37,17 @@ sent stay ``planned`` in the ledger, and the next run resumes.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,7 +334,7 @@ class Pipeline:
                 hashes.pop(sobject)  # read whole every time: no watermark to keep
         unsettled: dict[str, Cursor] = {}  # newest (stamp, Id) so far of an unordered read
         self._check_stop("before the pull")
-        for page in self.source.fetch(queries):
+        for page in read_ahead(self.source.fetch(queries), self.stop):
             page = _usable(page, report)
             name_field = self.mapping.common.name_field(page.sobject)
             saved = self.store.save_page(page, name_field, self.clock())
@@ -368,7 +370,8 @@ class Pipeline:
             )
             read = sum(report.records_read.values())
             self._report_progress(report, "pull", read, None)
-            self._check_stop("during the pull")  # before the next page is asked for
+            self._check_stop("during the pull")
+        self._check_stop("during the pull")  # the read ahead ends early on a stop
 
     # -- 3. plan ----------------------------------------------------------------------------
     def instant(self, as_of: dt.date) -> AsOf:
@@ -695,6 +698,49 @@ class Pipeline:
                 summary = {**report.summary(), "status": status or report.status}
                 self.store.finish_run(report.run_id, summary["status"], summary, self.clock())
                 log.info("run.summary", **summary)
+
+
+def read_ahead(pages: Iterator[Page], stop: threading.Event, depth: int = 1) -> Iterator[Page]:
+    """``pages`` as they come, asked for in a thread while the caller stores the last one:
+    the next page's request is under way while a page is written to the cache, with at
+    most ``depth`` pages waiting. On ``stop`` no further page is asked for; an error in
+    the reading is raised to the caller at the page it stopped at; pages the caller did
+    not take are dropped (the next cycle reads them again from the cursor kept)."""
+    ahead: queue.Queue[tuple[Page | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    done = threading.Event()
+
+    def produce() -> None:
+        try:
+            while not (stop.is_set() or done.is_set()):
+                page = next(pages, None)
+                if page is None:
+                    break
+                ahead.put((page, None))
+            ahead.put((None, None))
+        except BaseException as exc:  # handed to the caller, raised there
+            ahead.put((None, exc))
+        finally:
+            if isinstance(pages, Generator):
+                pages.close()
+
+    reader = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="pull-read-ahead"
+    )
+    reader.start()
+    try:
+        while True:
+            page, error = ahead.get()
+            if error is not None:
+                raise error
+            if page is None:
+                return
+            yield page
+    finally:
+        done.set()
+        while reader.is_alive():  # let a reader waiting on a full queue finish
+            with suppress(queue.Empty):
+                ahead.get(timeout=0.05)
+        reader.join()
 
 
 def _cursor_key(cursor: Cursor) -> tuple[dt.datetime, str]:
