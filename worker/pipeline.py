@@ -88,7 +88,7 @@ from worker.ports import (
     TargetState,
 )
 from worker.records import Record, RecordRef, Snapshot, format_sf_datetime, parse_sf_datetime
-from worker.rules.base import AsOf, Evaluation, Rule, Verdict, evaluate_rule
+from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store, StoredSnapshot
 
 log = structlog.get_logger()
@@ -380,16 +380,9 @@ class Pipeline:
         return AsOf.on(as_of, self.clock(), self.mapping.common.org.zone)
 
     def evaluate(
-        self,
-        as_of: AsOf,
-        report: RunReport | None = None,
-        snapshot: Snapshot | None = None,
-        *,
-        decided_only: bool = False,
+        self, as_of: AsOf, report: RunReport | None = None, snapshot: Snapshot | None = None
     ) -> tuple[list[Evaluation], int]:
-        """Every rule over the cached records (or over ``snapshot``: a simulated day's).
-        ``decided_only``: only the evaluations a plan is made of (with actions, skipped
-        steps or an error), not one per record with nothing to do."""
+        """Every rule over the cached records (or over ``snapshot``: a simulated day's)."""
         # Read from the store as the rules ask, never all at once: a cycle's memory stays
         # flat as the org grows; unreadable rows are logged as they are met.
         stored: StoredSnapshot | None = None
@@ -404,18 +397,15 @@ class Pipeline:
         evaluations: list[Evaluation] = []
         for done, rule in enumerate(self.rules):
             self._check_stop("during planning")
-            found = evaluate_rule(rule, snapshot, as_of, self.mapping.rules[rule.id], common)
             evaluations.extend(
-                (e for e in found if e.actions or e.skipped or e.verdict is Verdict.ERROR)
-                if decided_only
-                else found
+                evaluate_rule(rule, snapshot, as_of, self.mapping.rules[rule.id], common)
             )
             self._report_progress(report, "plan", done + 1, len(self.rules))
         return evaluations, len(stored.problems) if stored else 0
 
     def plan(self, as_of: dt.date, report: RunReport | None = None) -> Plan:
         at = self.instant(as_of)
-        evaluations, _ = self.evaluate(at, report, decided_only=True)
+        evaluations, _ = self.evaluate(at, report)
         keys = [a.key for e in evaluations for a in e.actions]
         keys += [s.key for e in evaluations for s in e.skipped]
         plan = build_plan(
