@@ -437,11 +437,12 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     )
     assert "payment_followup │ Step 2: Initiate Communication │ 3" in head
     assert "collections │ Case notes: always update your case notes │ 12" in head
-    assert "skipped (missed while the worker was not running) │ │ 16" in head
+    assert "skipped (missed while the worker was not running) │ │ 24" in head
     assert "records that could not be evaluated │ │ 8" in head
     # SOP 004 routing: 11 leads routed (each score in routing's update: lead_scoring's own
     # write of it superseded), 8 alerts, 1 escalation; the other rules' 177 as before, 12 of lead_hygiene on the routing demo's leads,
-    # and the SOP 004 lead rules' on the lead_dedupe demo leads.
+    # and the SOP 004 lead rules' on the lead_dedupe demo leads; prospecting_cadence's 9 (5
+    # steps, 4 Tasks closed) and 8 steps it skips after missed runs.
     assert "lead_routing │ 4. Lead Routing: route by score and territory" in head
     assert "superseded (a stronger rule acts on the same record) │ │ 11" in head
     # SOP 004 handoff: 19 on its demo deals and the won demo deal (checklists, form,
@@ -451,7 +452,7 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     assert "closed_won_lost │ Closed Lost: add to nurture campaign │ 1" in head
     # SOP 004 dispositions: one Do Not Contact lead (opt-outs, one worker Task closed), two
     # reminders to update a status after a contact (one on lead_dedupe's lead).
-    assert "262 action(s) to apply, 16 skipped, 11 superseded, 0 suppressed" in head
+    assert "271 action(s) to apply, 24 skipped, 11 superseded, 0 suppressed" in head
     assert "Cost: 0 API call(s)" in head
 
 

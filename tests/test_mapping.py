@@ -118,6 +118,18 @@ def broken(tmp_path: Path, old: str, new: str) -> Path:
             "placeholder(s) as_of: write {name} without a format",
         ),
         (
+            'subject = "Day 2: call {contact} (attempt #1)"',
+            'subject = "Day 2: call {contact_name} (attempt #1)"',
+            "rules.prospecting_cadence.cadence.call_1.subject",
+            "unknown placeholder(s) {contact_name}",
+        ),
+        (
+            'close_note = "Closed on {as_of} by SOP Worker',
+            'close_note = "Closed on {as_of} for {contact} by SOP Worker',
+            "rules.prospecting_cadence.close_note",
+            "unknown placeholder(s) {contact}",
+        ),
+        (
             "[rules.payment_followup]\n",
             "[rules.payment_followups]\n",
             "rules.payment_followups",

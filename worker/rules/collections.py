@@ -69,6 +69,7 @@ from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
     append_line,
+    complete_task,
     is_completed,
     render,
     worker_emails,
@@ -805,7 +806,6 @@ def _close_tasks(
 ) -> list[Action]:
     """Complete the cadence's open Tasks, each with a note saying why."""
     out: list[Action] = []
-    completed = org.tasks.completed_statuses[0]
     note = render(
         s.task_close_note,
         {"as_of": as_of.isoformat(), "why": why},
@@ -813,17 +813,15 @@ def _close_tasks(
         emit.record.id,
     )
     for key, task in sorted(tasks.items()):
-        existing = task.text(schema.DESCRIPTION)
-        description = f"{existing}\n\n{note}" if existing else note
-        episode = _episode_of(key)
-        action = Emit.on(RULE_ID, s, org, task).update(
-            "exit",
-            {
-                schema.STATUS: completed,
-                schema.DESCRIPTION: description[: schema.TASK_DESCRIPTION_MAX_CHARS],
-            },
+        action = complete_task(
+            RULE_ID,
+            s,
+            org,
+            task,
+            note,
+            step_id="exit",
+            step_key=f"exit-{_episode_of(key) or as_of}",
             reason=f"{emit.target.label()}: {why}",
-            step_key=f"exit-{episode or as_of}",
         )
         if action is not None:
             out.append(action)

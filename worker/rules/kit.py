@@ -100,6 +100,32 @@ def is_completed(task: Record, org: OrgMapping) -> bool:
     return (task.text(schema.STATUS) or "") in org.tasks.completed_statuses
 
 
+def complete_task(
+    rule: str,
+    settings: RuleSettings,
+    org: OrgMapping,
+    task: Record,
+    note: str,
+    *,
+    step_id: str,
+    step_key: str,
+    reason: str,
+) -> UpdateRecord | None:
+    """Complete one of the rule's open Tasks (the first completed status of ``[tasks]``),
+    ``note`` appended to its description: a cadence that ended says why on its Tasks."""
+    existing = task.text(schema.DESCRIPTION)
+    description = f"{existing}\n\n{note}" if existing else note
+    return Emit.on(rule, settings, org, task).update(
+        step_id,
+        {
+            schema.STATUS: org.tasks.completed_statuses[0],
+            schema.DESCRIPTION: description[: schema.TASK_DESCRIPTION_MAX_CHARS],
+        },
+        reason=reason,
+        step_key=step_key,
+    )
+
+
 def logged_response(
     tasks: Iterable[Record],
     org: OrgMapping,
