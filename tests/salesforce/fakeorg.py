@@ -319,6 +319,7 @@ def standard_fields(*, out_of_box: bool = False) -> dict[str, tuple[FieldDef, ..
             _f("LastName"),
             _f("Name", updateable=False, createable=False),
             _f("Email", "email"),
+            _f("Phone", "phone", length=40),
             _ref("AccountId", "Account", "Account"),
             master_record("Contact"),
             _f("DoNotCall", "boolean"),
