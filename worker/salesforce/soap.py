@@ -16,8 +16,9 @@ and the body comes from the org over TLS.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 import requests
@@ -26,6 +27,9 @@ from worker.errors import SalesforceError
 from worker.ports import ApiUsage
 from worker.salesforce.errors import RecordFailure, error_for
 from worker.salesforce.soql import identifier
+
+if TYPE_CHECKING:
+    from worker.salesforce.client import SalesforceClient
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER_NS = "urn:partner.soap.sforce.com"
@@ -60,6 +64,26 @@ class LeadConvertResult:
 
 def soap_path(api_version: str) -> str:
     return f"/services/Soap/u/{api_version}"
+
+
+def soap_call(
+    client: SalesforceClient, operation: str, body_factory: Callable[[str], str]
+) -> requests.Response:
+    """POST one SOAP ``operation`` (convertLead, merge, undelete): never resent on a lost
+    answer (it is not idempotent), a fault raised as the SalesforceError it names."""
+    return client.request(
+        "POST",
+        soap_path(client.api_version),
+        kind="soap",
+        body_factory=body_factory,
+        headers={
+            "Content-Type": "text/xml; charset=UTF-8",
+            "SOAPAction": operation,
+            "Accept": "text/xml",
+        },
+        idempotent=False,
+        error_parser=soap_error,
+    )
 
 
 def _element(name: str, value: str | bool | None) -> str:

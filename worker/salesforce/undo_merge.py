@@ -42,8 +42,7 @@ from worker.salesforce.errors import record_errors
 from worker.salesforce.reads import every_row
 from worker.salesforce.soap import (
     parse_undelete_response,
-    soap_error,
-    soap_path,
+    soap_call,
     undelete_envelope,
 )
 from worker.salesforce.soql import Condition, Select, select
@@ -195,19 +194,7 @@ def plan_undo(client: SalesforceClient, key: str, now: dt.datetime) -> UndoPlan:
 def apply_undo(client: SalesforceClient, plan: UndoPlan) -> UndoPlan:
     """Write ``plan``: undelete, then the master's values and the children in one composite,
     then the campaign members."""
-    response = client.request(
-        "POST",
-        soap_path(client.api_version),
-        kind="soap",
-        body_factory=partial(undelete_envelope, ids=plan.victims),
-        headers={
-            "Content-Type": "text/xml; charset=UTF-8",
-            "SOAPAction": "undelete",
-            "Accept": "text/xml",
-        },
-        idempotent=False,
-        error_parser=soap_error,
-    )
+    response = soap_call(client, "undelete", partial(undelete_envelope, ids=plan.victims))
     results, usage = parse_undelete_response(response.content)
     if usage is not None:
         client.note_usage(usage)

@@ -26,8 +26,7 @@ from worker.salesforce.soap import (
     LeadConvertRequest,
     convert_lead_envelope,
     parse_convert_response,
-    soap_error,
-    soap_path,
+    soap_call,
 )
 from worker.salesforce.writes.collections import send_records
 from worker.salesforce.writes.prepare import json_value
@@ -48,7 +47,6 @@ CONVERTS_PER_CALL = 100
 def convert_leads(
     ctx: WriteContext, converts: Sequence[tuple[int, ConvertLead]], state: WriteState
 ) -> None:
-    path = soap_path(ctx.client.api_version)
     for batch in in_chunks(converts, CONVERTS_PER_CALL):
         ctx.client.check_budget(1)
         requests_ = [
@@ -65,18 +63,10 @@ def convert_leads(
             batch,
             state,
             partial(
-                ctx.client.request,
-                "POST",
-                path,
-                kind="soap",
-                body_factory=partial(convert_lead_envelope, converts=requests_),
-                headers={
-                    "Content-Type": "text/xml; charset=UTF-8",
-                    "SOAPAction": "convertLead",
-                    "Accept": "text/xml",
-                },
-                idempotent=False,
-                error_parser=soap_error,
+                soap_call,
+                ctx.client,
+                "convertLead",
+                partial(convert_lead_envelope, converts=requests_),
             ),
         )
         if response is None:

@@ -45,8 +45,7 @@ from worker.salesforce.soap import (
     MergeRequest,
     merge_envelope,
     parse_merge_response,
-    soap_error,
-    soap_path,
+    soap_call,
 )
 from worker.salesforce.soql import Condition, Select, select
 from worker.salesforce.writes.collections import COLLECTION_MAX, COLLECTIONS_PER_COMPOSITE
@@ -105,7 +104,6 @@ def merge_records(
         return
     children = moving_children(ctx, [a for _, a in ready])
     ready = write_snapshots(ctx, ready, rows, children, state)
-    path = soap_path(ctx.client.api_version)
     for batch in in_chunks(ready, MERGE_REQUESTS_PER_CALL):
         ctx.client.check_budget(1)
         requests_ = [
@@ -115,20 +113,7 @@ def merge_records(
         response = send_batch(
             batch,
             state,
-            partial(
-                ctx.client.request,
-                "POST",
-                path,
-                kind="soap",
-                body_factory=partial(merge_envelope, requests_=requests_),
-                headers={
-                    "Content-Type": "text/xml; charset=UTF-8",
-                    "SOAPAction": "merge",
-                    "Accept": "text/xml",
-                },
-                idempotent=False,
-                error_parser=soap_error,
-            ),
+            partial(soap_call, ctx.client, "merge", partial(merge_envelope, requests_=requests_)),
         )
         if response is None:
             continue
