@@ -325,6 +325,14 @@ class PoolState:
     next_slot: int
     taken_today: dict[str, int]
 
+    def take(self, member: str, slot: int) -> str:
+        """Give ``slot`` to ``member``: the turn moves past it. The position before and
+        after, for the explanation."""
+        before = self.next_slot % len(self.slots)
+        self.next_slot = slot + 1
+        self.taken_today[member] = self.taken_today.get(member, 0) + 1
+        return f"pool {self.name} position {before} -> {self.next_slot % len(self.slots)}"
+
 
 @dataclass
 class Routing:
@@ -497,9 +505,8 @@ def _route(
         notes.append("no territory matched")
         return Routing(fallback, "exception", notes=notes, escalate_to=s.exception_manager)
     pool_name = territory.senior_pool if path == "senior" else territory.pool
-    state = _pool(pool_name, snapshot, at, s, directory, pools)
-    member, slot, skipped = _deal(state, snapshot, when, s, directory)
-    before = state.next_slot
+    state = pool_state(pool_name, snapshot, at, s, directory, pools)
+    member, slot, skipped = deal(state, snapshot, when, s, directory)
     notes.extend(skipped)
     if member is None:
         fallback = directory.group_id(s.fallback_queue, "fallback_queue", lead)
@@ -512,11 +519,8 @@ def _route(
             escalate_to=territory.manager or s.exception_manager,
         )
     assert slot is not None
-    state.next_slot = slot + 1
-    state.taken_today[member] = state.taken_today.get(member, 0) + 1
-    size = len(state.slots)
-    notes.append(f"pool {pool_name} position {before % size} -> {state.next_slot % size}")
-    return Routing(member, path, territory.name, pool_name, slot % size, notes)
+    notes.append(state.take(member, slot))
+    return Routing(member, path, territory.name, pool_name, slot % len(state.slots), notes)
 
 
 def _named_account_owner(
@@ -568,7 +572,7 @@ def _territory_miss(lead: Record, row: TerritoryRow, s: LeadRoutingSettings) -> 
     return None
 
 
-def _pool(
+def pool_state(
     name: str,
     snapshot: Snapshot,
     at: AsOf,
@@ -577,7 +581,9 @@ def _pool(
     pools: dict[str, PoolState],
 ) -> PoolState:
     """The pool's state, rebuilt from the org's leads the first time a run needs it: the
-    slot after the one stamped on its latest routed lead, and today's leads per member."""
+    slot after the one stamped on its latest routed lead, and today's leads per member.
+    ``pools`` carries it from one lead to the next within a run (lead_sla's reassignments
+    use it too)."""
     if name in pools:
         return pools[name]
     settings = s.pools.get(name, PoolSettings())
@@ -601,15 +607,17 @@ def _pool(
     return pools[name]
 
 
-def _deal(
+def deal(
     state: PoolState,
     snapshot: Snapshot,
     when: dt.datetime,
     s: LeadRoutingSettings,
     directory: Directory,
+    exclude: Mapping[str, str] | None = None,
 ) -> tuple[str | None, int | None, list[str]]:
     """The first eligible member from the pool's next slot, that slot, and the members
-    passed over (each once, with why)."""
+    passed over (each once, with why); ``exclude`` passes over members for the reason given
+    (the owner a lead is taken from)."""
     if not state.slots:
         return None, None, [f"pool {state.name} has no members"]
     cap = s.pools.get(state.name, PoolSettings()).daily_cap
@@ -619,7 +627,7 @@ def _deal(
         member = state.slots[slot % len(state.slots)]
         if member in skipped:
             continue
-        problem = _unavailable(member, snapshot, when, s, directory)
+        problem = (exclude or {}).get(member) or _unavailable(member, snapshot, when, s, directory)
         if problem is None and cap is not None and state.taken_today.get(member, 0) >= cap:
             problem = f"daily cap {cap} reached"
         if problem is None:
