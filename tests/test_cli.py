@@ -442,8 +442,9 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     # SOP 004 routing: 11 leads routed (each score in routing's update: lead_scoring's own
     # write of it superseded), 8 alerts, 1 escalation; the other rules' 177 as before, 12 of lead_hygiene on the routing demo's leads,
     # and the SOP 004 lead rules' on the lead_dedupe demo leads; prospecting_cadence's 9 (5
-    # steps, 4 Tasks closed) and 8 steps it skips after missed runs; lead_sla's 4 (two
-    # breaches escalated, one Hot lead reassigned: its new owner's Task and the update).
+    # steps, 4 Tasks closed) and 8 steps it skips after missed runs; lead_sla's 5 (two
+    # breaches escalated, one Hot lead reassigned: its new owner's Task and the update; one
+    # first touch's time recorded).
     assert "lead_routing │ 4. Lead Routing: route by score and territory" in head
     assert "lead_sla │ Response Time SLAs: breach escalated to the Sales Manager │ 2" in head
     assert "superseded (a stronger rule acts on the same record) │ │ 11" in head

@@ -226,14 +226,25 @@ def test_a_dst_change_inside_the_window(mapping: LoadedMapping) -> None:
 
 
 def test_the_owners_call_or_email_stops_the_clock(mapping: LoadedMapping) -> None:
+    """The first touch's instant goes to First_Response_Date__c once (the report's
+    response-time figures); a lead that has one is done."""
     raw = routed_lead(local(FRIDAY, 16, 58))
     on_time = sla(mapping, local(MONDAY, 10), raw, touch(raw, local(MONDAY, 9, 2)))
-    assert on_time.verdict is Verdict.DONE
-    assert on_time.actions == ()
+    assert on_time.verdict is Verdict.ACT
     assert on_time.why.endswith(
         "first touch Call Task at Mon 2026-11-23 09:02 CST, 4 business minutes: within the SLA"
     )
-    late = sla(mapping, local(MONDAY, 10), raw, touch(raw, local(MONDAY, 9, 30), kind="Email"))
+    (stamp,) = on_time.actions
+    assert isinstance(stamp, UpdateRecord)
+    assert [(c.field, c.after) for c in stamp.changes] == [
+        ("First_Response_Date__c", "2026-11-23T15:02:00.000+0000")
+    ]
+    raw["First_Response_Date__c"] = "2026-11-23T15:02:00.000+0000"
+    later = touch(raw, local(MONDAY, 9, 30), kind="Email")
+    done = sla(mapping, local(MONDAY, 10), raw, touch(raw, local(MONDAY, 9, 2)), later)
+    assert done.verdict is Verdict.DONE
+    assert done.actions == ()
+    late = sla(mapping, local(MONDAY, 10), raw, later)
     assert late.verdict is Verdict.DONE
     assert late.why.endswith("32 business minutes: after the SLA")
 
@@ -264,13 +275,16 @@ def test_a_touch_before_routing_does_not_count(mapping: LoadedMapping) -> None:
 def test_in_a_queue_anyones_touch_counts(mapping: LoadedMapping) -> None:
     raw = routed_lead(local(FRIDAY, 10), band="Qualified", owner=SDR, pool=None, slot=None)
     found = sla(mapping, local(MONDAY, 10), raw, touch(raw, local(FRIDAY, 11), owner=BEN))
-    assert found.verdict is Verdict.DONE
+    assert found.verdict is Verdict.ACT
+    assert "first touch Call Task at Fri 2026-11-20 11:00 CST" in found.why
+    assert [type(a) for a in found.actions] == [UpdateRecord]
 
 
 def test_a_status_off_open_is_a_touch(mapping: LoadedMapping) -> None:
     raw = routed_lead(local(FRIDAY, 16, 58), Status="Working - Contacted")
     found = sla(mapping, local(MONDAY, 10), raw)
     assert found.verdict is Verdict.DONE
+    assert found.actions == ()  # no instant to record
     assert found.why.endswith("touched: status 'Working - Contacted', off the open statuses")
 
 
@@ -479,7 +493,9 @@ def test_bad_sla_sections_are_mapping_errors(
 
 def test_declarations_read_the_stamps_and_the_touches(mapping: LoadedMapping) -> None:
     s = mapping.rules["lead_sla"]
-    assert s.writes() == {"Lead": {"OwnerId", "Routed_At__c", "Routed_Slot__c"}}
+    assert s.writes() == {
+        "Lead": {"OwnerId", "Routed_At__c", "Routed_Slot__c", "First_Response_Date__c"}
+    }
     needs = s.needs()
     assert {"Type", "OwnerId", "CompletedDateTime"} <= needs["Task"]
     assert {"Routed_At__c", "Routed_Band__c", "Routed_Pool__c", "Routed_Slot__c"} <= needs["Lead"]

@@ -18,6 +18,7 @@ Management metrics' "Lead Response Time <1 hour - Manager escalation" of the SOP
   manager passes it up the chain; a chain that loops or ends, or a queue, goes to
   ``fallback_manager``), keyed on the routing instant, so reruns find it in the org and
   never escalate twice.
+- ``first_response_field``: the first timed touch's instant, written once.
 - ``reassign`` bands: the lead also goes to the next eligible member of the pool it was
   routed from (``lead_routing``'s rotation and eligibility: :func:`pool_state`,
   :func:`deal`), with a new routing stamp (a new clock) and a Task for the new owner.
@@ -40,7 +41,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, PrivateAttr, field_validator
 
 from worker import schema
-from worker.actions import Action
+from worker.actions import Action, UpdateRecord
 from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
 from worker.keys import task_key
@@ -52,7 +53,7 @@ from worker.rules.lead_routing import Directory, LeadRoutingSettings, PoolState,
 from worker.rules.lead_scoring import open_in_scope
 
 RULE_ID = "lead_sla"
-STEPS = ("escalate", "reassign")
+STEPS = ("escalate", "reassign", "first_response")
 _Text = Annotated[
     str,
     Placeholders(
@@ -95,6 +96,11 @@ class LeadSlaSettings(RuleSettings):
         description="Bands whose breach also reassigns the lead to its pool's next member.",
     )
     fallback_manager: str = Field(description="User Id escalated to without an active manager.")
+    first_response_field: Annotated[str, FieldOf(schema.LEAD, write=True)] = Field(
+        default="",
+        description="Lead datetime field given the first timed touch's instant, once (the "
+        "report's response-time figures read it); empty: none.",
+    )
     breach_subject: _Text
     breach_body: _Text
     reassign_subject: _Text
@@ -238,7 +244,11 @@ def _decide(
     clock = Clock(routed, band, minutes, org.calendar.add(routed, dt.timedelta(minutes=minutes)))
     touch = _first_touch(lead, snapshot, routed, owner if person else None, s, org)
     if touch is not None:
-        return verdict(Verdict.DONE, f"{clock}; {_touched(touch, clock, org)}")
+        why = f"{clock}; {_touched(touch, clock, org)}"
+        stamp = _first_response(emit, lead, touch[0], why, s)
+        if stamp is None:
+            return verdict(Verdict.DONE, why)
+        return verdict(Verdict.ACT, why, actions=(stamp,))
     spent = org.calendar.elapsed(routed, at.instant)
     if at.instant <= clock.due:
         return verdict(
@@ -388,6 +398,22 @@ def _first_touch(
     return None
 
 
+def _first_response(
+    emit: Emit, lead: Record, touched: dt.datetime | None, why: str, s: LeadSlaSettings
+) -> UpdateRecord | None:
+    """The first touch's instant on the lead, when the mapping names a field for it and the
+    field is empty (written once: a later touch, or one after a reassignment, keeps it)."""
+    field = s.first_response_field
+    if not field or touched is None or lead.get(field):
+        return None
+    return emit.update(
+        "first_response",
+        {field: format_sf_datetime(touched)},
+        reason=why,
+        step_key=f"first-response-{_stamp(touched)}",
+    )
+
+
 def _touched(touch: tuple[dt.datetime | None, str], clock: Clock, org: OrgMapping) -> str:
     when, what = touch
     if when is None:
@@ -422,9 +448,9 @@ def _render(s: LeadSlaSettings, name: str, texts: Mapping[str, object], lead: Re
     return render(getattr(s, name), texts, f"rules.{RULE_ID}.{name}", lead.id)
 
 
-def _stamp(routed: dt.datetime) -> str:
-    """The routing instant in a step key: one escalation per routing."""
-    return routed.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+def _stamp(instant: dt.datetime) -> str:
+    """An instant in a step key (the routing's: one escalation per routing)."""
+    return instant.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _when(instant: dt.datetime) -> str:
