@@ -64,7 +64,8 @@ _VALUES = frozenset(
 _Text = Annotated[str, Placeholders(_VALUES)]
 
 
-def _user_id(value: str) -> str:
+def user_id(value: str) -> str:
+    """A User Id setting, as 18 characters (lead_sla checks its own with it)."""
     if not value.startswith(schema.USER_ID_PREFIX):
         raise ValueError(f"not a User Id: {value!r}")
     return full_record_id(value)
@@ -86,7 +87,7 @@ class PoolSettings(StrictModel):
     def _weights(cls, value: dict[str, int]) -> dict[str, int]:
         if any(w < 0 for w in value.values()):
             raise ValueError("a weight is 0 or more")
-        return {_user_id(k): w for k, w in value.items()}
+        return {user_id(k): w for k, w in value.items()}
 
 
 class TerritoryRow(StrictModel):
@@ -106,7 +107,7 @@ class TerritoryRow(StrictModel):
     @field_validator("manager")
     @classmethod
     def _manager(cls, value: str) -> str:
-        return _user_id(value) if value else value
+        return user_id(value) if value else value
 
 
 class LeadRoutingSettings(RuleSettings):
@@ -179,7 +180,7 @@ class LeadRoutingSettings(RuleSettings):
     @field_validator("exception_manager", "sdr_task_owner")
     @classmethod
     def _users(cls, value: str) -> str:
-        return _user_id(value)
+        return user_id(value)
 
     @field_validator("member_hours")
     @classmethod
@@ -187,7 +188,7 @@ class LeadRoutingSettings(RuleSettings):
         for shifts in value.values():
             for shift in shifts:
                 Shift.parse(shift)
-        return {_user_id(k): v for k, v in value.items()}
+        return {user_id(k): v for k, v in value.items()}
 
     def link(self, rules: Mapping[str, RuleSettings]) -> list[tuple[str, str]]:
         scoring = rules.get(self.scoring_rule)

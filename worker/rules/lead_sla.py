@@ -11,9 +11,9 @@ Management metrics' "Lead Response Time <1 hour - Manager escalation" of the SOP
   band's ``response_minutes`` (``lead_routing``'s table, by the band stamped in its
   ``band_field``) of business time (``org.calendar``): a Hot lead routed Friday 16:58 with
   09:00-17:00 hours is due Monday 09:03.
-- the first qualifying touch stops it: a completed call or email Task (``touch_types``
-  of ``touch_type_field``) by the lead's owner at or after routing (anyone's but the worker's when a
-  queue owns the lead), or the lead's status off ``open_statuses``.
+- the first qualifying touch stops it: a completed call or email Task (``touch_types`` of
+  ``touch_type_field``) by the lead's owner at or after routing (anyone's but the worker's
+  when a queue owns the lead), or the lead's status off ``open_statuses``.
 - a breach: one high-priority Task to the owner's manager (``User.ManagerId``; an inactive
   manager passes it up the chain; a chain that loops or ends, or a queue, goes to
   ``fallback_manager``), keyed on the routing instant, so reruns find it in the org and
@@ -46,10 +46,17 @@ from worker.declarations import FieldOf, FieldValues, Placeholders, ValuesOf
 from worker.errors import RecordError
 from worker.keys import task_key
 from worker.mapping import OrgMapping, RuleSettings
-from worker.records import Record, Snapshot, format_sf_datetime, full_record_id
+from worker.records import Record, Snapshot, format_sf_datetime
 from worker.rules.base import AsOf, Batch, Evaluation, Rule, Verdict
 from worker.rules.kit import Emit, is_completed, render, worker_tasks
-from worker.rules.lead_routing import Directory, LeadRoutingSettings, PoolState, deal, pool_state
+from worker.rules.lead_routing import (
+    Directory,
+    LeadRoutingSettings,
+    PoolState,
+    deal,
+    pool_state,
+    user_id,
+)
 from worker.rules.lead_scoring import open_in_scope
 
 RULE_ID = "lead_sla"
@@ -111,9 +118,7 @@ class LeadSlaSettings(RuleSettings):
     @field_validator("fallback_manager")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not value.startswith(schema.USER_ID_PREFIX):
-            raise ValueError(f"not a User Id: {value!r}")
-        return full_record_id(value)
+        return user_id(value)
 
     def link(self, rules: Mapping[str, RuleSettings]) -> list[tuple[str, str]]:
         routing = rules.get(self.routing_rule)
