@@ -296,7 +296,7 @@ def test_a_breach_is_escalated_once_across_reruns(mapping: LoadedMapping) -> Non
     first_at = local(MONDAY, 10)
     first = sla_all(mapping, first_at, list(org.values()))
     task = escalation(first[raw["Id"]])
-    assert task.key.startswith("lead_sla:escalate-20261120T225800Z:")
+    assert task.key.startswith("lead_sla:escalate-2026-11-20:")
     write_back(org, first.values(), AsOf(first_at), mapping)
     for later in (local(MONDAY, 10, 5), local(MONDAY, 15), local(TUESDAY, 9)):
         again = sla_all(mapping, later, list(org.values()))[raw["Id"]]
@@ -321,6 +321,7 @@ def test_a_reassigned_lead_gets_a_new_clock_and_its_own_escalation(
         ("CreateTask", "breach reassigned to the pool's next member"),
         ("UpdateRecord", "breach reassigned to the pool's next member"),
     ]
+    assert len({a.key for a in found.actions}) == 3  # each action its own key
     manager, new_owner, update = found.actions
     assert isinstance(manager, CreateTask)
     assert manager.owner_id == SAM

@@ -68,11 +68,11 @@ def test_a_dry_run_reads_an_object_above_the_bulk_threshold(
 
 @pytest.fixture
 def idle_mapping(mapping: LoadedMapping) -> LoadedMapping:
-    """The default mapping without lead_routing and lead_disposition, whose queues (Group,
-    GroupMember: read whole every cycle), OutOfOffice and LeadHistory take the objects past
-    what one composite's five first pages and twenty probe subrequests hold: with them an
-    idle cycle is 2 calls."""
-    queue_readers = {"lead_routing", "lead_disposition"}
+    """The default mapping without lead_routing, lead_sla and lead_disposition, whose queues
+    (Group, GroupMember: read whole every cycle), OutOfOffice and LeadHistory take the objects
+    past what one composite's five first pages and twenty probe subrequests hold: with them
+    an idle cycle is 2 calls."""
+    queue_readers = {"lead_routing", "lead_sla", "lead_disposition"}
     rules = {
         rule_id: section.model_copy(update={"enabled": rule_id not in queue_readers})
         for rule_id, section in mapping.rules.items()

@@ -16,8 +16,8 @@ Management metrics' "Lead Response Time <1 hour - Manager escalation" of the SOP
   when a queue owns the lead), or the lead's status off ``open_statuses``.
 - a breach: one high-priority Task to the owner's manager (``User.ManagerId``; an inactive
   manager passes it up the chain; a chain that loops or ends, or a queue, goes to
-  ``fallback_manager``), keyed on the routing instant, so reruns find it in the org and
-  never escalate twice.
+  ``fallback_manager``), keyed on the routing day, so reruns find it in the org and never
+  escalate twice.
 - ``first_response_field``: the first timed touch's instant, written once.
 - ``reassign`` bands: the lead also goes to the next eligible member of the pool it was
   routed from (``lead_routing``'s rotation and eligibility: :func:`pool_state`,
@@ -283,7 +283,8 @@ def _decide(
         if to:
             texts["reassigned"] = f"reassigned to {directory.name(to)}"
     actions: list[Action] = []
-    step_key = f"escalate-{_stamp(routed)}"
+    # One escalation per routing day: reruns, and a simulation of the same days, share it.
+    step_key = f"escalate-{routed.date().isoformat()}"
     if emit.key(step_key) in worker_tasks(snapshot, lead.id, RULE_ID, org):
         notes.insert(0, "escalated once already")
     else:
@@ -347,7 +348,7 @@ def _reassign(
         "late": 0,
         "reassigned": f"reassigned to {directory.name(member)}",
     }
-    stamp = _stamp(clock.routed)
+    day = clock.routed.date().isoformat()
     why = f"reassigned to {directory.name(member)} ({passed + '; ' if passed else ''}{position})"
     task = emit.task(
         "reassign",
@@ -358,14 +359,14 @@ def _reassign(
         owner_id=member,
         channel="call",
         high_priority=True,
-        step_key=f"reassign-{stamp}",
+        step_key=f"reassign-alert-{day}",
     )
     values = {
         schema.OWNER_ID: member,
         r.routed_at_field: format_sf_datetime(at.instant),
         r.slot_field: slot % len(state.slots),
     }
-    update = emit.update("reassign", values, reason=why, step_key=f"reassign-{stamp}")
+    update = emit.update("reassign", values, reason=why, step_key=f"reassign-{day}")
     moved: list[Action] = [a for a in (task, update) if a is not None]
     return moved, f"{why}, new clock due {_when(due)}", member
 
@@ -454,7 +455,7 @@ def _render(s: LeadSlaSettings, name: str, texts: Mapping[str, object], lead: Re
 
 
 def _stamp(instant: dt.datetime) -> str:
-    """An instant in a step key (the routing's: one escalation per routing)."""
+    """An instant in a step key."""
     return instant.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
