@@ -457,7 +457,7 @@ def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
     # reminders to update a status after a contact (one on lead_dedupe's lead).
     # lead_sla's demo: 5 of its own, and lead_disposition's reminder on Sasha Lin (called,
     # status unchanged).
-    assert "268 action(s) to apply, 16 skipped, 11 superseded, 0 suppressed" in head
+    assert "277 action(s) to apply, 24 skipped, 11 superseded, 0 suppressed" in head
     assert "Cost: 0 API call(s)" in head
 
 
