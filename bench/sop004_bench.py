@@ -205,6 +205,7 @@ def calls_for_changes(
         "changed": added,
         "rules": [r for r in rule_ids if r in mapping.rules],
         "status": report.status,
+        "record_errors": report.record_errors,  # copies the rules refuse (shown, not hidden)
         "api_calls": calls,
         "calls_by_kind": by_kind,
         "actions_applied": dict(applied),
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     mapping = load_mapping(MAPPING, rule_models())
     score = scoring(mapping, args.score)
     print(f"scoring: {score['leads']:,} leads in {score['seconds']} s "
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{figure['changed']:,} {label} ({', '.join(figure['rules'])}): "
             f"{figure['api_calls']} API calls ({figure['calls_per_1000']} per 1,000), "
-            f"{figure['actions']} actions applied {figure['actions_applied']}; "
+            f"{figure['actions']} actions applied {figure['actions_applied']}, "
+            f"{figure['record_errors']} record error(s); "
             f"by kind {figure['calls_by_kind']}"
         )
     print(json.dumps({"scoring": score, "routing": leads, "sales": sales}))

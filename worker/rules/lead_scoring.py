@@ -216,8 +216,9 @@ def score_lead(
                 counted.append(row)
             elif row.tier not in best or row.points > best[row.tier].points:
                 best[row.tier] = row
-        # Identity, not equality: two rows may be alike (and comparing models is slow).
-        rows = [r for r in group.rows if any(r is c for c in counted) or best.get(r.tier) is r]
+        # By identity, not equality: two rows may be alike (and comparing models is slow).
+        chosen = {id(r) for r in counted} | {id(r) for r in best.values()}
+        rows = [r for r in group.rows if id(r) in chosen]
         raw = sum(r.points for r in rows)
         if raw > group.cap:
             capped.append(group.letter)
