@@ -69,7 +69,7 @@ from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
     append_line,
-    complete_task,
+    complete_tasks,
     is_completed,
     render,
     worker_emails,
@@ -470,7 +470,7 @@ def decide(
     lines: list[str] = []
     why_parts: list[str] = []
     closed = _close_tasks(
-        emit, s, org, stale, as_of, "the episode it belonged to ended (account was current)"
+        emit, s, stale, as_of, "the episode it belonged to ended (account was current)"
     )
     if closed:
         actions.extend(closed)
@@ -799,33 +799,14 @@ def _add_lines(record: Record, s: CollectionsSettings, lines: list[str]) -> str 
 def _close_tasks(
     emit: Emit,
     s: CollectionsSettings,
-    org: OrgMapping,
     tasks: Mapping[str, Record],
     as_of: dt.date,
     why: str,
 ) -> list[Action]:
     """Complete the cadence's open Tasks, each with a note saying why."""
-    out: list[Action] = []
-    note = render(
-        s.task_close_note,
-        {"as_of": as_of.isoformat(), "why": why},
-        f"rules.{RULE_ID}.task_close_note",
-        emit.record.id,
+    return complete_tasks(
+        emit, tasks, s.task_close_note, f"rules.{RULE_ID}.task_close_note", as_of, why, _episode_of
     )
-    for key, task in sorted(tasks.items()):
-        action = complete_task(
-            RULE_ID,
-            s,
-            org,
-            task,
-            note,
-            step_id="exit",
-            step_key=f"exit-{_episode_of(key) or as_of}",
-            reason=f"{emit.target.label()}: {why}",
-        )
-        if action is not None:
-            out.append(action)
-    return out
 
 
 def _exit_actions(
@@ -840,7 +821,7 @@ def _exit_actions(
     exit_values: dict[str, Any],
 ) -> tuple[Action, ...]:
     """Leave the cadence: close its open Tasks, clear opt-out fields, note it on the account."""
-    actions = _close_tasks(emit, s, org, open_tasks, as_of, why)
+    actions = _close_tasks(emit, s, open_tasks, as_of, why)
     changes: dict[str, Any] = {
         step.field: None
         for step in s.cadence.values()

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from dateutil.relativedelta import relativedelta
 
 from worker import schema
 from worker.actions import (
+    Action,
     AddCampaignMember,
     AddCaseComment,
     CloseRecord,
@@ -124,6 +125,36 @@ def complete_task(
         reason=reason,
         step_key=step_key,
     )
+
+
+def complete_tasks(
+    emit: Emit,
+    tasks: Mapping[str, Record],
+    note_template: str,
+    note_key: str,
+    as_of: dt.date,
+    why: str,
+    episode: Callable[[str], object],
+) -> list[Action]:
+    """Complete the record's open Tasks of a sequence that ended (action key -> Task), each
+    with the rendered note (``{as_of}``, ``{why}``) saying why, under the ``exit`` step of
+    the episode the Task's key names (``episode(key)``, else the day)."""
+    note = render(note_template, {"as_of": as_of.isoformat(), "why": why}, note_key, emit.record.id)
+    out: list[Action] = []
+    for key, task in sorted(tasks.items()):
+        action = complete_task(
+            emit.rule,
+            emit.settings,
+            emit.org,
+            task,
+            note,
+            step_id="exit",
+            step_key=f"exit-{episode(key) or as_of}",
+            reason=f"{emit.target.label()}: {why}",
+        )
+        if action is not None:
+            out.append(action)
+    return out
 
 
 def logged_response(

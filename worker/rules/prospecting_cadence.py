@@ -50,7 +50,7 @@ from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
-    complete_task,
+    complete_tasks,
     in_scope,
     is_completed,
     logged_response,
@@ -195,7 +195,7 @@ def decide(
 
     if stage != s.prospecting_stage or record.flag(schema.IS_CLOSED):
         why = f"the opportunity left {s.prospecting_stage} ({s.stage_field}={stage!r})"
-        closes = _close(emit, s, org, open_tasks, at.date, why)
+        closes = _close(emit, s, open_tasks, at.date, why)
         if closes:
             return result(Verdict.DONE, f"cadence ended: {why}", closes)
         return result(Verdict.EXCLUDED, f"excluded because {s.stage_field}={stage!r}")
@@ -208,14 +208,14 @@ def decide(
     since = f"in {s.prospecting_stage} since {entered_on} (Day 1 {day_one})"
     stale = {k: t for k, t in open_tasks.items() if _stay_of(k) != entered_on}
     actions: list[Action] = list(
-        _close(emit, s, org, stale, at.date, "an earlier stay in Prospecting ended")
+        _close(emit, s, stale, at.date, "an earlier stay in Prospecting ended")
     )
     current = {k: t for k, t in open_tasks.items() if k not in stale}
 
     ended = _exit_reason(record, snapshot, s, org, entered)
     if ended is not None:
         why = f"{since}; cadence ended: {ended}"
-        actions.extend(_close(emit, s, org, current, at.date, ended))
+        actions.extend(_close(emit, s, current, at.date, ended))
         return result(Verdict.DONE, why, actions)
 
     contact = _contact(record, snapshot)
@@ -403,33 +403,14 @@ def _step(
 def _close(
     emit: Emit,
     s: ProspectingCadenceSettings,
-    org: OrgMapping,
     tasks: Mapping[str, Record],
     as_of: dt.date,
     why: str,
 ) -> list[Action]:
     """Complete the cadence's open Tasks, each with the close note saying why."""
-    note = render(
-        s.close_note,
-        {"as_of": as_of.isoformat(), "why": why},
-        f"rules.{RULE_ID}.close_note",
-        emit.record.id,
+    return complete_tasks(
+        emit, tasks, s.close_note, f"rules.{RULE_ID}.close_note", as_of, why, _stay_of
     )
-    out: list[Action] = []
-    for key, task in sorted(tasks.items()):
-        action = complete_task(
-            RULE_ID,
-            s,
-            org,
-            task,
-            note,
-            step_id="exit",
-            step_key=f"exit-{_stay_of(key) or as_of}",
-            reason=f"{emit.target.label()}: {why}",
-        )
-        if action is not None:
-            out.append(action)
-    return out
 
 
 RULE: Rule[ProspectingCadenceSettings] = Rule(
