@@ -69,6 +69,7 @@ from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
     append_line,
+    check_steps,
     complete_tasks,
     is_completed,
     render,
@@ -258,12 +259,7 @@ class CollectionsSettings(RuleSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> CollectionsSettings:
-        missing = [s for s in CADENCE_STEPS if s not in self.cadence]
-        unknown = [s for s in self.cadence if s not in CADENCE_STEPS]
-        if missing or unknown:
-            raise ValueError(
-                f"cadence: missing step(s) {missing or 'none'}, unknown step(s) {unknown or 'none'}"
-            )
+        check_steps("cadence", self.cadence, CADENCE_STEPS)
         source_field = {
             "days_field": ("days_overdue_field", self.days_overdue_field),
             "due_date_field": ("oldest_due_date_field", self.oldest_due_date_field),

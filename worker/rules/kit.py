@@ -95,6 +95,18 @@ def in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
     return all(record.text(name) in values for name, values in scope.items())
 
 
+def check_steps(name: str, given: Iterable[str], expected: Sequence[str]) -> None:
+    """A settings table keyed by step (``cadence``) must name each of ``expected`` once and
+    nothing else: ValueError saying what is missing and what is unknown."""
+    given = list(given)
+    missing = [s for s in expected if s not in given]
+    unknown = [s for s in given if s not in expected]
+    if missing or unknown:
+        raise ValueError(
+            f"{name}: missing step(s) {missing or 'none'}, unknown step(s) {unknown or 'none'}"
+        )
+
+
 def is_completed(task: Record, org: OrgMapping) -> bool:
     if task.flag(schema.IS_CLOSED):
         return True

@@ -50,6 +50,7 @@ from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, SkippedStep, Verdict
 from worker.rules.kit import (
     Emit,
+    check_steps,
     complete_tasks,
     in_scope,
     is_completed,
@@ -152,12 +153,7 @@ class ProspectingCadenceSettings(RuleSettings):
 
     @model_validator(mode="after")
     def _every_step(self) -> ProspectingCadenceSettings:
-        missing = [s for s in CADENCE_STEPS if s not in self.cadence]
-        unknown = [s for s in self.cadence if s not in CADENCE_STEPS]
-        if missing or unknown:
-            raise ValueError(
-                f"cadence: missing step(s) {missing or 'none'}, unknown step(s) {unknown or 'none'}"
-            )
+        check_steps("cadence", self.cadence, CADENCE_STEPS)
         return self
 
     def ordered(self) -> list[tuple[str, CadenceStep]]:
