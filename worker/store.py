@@ -35,6 +35,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,8 +206,16 @@ class Store:
                 if exc.connection_invalidated and attempt < RECONNECTS:
                     log.warning("store.reconnect", attempt=attempt, backend=self.backend)
                     continue
+                if not write and self._busy(exc) and attempt < RECONNECTS:
+                    # SQLite can refuse a read at once, without its busy wait, while another
+                    # connection turns a new file to WAL: a read is safe to run again.
+                    time.sleep(0.05 * attempt)
+                    continue
                 raise self._error(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _busy(self, exc: sa.exc.DBAPIError) -> bool:
+        return self.backend == "sqlite" and "database is locked" in str(exc.orig)
 
     def _error(self, exc: sa.exc.DBAPIError) -> StoreError:
         detail = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
