@@ -13,7 +13,8 @@ not counted as API calls):
 
 - parent -> child, once: ``{"records": {"Opportunity": 20000, ...}, "cert_dir": "...",
   "ids": {"Opportunity": 4000, ...}}``; the child answers ``{"url", "ca_bundle", "token",
-  "api_version", "ids"}`` where ``ids[sobject]`` are the first synthetic Ids of that object
+  "client", "api_version", "ids"}`` (``client``: the connected app's id and secret, for
+  the client credentials flow) where ``ids[sobject]`` are the first synthetic Ids of that object
   (the bench's action targets);
 - ``{"cmd": "stats"}`` -> ``{"api_calls", "http_requests", "dropped", "calls_by_kind",
   "used", "peak_rss_mb"}``: the org's own count of API calls (``FakeOrg.call_count``), every
@@ -90,6 +91,8 @@ class FakeOrgProcess:
         self.url = ""
         self.ca_bundle = Path()
         self.token = ""
+        self.client_id = ""
+        self.client_secret = ""
         self.api_version = ""
         self.ids: dict[str, list[str]] = {}
 
@@ -112,6 +115,7 @@ class FakeOrgProcess:
             self.url = str(ready["url"])
             self.ca_bundle = Path(ready["ca_bundle"])
             self.token = str(ready["token"])
+            self.client_id, self.client_secret = ready["client"]
             self.api_version = str(ready["api_version"])
             self.ids = {k: list(v) for k, v in ready["ids"].items()}
         except BaseException:
@@ -299,6 +303,7 @@ def serve(requests_in: IO[str], answers: IO[str]) -> int:
                 "url": server.url,
                 "ca_bundle": str(server.ca_bundle),
                 "token": org.issue_token(),
+                "client": [org.credentials.client_id, org.credentials.client_secret],
                 "api_version": org.api_version,
                 "ids": ids,
             }

@@ -426,7 +426,11 @@ def table_cells(text: str) -> list[list[str]]:
 
 
 def test_plan_starts_with_what_will_happen(tmp_path: Path) -> None:
-    result = invoke("plan", *org_args(DEMO_ORG, tmp_path / "w.db"))
+    # The demo is planned as of its day at the clock's time of day; some steps fall due
+    # during the day (lead_disposition's reminder at 10:20 Chicago), so the clock is set.
+    noon_in_chicago = dt.datetime(2026, 12, 1, 18, 0, tzinfo=dt.UTC)
+    with time_machine.travel(noon_in_chicago, tick=False):
+        result = invoke("plan", *org_args(DEMO_ORG, tmp_path / "w.db"))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     first_action = next(i for i, line in enumerate(lines) if "006DmP" in line)

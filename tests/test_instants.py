@@ -131,6 +131,14 @@ def pipeline_at(
 
 
 def run_plan(tmp_path: Path, mapping: LoadedMapping, now: dt.datetime, as_of: dt.date) -> Plan:
+    return run_and_evaluate(tmp_path, mapping, now, as_of)[0]
+
+
+def run_and_evaluate(
+    tmp_path: Path, mapping: LoadedMapping, now: dt.datetime, as_of: dt.date
+) -> tuple[Plan, list[Evaluation]]:
+    """A run's plan, and every verdict of its rules at the run's instant (the plan keeps
+    only those with something to do)."""
     org = LocalOrg(tiny_org(tmp_path / f"org-{now:%H%M%S}-{as_of}"), tmp_path)
     with Store.open(tmp_path / f"w-{now:%H%M%S}-{as_of}.db") as store:
         pipeline = Pipeline(
@@ -143,8 +151,9 @@ def run_plan(tmp_path: Path, mapping: LoadedMapping, now: dt.datetime, as_of: dt
             clock=lambda: now,
         )
         result = pipeline.run("r1", as_of)
+        evaluations, _ = pipeline.evaluate(pipeline.instant(as_of))
     assert result.plan is not None
-    return result.plan
+    return result.plan, evaluations
 
 
 # -- the instant ------------------------------------------------------------------------------
@@ -175,14 +184,14 @@ def test_an_instant_must_be_timezone_aware() -> None:
 
 def test_rules_decide_at_the_runs_instant(tmp_path: Path, sla_mapping: LoadedMapping) -> None:
     """Two minutes after arrival the call is not due; after the weekend it is."""
-    friday = run_plan(
+    friday, verdicts = run_and_evaluate(
         tmp_path,
         sla_mapping,
         dt.datetime(2026, 11, 20, 23, 0, tzinfo=dt.UTC),
         dt.date(2026, 11, 20),
     )
     assert friday.actions == ()
-    (evaluation,) = friday.evaluations
+    (evaluation,) = verdicts
     assert evaluation.verdict is Verdict.NOT_DUE
     assert evaluation.next_due_at == dt.datetime(2026, 11, 23, 9, 3, tzinfo=CHICAGO)
     assert friday.as_of_instant == dt.datetime(2026, 11, 20, 17, 0, tzinfo=CHICAGO)

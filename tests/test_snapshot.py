@@ -178,3 +178,59 @@ def test_the_demo_plan_is_the_same_when_every_object_is_streamed(
     held.pop("generated_at"), streamed.pop("generated_at")
     assert held["actions"]
     assert json.dumps(streamed, sort_keys=True) == json.dumps(held, sort_keys=True)
+
+
+SCOPES: list[dict[str, tuple[str, ...]]] = [
+    {"OwnerId": ("005A",)},
+    {"OwnerId": ("005B",), "Name": ("Deal 2", "Deal 4", "Deal 5")},
+    {"Account.Id": ("001A",)},  # a nested field; most rows have no Account
+    {"Name": ()},  # nothing is in an empty scope
+    {"OwnerId": ("nobody",)},
+]
+
+
+@pytest.mark.parametrize("scope", SCOPES, ids=lambda s: ",".join(s) or "none")
+def test_a_scoped_read_finds_what_the_in_memory_one_finds(
+    store: Store, monkeypatch: pytest.MonkeyPatch, scope: dict[str, tuple[str, ...]]
+) -> None:
+    stream_everything(monkeypatch)
+    memory = saved(store)
+    stored = store.snapshot(["Opportunity", "Task"])
+    assert shown(stored.where("Opportunity", scope)) == shown(memory.where("Opportunity", scope))
+
+
+def test_a_scoped_read_decodes_only_the_rows_in_scope(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store does the filtering: 4 of 10 Opportunities are owned by 005B, and only those
+    are read and decoded; a value that is not text (42) is left for Python to judge."""
+    stream_everything(monkeypatch)
+    saved(store)
+    decoded: list[str] = []
+    real = store_module.StoredSnapshot._decode
+
+    def counting(self: Any, rid: str, sobject: str, raw: Any) -> Any:
+        decoded.append(rid)
+        return real(self, rid, sobject, raw)
+
+    monkeypatch.setattr(store_module.StoredSnapshot, "_decode", counting)
+    stored = store.snapshot(["Opportunity", "Task"])
+    owned = [r.id for r in stored.where("Opportunity", {"OwnerId": ("005B",)})]
+    assert owned == ["006000", "006002", "006004", "006006"]
+    assert decoded == owned
+    decoded.clear()
+    assert [r.id for r in stored.where("Task", {"WhatId": ("42",)})] == ["00T901"]
+    assert decoded == ["00T901"]
+
+
+def test_a_scoped_read_still_names_a_damaged_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream_everything(monkeypatch)
+    with Store.open(tmp_path / "w.db") as store:
+        saved(store)
+        execute(store, "UPDATE records SET raw = :raw WHERE id = '006002'", {"raw": "{bad"})
+        stored = store.snapshot(["Opportunity"])
+        found = [r.id for r in stored.where("Opportunity", {"OwnerId": ("005B",)})]
+        assert found == ["006000", "006004", "006006"]
+        assert [p.record_id for p in stored.problems] == ["006002"]

@@ -18,10 +18,10 @@ the same way everywhere.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Dialect
@@ -46,7 +46,7 @@ class RawJson(sa.types.TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None or dialect.name == "postgresql" or isinstance(value, str):
             return value
-        return json.dumps(value, separators=(",", ":"))
+        return orjson.dumps(value).decode()
 
 
 def _id_column() -> sa.Column[int]:

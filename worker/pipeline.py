@@ -88,12 +88,14 @@ from worker.ports import (
     TargetState,
 )
 from worker.records import Record, RecordRef, Snapshot, format_sf_datetime, parse_sf_datetime
-from worker.rules.base import AsOf, Evaluation, Rule, evaluate_rule
+from worker.rules.base import AsOf, Evaluation, Rule, Verdict, evaluate_rule
 from worker.store import AuditRow, LedgerEntry, Store, StoredSnapshot
 
 log = structlog.get_logger()
 
-WRITE_BATCH = 1000  # one composite request of five 200-record collections
+# Actions handed to the sink at once: up to 25 collections of 200, five full composites.
+# Each batch's last composite rounds up on its own, so a larger batch wastes fewer calls.
+WRITE_BATCH = 5000
 # Salesforce ends a request after 10 minutes: until then, one whose answer was lost may still
 # commit. An email whose log the org does not show yet is sent again only after that.
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
@@ -110,6 +112,10 @@ class RunReport:
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     record_errors: int = 0
     api_calls: int = 0
+    # The apply's API calls: as the plan priced them, and as made (the stamps re-read,
+    # the writes, their reconcile).
+    apply_calls_estimated: int | None = None
+    apply_calls: int | None = None
     api_remaining: int | None = None
     stopped: str | None = None  # why the run stopped starting new work, if it did
     stop_reason: str | None = None  # STOPPED_API_LIMIT, STOPPED_AUTH or STOPPED_SIGNAL
@@ -162,6 +168,7 @@ class RunReport:
             "record_errors": self.record_errors,
             "unknown_outcomes": self.unknown,
             "api_calls": self.api_calls,
+            "apply_calls": {"estimated": self.apply_calls_estimated, "made": self.apply_calls},
             "api_remaining": self.api_remaining,
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
@@ -383,29 +390,35 @@ class Pipeline:
         self, as_of: AsOf, report: RunReport | None = None, snapshot: Snapshot | None = None
     ) -> tuple[list[Evaluation], int]:
         """Every rule over the cached records (or over ``snapshot``: a simulated day's)."""
-        # Read from the store as the rules ask, never all at once: a cycle's memory stays
-        # flat as the org grows; unreadable rows are logged as they are met.
         stored: StoredSnapshot | None = None
         if snapshot is None:
             snapshot = stored = self.store.snapshot(self.mapping.object_fields())
+        evaluations = list(self._evaluations(snapshot, as_of, report))
+        return evaluations, len(stored.problems) if stored else 0
+
+    def _evaluations(
+        self, snapshot: Snapshot, as_of: AsOf, report: RunReport | None
+    ) -> Iterator[Evaluation]:
+        # Read from the store as the rules ask, never all at once: a cycle's memory stays
+        # flat as the org grows; unreadable rows are logged as they are met.
         common = self.mapping.common
         if common.calendar_from_org:
             calendar = org_calendar(
                 snapshot.of(schema.BUSINESS_HOURS), snapshot.of(schema.HOLIDAY), common.calendar
             )
             common = dataclasses.replace(common, calendar=calendar)
-        evaluations: list[Evaluation] = []
         for done, rule in enumerate(self.rules):
             self._check_stop("during planning")
-            evaluations.extend(
-                evaluate_rule(rule, snapshot, as_of, self.mapping.rules[rule.id], common)
-            )
+            yield from evaluate_rule(rule, snapshot, as_of, self.mapping.rules[rule.id], common)
             self._report_progress(report, "plan", done + 1, len(self.rules))
-        return evaluations, len(stored.problems) if stored else 0
 
     def plan(self, as_of: dt.date, report: RunReport | None = None) -> Plan:
         at = self.instant(as_of)
-        evaluations, _ = self.evaluate(at, report)
+        # Only what the plan is made of is kept: a verdict with nothing to do (done, not
+        # due, out of scope) is counted by no one, and holding one per record would make
+        # a cycle's memory grow with the org (``explain`` shows those).
+        snapshot = self.store.snapshot(self.mapping.object_fields())
+        evaluations = [e for e in self._evaluations(snapshot, at, report) if _counts(e)]
         keys = [a.key for e in evaluations for a in e.actions]
         keys += [s.key for e in evaluations for s in e.skipped]
         plan = build_plan(
@@ -470,6 +483,13 @@ class Pipeline:
 
     # -- 4. apply ---------------------------------------------------------------------------
     def apply(self, plan: Plan, report: RunReport) -> None:
+        calls_before = self.sink.api_calls()
+        try:
+            self._apply(plan, report)
+        finally:
+            report.apply_calls = self.sink.api_calls() - calls_before
+
+    def _apply(self, plan: Plan, report: RunReport) -> None:
         now = self.clock()
         # Missed catch-up steps and actions lost to a stronger rule are final: "skipped".
         passed_over = plan.skipped + plan.superseded
@@ -483,6 +503,7 @@ class Pipeline:
         done = (Outcome.APPLIED, Outcome.SKIPPED, Outcome.SENT)
         todo = [a for a in plan.actions if status.get(a.key) not in done]
         self.ledger.record_planned(todo, report.run_id, now)
+        report.apply_calls_estimated = self.estimate_calls(todo)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
         lost: list[Action] = []
@@ -774,6 +795,16 @@ def _conflict(
         message += f" (the {action.target.sobject} {action.target.id} is not merged with it)"
     return ActionResult(
         action.key, Outcome.CONFLICT, error_code=code, message=f"{message}; re-planned next cycle"
+    )
+
+
+def _counts(evaluation: Evaluation) -> bool:
+    """Whether an evaluation makes part of a plan: actions, skips, suppressions, an error."""
+    return bool(
+        evaluation.actions
+        or evaluation.skipped
+        or evaluation.suppressed
+        or evaluation.verdict is Verdict.ERROR
     )
 
 

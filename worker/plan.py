@@ -47,7 +47,7 @@ import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,6 @@ class Plan:
     errors: tuple[RecordProblem, ...] = ()
     api_calls: int = 0
     remaining_daily: int | None = None
-    evaluations: tuple[Evaluation, ...] = field(default=(), compare=False)
     as_of_instant: dt.datetime | None = None  # when the rules evaluated, in the org's zone
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +157,6 @@ class Plan:
             suppressed=tuple(s for s in self.suppressed if keep(s.action.rule, s.action.target.id)),
             done=tuple(k for k in self.done if keep(k.split(":", 1)[0], k.rsplit(":", 1)[-1])),
             errors=tuple(e for e in self.errors if keep(e.rule, e.target.id)),
-            evaluations=tuple(e for e in self.evaluations if keep(e.rule, e.target.id)),
         )
 
     def to_json(self) -> str:
@@ -345,5 +343,4 @@ def build_plan(
         ),
         done=done,
         errors=errors,
-        evaluations=tuple(evaluations),
     )

@@ -203,6 +203,11 @@ class Record:
         )
 
 
+def in_scope(record: Record, scope: Mapping[str, Sequence[str]]) -> bool:
+    """Whether each field of ``scope`` (dotted paths allowed) holds one of its values."""
+    return all(record.text(name) in values for name, values in scope.items())
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """All cached records of one cycle, by sObject, with lookup indexes built on demand.
@@ -221,6 +226,12 @@ class Snapshot:
 
     def of(self, sobject: str) -> Sequence[Record]:
         return self.records.get(sobject, ())
+
+    def where(self, sobject: str, scope: Mapping[str, Sequence[str]]) -> Iterable[Record]:
+        """The records of ``sobject`` in scope (:func:`in_scope`), in Id order; a stored
+        snapshot has the store do the filtering, so a rule scoped to a few of many
+        records reads only those."""
+        return (r for r in self.of(sobject) if in_scope(r, scope))
 
     @cached_property
     def _by_id(self) -> dict[str, Record]:

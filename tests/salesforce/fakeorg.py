@@ -1421,9 +1421,26 @@ class FakeOrg:
                     {},
                 )
         self.composite_sizes.append(len(subs))
-        out = []
+        out: list[dict[str, Any]] = []
         for sub in subs:
-            parts = urlsplit(str(sub.get("url", "")))
+            url = _resolved(str(sub.get("url", "")), {str(o["referenceId"]): o for o in out})
+            if url is None:
+                out.append(
+                    {
+                        "body": [
+                            {
+                                "errorCode": "PROCESSING_HALTED",
+                                "message": "Invalid reference specified. No value for "
+                                f"{sub.get('url')} found.",
+                            }
+                        ],
+                        "httpHeaders": {},
+                        "httpStatusCode": 400,
+                        "referenceId": sub.get("referenceId"),
+                    }
+                )
+                continue
+            parts = urlsplit(url)
             prefix = f"/services/data/v{self.api_version}/"
             rest = parts.path[len(prefix) :].strip("/") if parts.path.startswith(prefix) else "?"
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -2434,8 +2451,42 @@ def is_write_request(method: str, path: str, body: str | bytes | None) -> bool:
 
 
 def _heavy(url: str) -> bool:
+    """A subrequest that counts against a Composite's five: a query, a Query More (the next
+    page of one, by its URL or by a reference to an earlier answer's ``nextRecordsUrl``),
+    or an sObject Collection."""
+    if "nextRecordsUrl}" in url:
+        return True
     path = urlsplit(url).path
-    return bool(re.search(r"/(query|queryAll)/?$|/composite/sobjects", path))
+    return bool(re.search(r"/(query|queryAll)(/[^/]+)?/?$|/composite/sobjects", path))
+
+
+_REFERENCE = re.compile(r"@\{(\w+)\.([^}]+)\}")
+
+
+def _resolved(url: str, answered: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """``url`` with each ``@{ref.path}`` replaced by that value of the earlier answer
+    ``ref`` (``.`` for a field, ``[n]`` for an item); None when one cannot be resolved: the
+    answer failed, or holds no such value (a ``nextRecordsUrl`` after the last page)."""
+    missing = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal missing
+        answer = answered.get(match.group(1))
+        node: Any = answer.get("body") if answer and answer["httpStatusCode"] < 300 else None
+        for part in re.findall(r"[^.\[\]]+", match.group(2)):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, Mapping):
+                node = node.get(part)
+            else:
+                node = None
+        if node is None or isinstance(node, (Mapping, list)):
+            missing = True
+            return ""
+        return str(node)
+
+    out = _REFERENCE.sub(value, url)
+    return None if missing else out
 
 
 def _sort_key(value: Any) -> tuple[int, str]:

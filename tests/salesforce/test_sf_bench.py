@@ -69,14 +69,14 @@ def test_small_bench_cycle(
         "sqlite_mb",
     } <= last.keys()
     assert (last["records"], last["actions"]) == (3000, 1200)
-    # reads: 1 composite; stamps: every target, 960 opportunities and 240 cases (5 + 2
-    # queries, 2 composites); writes: lookup + 2 idempotent composites (3 task + 3 update
-    # chunks) + 1 create composite (2 chunks)
-    assert last["api_calls"] == 7
-    assert last["calls_by_kind"] == {"query": 1, "stamps": 2, "lookup": 1, "write": 3}
+    # reads: 1 composite; stamps: every target, 960 opportunities and 240 cases (2 + 1
+    # queries of up to 800 Ids, 1 composite); writes: lookup + 2 idempotent composites (3
+    # task + 3 update chunks) + 1 create composite (2 chunks)
+    assert last["api_calls"] == 6
+    assert last["calls_by_kind"] == {"query": 1, "stamps": 1, "lookup": 1, "write": 3}
     # The worker counted what the server answered (the bench also checks after each phase).
     assert last["server_api_calls"] == last["api_calls"]
-    assert last["server_calls_by_kind"] == {"composite": 7}
+    assert last["server_calls_by_kind"] == {"composite": 6}
     # Reads and writes at the floor; the stamp re-read and the key-marker lookup
     # are the only calls on top of it.
     by_kind = last["calls_by_kind"]

@@ -181,10 +181,21 @@ def follow_ups(org: FakeOrg, targets: int) -> list[Action]:
     return actions
 
 
+@pytest.mark.parametrize(("batch", "calls"), [(5_000, 4), (1_000, 6)])
 def test_the_plans_cost_is_what_applying_it_spends(
-    org: FakeOrg, tmp_path: Path, mapping: LoadedMapping
+    org: FakeOrg,
+    tmp_path: Path,
+    mapping: LoadedMapping,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+    calls: int,
 ) -> None:
-    actions = follow_ups(org, 1_200)  # 2,400 actions: three write batches of up to 1,000
+    """2,400 actions on 1,200 records: the targets re-read (2 queries of up to 800 Ids, one
+    composite), then 6 + 6 collections of updates and upserts. In one write batch (the
+    default) they take 3 composites; in batches of 1,000, each batch's last composite rounds
+    up on its own: 2 + 2 + 1. The plan prices what the batches cost."""
+    monkeypatch.setattr("worker.pipeline.WRITE_BATCH", batch)
+    actions = follow_ups(org, 1_200)
     client = make_client(org)
     sink = SalesforceSink(client, task_key_field=KEY_FIELD)
     with Store.open(tmp_path / "w.db") as store:
@@ -202,7 +213,5 @@ def test_the_plans_cost_is_what_applying_it_spends(
         report = pipeline.apply_plan_file("apply", plan)
     assert report.status == "ok"
     assert report.outcomes[("r", "applied")] == 2_400
-    # targets re-read (6 queries: 2 composites), then per batch one composite of updates
-    # and upserts: 6 + 6 + 2 collections of 200 -> 2 + 2 + 1
-    assert sink.api_calls() == estimate == 7
-    assert sink.estimate_calls([actions]) == 5  # priced as one write: what plans used to say
+    assert sink.api_calls() == estimate == calls
+    assert report.apply_calls_estimated == report.apply_calls == calls

@@ -136,8 +136,9 @@ def test_the_plans_cost_is_what_applying_spends(org: FakeOrg) -> None:
     estimate = sink.estimate_calls([actions])
     sink.current_state([a.target for a in actions])
     sink.write(actions)
-    # stamps: 3 + 1 + 2 id queries, two composites; writes: 3 + 1 + 2 chunks, two composites
-    assert estimate == org.call_count == 4
+    # stamps: 1 + 1 + 1 id queries of up to 800 Ids, one composite; writes: 3 + 1 + 2
+    # chunks, two composites
+    assert estimate == org.call_count == 3
 
 
 @pytest.mark.parametrize(

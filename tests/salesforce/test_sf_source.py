@@ -18,6 +18,7 @@ from worker.ports import ObjectQuery
 from worker.records import Record
 from worker.salesforce import source as source_module
 from worker.salesforce.client import SalesforceClient
+from worker.salesforce.reads import chained_pages, first_pages
 from worker.salesforce.source import SalesforceSource, rest_datetime
 
 from .fakeorg import FakeOrg
@@ -118,16 +119,49 @@ def test_incremental_window_and_ordering(org: FakeOrg) -> None:
     assert [r["Name"] for r in page.records] == ["at -9", "at -5", "at 0"]
 
 
-def test_pages_follow_next_records_url_one_call_each(org: FakeOrg) -> None:
+def exchanges(org: FakeOrg) -> list[tuple[Any, Any]]:
+    """Each Composite call's request and answer bodies, in order."""
+    return [
+        (json.loads(c.request.body or ""), json.loads(c.response.text))
+        for c in org._mock.calls
+        if urlsplit(c.request.url or "").path.endswith("/composite")
+    ]
+
+
+def test_further_pages_are_chained_five_to_a_composite(org: FakeOrg) -> None:
+    """The first page in the first composite; the eleven after it in composites of five
+    chained Query More subrequests (``@{p0.nextRecordsUrl}``), then one GET for the last."""
     org.page_size = 5
-    for i in range(12):
+    for i in range(60):
         org.add("Lead", LastName=f"L{i:02d}", Company="Acme")
     src = SalesforceSource(make_client(org))
     pages = list(src.fetch([ObjectQuery("Lead", ("LastName",))]))
-    assert [len(p.records) for p in pages] == [5, 5, 2]
-    assert [r["LastName"] for p in pages for r in p.records] == [f"L{i:02d}" for i in range(12)]
-    assert org.calls_by_kind == {"composite": 1, "query_more": 2}
-    assert src.api_calls() == 3
+    assert [len(p.records) for p in pages] == [5] * 12
+    assert [r["LastName"] for p in pages for r in p.records] == [f"L{i:02d}" for i in range(60)]
+    assert org.calls_by_kind == {"composite": 3, "query_more": 1}
+    assert src.api_calls() == 4
+    chained = exchanges(org)[1][0]["compositeRequest"]
+    assert chained[0]["url"].startswith("/services/data/v66.0/queryAll/")
+    assert [s["url"] for s in chained[1:]] == [f"@{{p{i}.nextRecordsUrl}}" for i in range(4)]
+
+
+def test_a_chain_past_the_last_page_keeps_the_pages_before_it(org: FakeOrg) -> None:
+    """Pages can be smaller than the first, so a chain may ask for one page too many: that
+    subrequest's reference cannot be resolved and fails alone."""
+    org.page_size = 2
+    for i in range(6):
+        org.add("Lead", LastName=f"L{i}")
+    client = make_client(org)
+    (first,) = first_pages(
+        client, ["SELECT Id, LastName FROM Lead ORDER BY LastName"], all_rows=False, kind="query"
+    )
+    assert first.next_url is not None
+    pages = chained_pages(client, first.next_url, 4, kind="query_more")
+    assert [[r["LastName"] for r in p.records] for p in pages] == [["L2", "L3"], ["L4", "L5"]]
+    assert pages[-1].next_url is None
+    answers = exchanges(org)[-1][1]["compositeResponse"]
+    assert [a["httpStatusCode"] for a in answers] == [200, 200, 400, 400]
+    assert answers[2]["body"][0]["errorCode"] == "PROCESSING_HALTED"
 
 
 def test_deleted_rows_become_deleted_ids(org: FakeOrg) -> None:

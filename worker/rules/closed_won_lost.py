@@ -41,7 +41,6 @@ from worker.records import Record, Snapshot, full_record_id
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
 from worker.rules.kit import (
     Emit,
-    in_scope,
     primary_contact_id,
     render,
     worker_emails,
@@ -114,7 +113,7 @@ class ClosedWonLostSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: ClosedWonLostSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (r for r in snapshot.of(settings.sobject) if in_scope(r, settings.opportunity_scope))
+    return snapshot.where(settings.sobject, settings.opportunity_scope)
 
 
 def decide(

@@ -42,7 +42,6 @@ from worker.records import Record, Snapshot, full_record_id
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
 from worker.rules.kit import (
     Emit,
-    in_scope,
     is_completed,
     primary_contact_id,
     render,
@@ -145,7 +144,7 @@ class CustomerHandoffSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: CustomerHandoffSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (r for r in snapshot.of(settings.sobject) if in_scope(r, settings.opportunity_scope))
+    return snapshot.where(settings.sobject, settings.opportunity_scope)
 
 
 def decide(

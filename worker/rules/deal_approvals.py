@@ -39,7 +39,7 @@ from worker.keys import key_marker
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit, in_scope, is_completed, render, worker_tasks
+from worker.rules.kit import Emit, is_completed, render, worker_tasks
 
 RULE_ID = "deal_approvals"
 STEPS = ("submit", "request", "level")
@@ -194,7 +194,7 @@ class Reading:
 
 
 def candidates(snapshot: Snapshot, settings: ApprovalSettings, org: OrgMapping) -> Iterable[Record]:
-    return (r for r in snapshot.of(settings.sobject) if in_scope(r, settings.scope))
+    return snapshot.where(settings.sobject, settings.scope)
 
 
 def read_value(record: Record, s: ApprovalSettings) -> Reading | str | None:

@@ -80,7 +80,6 @@ from worker.rules.kit import (
     Channel,
     Emit,
     add_months,
-    in_scope,
     is_completed,
     phone_to_call,
     render,
@@ -370,12 +369,8 @@ class HomecareStagesSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: HomecareStagesSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    yield from (r for r in snapshot.of(schema.LEAD) if in_scope(r, settings.lead_scope))
-    yield from (
-        r
-        for r in snapshot.of(settings.opportunity_sobject)
-        if in_scope(r, settings.opportunity_scope)
-    )
+    yield from snapshot.where(schema.LEAD, settings.lead_scope)
+    yield from snapshot.where(settings.opportunity_sobject, settings.opportunity_scope)
 
 
 def decide(

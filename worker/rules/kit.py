@@ -38,6 +38,7 @@ from worker.errors import TemplateError
 from worker.keys import keys_in_text, task_key, with_key_marker
 from worker.mapping import OrgMapping, RuleSettings
 from worker.records import Record, RecordRef, format_sf_datetime
+from worker.records import in_scope as in_scope  # the rules take it from their kit
 
 Channel = Literal["call", "email", "task"]
 
@@ -88,11 +89,6 @@ def change_digest(changes: Iterable[FieldChange]) -> str:
     their key (never sent twice), new values get a new one."""
     body = json.dumps(sorted((c.field, c.after) for c in changes), default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:10]
-
-
-def in_scope(record: Record, scope: Mapping[str, tuple[str, ...]]) -> bool:
-    """Whether each field of ``scope`` (dotted paths allowed) holds one of its values."""
-    return all(record.text(name) in values for name, values in scope.items())
 
 
 def check_steps(name: str, given: Iterable[str], expected: Sequence[str]) -> None:

@@ -163,7 +163,7 @@ class LeadHygieneSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: LeadHygieneSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (r for r in snapshot.of(schema.LEAD) if in_scope(r, settings.lead_scope))
+    return snapshot.where(schema.LEAD, settings.lead_scope)
 
 
 def decide(

@@ -40,7 +40,7 @@ from worker.errors import RecordError
 from worker.mapping import OrgMapping, RuleSettings, StrictModel
 from worker.records import Record, Snapshot
 from worker.rules.base import AsOf, Evaluation, Rule, Verdict
-from worker.rules.kit import Emit, in_scope, render, worker_tasks
+from worker.rules.kit import Emit, render, worker_tasks
 
 RULE_ID = "opportunity_stages"
 STEPS = ("exit_criteria", "stage_max", "stage_escalation")
@@ -142,7 +142,7 @@ class Stay:
 def candidates(
     snapshot: Snapshot, settings: OpportunityStagesSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (r for r in snapshot.of(settings.sobject) if in_scope(r, settings.opportunity_scope))
+    return snapshot.where(settings.sobject, settings.opportunity_scope)
 
 
 def decide(

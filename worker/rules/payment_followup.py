@@ -105,11 +105,7 @@ class PaymentFollowupSettings(RuleSettings):
 def candidates(
     snapshot: Snapshot, settings: PaymentFollowupSettings, org: OrgMapping
 ) -> Iterable[Record]:
-    return (
-        r
-        for r in snapshot.of(settings.sobject)
-        if r.text(settings.payment_field) in settings.payment_values
-    )
+    return snapshot.where(settings.sobject, {settings.payment_field: settings.payment_values})
 
 
 def decide(

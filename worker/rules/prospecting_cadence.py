@@ -52,7 +52,6 @@ from worker.rules.kit import (
     Emit,
     check_steps,
     complete_tasks,
-    in_scope,
     is_completed,
     logged_response,
     phone_to_call,
@@ -167,9 +166,7 @@ def candidates(
     snapshot: Snapshot, settings: ProspectingCadenceSettings, org: OrgMapping
 ) -> Iterable[Record]:
     """In-scope opportunities in Prospecting, and those with open cadence Tasks (to close)."""
-    for record in snapshot.of(settings.sobject):
-        if not in_scope(record, settings.opportunity_scope):
-            continue
+    for record in snapshot.where(settings.sobject, settings.opportunity_scope):
         if record.text(settings.stage_field) == settings.prospecting_stage or _open_tasks(
             snapshot, record, org
         ):

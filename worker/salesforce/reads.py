@@ -1,9 +1,9 @@
 """Running SOQL with as few API calls as possible.
 
 Up to five queries (the Composite limit for queries and collections) go out as one
-Composite call; each then continues page by page through ``nextRecordsUrl`` with one GET
-per page. A read-only (dry-run) client cannot POST, so it sends each first page as its own
-GET instead: more calls, no writes.
+Composite call; a query of more pages continues through ``nextRecordsUrl``, up to five
+pages chained in one Composite (:func:`chained_pages`). A read-only (dry-run) client sends
+the same Composites: they hold only GETs.
 
 Both the source (pull) and the sink (conflict stamps, key lookups, reconcile) use these
 helpers, so every read checks the API budget before it starts.
@@ -83,17 +83,50 @@ def next_page(client: SalesforceClient, url: str, *, kind: str) -> QueryPage:
     return QueryPage.from_json(client.get_json(url, kind=kind))
 
 
+def chained_pages(client: SalesforceClient, url: str, count: int, *, kind: str) -> list[QueryPage]:
+    """Up to ``count`` (at most five) further pages of one query in one Composite call: the
+    first by its ``nextRecordsUrl``, each next one by a reference to the page before it
+    (``@{p0.nextRecordsUrl}``). Query More counts against a Composite's five queries. A
+    reference past the last page cannot be resolved and fails alone (``allOrNone`` is
+    false); the pages up to the last are kept. One page goes out as a plain GET."""
+    count = max(1, min(count, QUERIES_PER_COMPOSITE))
+    if count == 1:
+        return [next_page(client, url, kind=kind)]
+    client.check_budget(1)
+    subs = [SubRequest("GET", url, "p0")]
+    subs += [SubRequest("GET", f"@{{p{i - 1}.nextRecordsUrl}}", f"p{i}") for i in range(1, count)]
+    pages: list[QueryPage] = []
+    for answer in client.composite(subs, kind=kind, idempotent=True):
+        if pages and pages[-1].next_url is None:
+            break  # chained past the last page
+        if not answer.ok:
+            raise answer.error()
+        pages.append(QueryPage.from_json(answer.body))
+    return pages
+
+
+def later_pages(client: SalesforceClient, first: QueryPage, *, kind: str) -> Iterator[QueryPage]:
+    """The pages after ``first``, chained five to a Composite: as many as the rows left fill
+    at the first page's size (a page can be smaller, never larger), so a chain overruns the
+    last page by one page at most."""
+    url, read = first.next_url, len(first.records)
+    while url:
+        left = math.ceil(max(first.total_size - read, 1) / max(len(first.records), 1))
+        pages = chained_pages(client, url, left, kind=kind)
+        for page in pages:
+            read += len(page.records)
+            yield page
+        url = pages[-1].next_url
+
+
 def every_row(
     client: SalesforceClient, soqls: Sequence[str], *, all_rows: bool, kind: str
 ) -> Iterator[dict[str, Any]]:
     """Every row of every query (small lookups: stamps, key markers)."""
     for page in first_pages(client, soqls, all_rows=all_rows, kind=kind):
         yield from page.records
-        url = page.next_url
-        while url:
-            more = next_page(client, url, kind=kind)
+        for more in later_pages(client, page, kind=kind):
             yield from more.records
-            url = more.next_url
 
 
 def composites_for(query_count: int) -> int:

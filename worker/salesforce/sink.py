@@ -80,7 +80,12 @@ from worker.records import RecordRef
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.reads import composites_for
 from worker.salesforce.writes import apply, lookups, reconcile
-from worker.salesforce.writes.state import IDS_PER_QUERY, WriteContext, WriteState, ids_by_object
+from worker.salesforce.writes.state import (
+    STAMP_IDS_PER_QUERY,
+    WriteContext,
+    WriteState,
+    ids_by_object,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +168,7 @@ class SalesforceSink:
         by_object = ids_by_object(
             [r for batch in batches for a in batch for r in a.checked_records()]
         )
-        queries = sum(math.ceil(len(ids) / IDS_PER_QUERY) for ids in by_object.values())
+        queries = sum(math.ceil(len(ids) / STAMP_IDS_PER_QUERY) for ids in by_object.values())
         return composites_for(queries) + sum(self.estimate_write_calls(b) for b in batches)
 
     def estimate_write_calls(self, actions: Sequence[Action]) -> int:

@@ -12,8 +12,9 @@ For each :class:`~worker.ports.ObjectQuery`:
   resource only reaches back 15 days; ``queryAll`` reaches the whole recycle bin).
 - The first pages of up to five objects share one Composite call, beside the replication
   probes (Get Updated / Get Deleted) of up to ten more (:meth:`SalesforceSource.probe_window`),
-  so an idle cycle costs one API call; further pages follow ``nextRecordsUrl``, one GET
-  each, yielded as they arrive (one page in memory per object, one open cursor per object).
+  so an idle cycle costs one API call; further pages follow ``nextRecordsUrl``, up to five
+  chained in one Composite (:func:`~worker.salesforce.reads.chained_pages`), yielded as
+  they arrive (at most five pages in memory per object, one open cursor per object).
 - When a first page says ``totalSize > SF_BULK_THRESHOLD``, that object is read through
   Bulk API 2.0 instead (a ``queryAll`` job, polled, its CSV streamed by
   ``Sforce-Locator``). CSV has no types, so values are typed like the same fields in the
@@ -47,7 +48,7 @@ from worker.salesforce.client import (
 from worker.salesforce.reads import (
     QUERIES_PER_COMPOSITE,
     QueryPage,
-    next_page,
+    later_pages,
     query_subrequest,
 )
 from worker.salesforce.soql import incremental_select
@@ -56,7 +57,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 PAGE_ROWS = 2000  # REST's own page size; Bulk rows are re-cut to it for the pipeline
-BULK_MAX_RECORDS = 10_000  # rows per Bulk results request: bounded memory, few calls
+# Rows per Bulk results request: 25,000 rows of CSV are a few MB held at once, and a 200,000-row
+# object takes 8 results calls (REST would take 100 pages in 20 Composites).
+BULK_MAX_RECORDS = 25_000
 BULK_POLL_DELAYS = (1.0, 2.0, 4.0, 8.0)  # then every 10 s
 BULK_POLL_EVERY = 10.0
 BULK_MAX_WAIT = 1800.0  # seconds of polling before the job is given up
@@ -243,11 +246,9 @@ class SalesforceSource:
             yield from self._bulk(query, first.records)
             return
         yield self._page(query, first.records)
-        url = first.next_url
-        while url:
-            page = self._metered(next_page, self._client, url, kind="query_more")
+        pages = later_pages(self._client, first, kind="query_more")
+        while (page := self._metered(next, pages, None)) is not None:
             yield self._page(query, page.records)
-            url = page.next_url
 
     # -- Bulk API 2.0 -----------------------------------------------------------------------
     def _bulk(self, query: ObjectQuery, sample: Sequence[Mapping[str, Any]]) -> Iterator[Page]:

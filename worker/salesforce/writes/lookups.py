@@ -22,6 +22,7 @@ from worker.salesforce.reads import every_row
 from worker.salesforce.soql import AnyOf, Condition, Select, select
 from worker.salesforce.writes.state import (
     IDS_PER_QUERY,
+    STAMP_IDS_PER_QUERY,
     PreparedRecord,
     WriteContext,
     ids_by_object,
@@ -31,7 +32,8 @@ from worker.salesforce.writes.state import (
 
 def current_state(ctx: WriteContext, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
     """Each target's SystemModstamp now, with ``IsClosed``/``IsConverted`` where its
-    object has them: one query per object and 200 Ids, five queries a call. A target
+    object has them: one query per object and :data:`STAMP_IDS_PER_QUERY` Ids, five
+    queries a call. A target
     missing from the answer is deleted. Converted Leads seen here are remembered, so no
     update is sent to them."""
     soqls = [
@@ -43,7 +45,7 @@ def current_state(ctx: WriteContext, targets: Sequence[RecordRef]) -> Mapping[st
             )
         )
         for sobject, ids in ids_by_object(targets).items()
-        for chunk in in_chunks(ids, IDS_PER_QUERY)
+        for chunk in in_chunks(ids, STAMP_IDS_PER_QUERY)
     ]
     # Salesforce answers with 18-character Ids; a target may hold a 15-character one.
     found: dict[str, TargetState] = {}

@@ -29,6 +29,10 @@ from worker.salesforce.errors import (
 T = TypeVar("T")
 
 IDS_PER_QUERY = 200  # keeps an IN (...) list well under SOQL's statement length limit
+# The targets' stamps re-read before a write: 800 Ids (about 17,000 characters) per query,
+# sent in a Composite body, so past the 16,384-byte URI limit of a plain GET and well under
+# SOQL's 100,000 characters; its rows (Id, stamp, two flags) fit one 2,000-row page.
+STAMP_IDS_PER_QUERY = 800
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 # An upsert that matched an existing record and carried a field that can be set on create
