@@ -11,9 +11,11 @@ Actions serialise to plain JSON (``to_dict``/``action_from_dict``) for plan file
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, ClassVar
 
 from worker.errors import ApiLimitError, AuthError, PlanFileError, StopRequested
@@ -100,6 +102,12 @@ class Action:
         out: dict[str, Any] = _jsonable(self)  # field by field: no deep copy (asdict's)
         out["kind"] = self.kind.value
         return out
+
+    @cached_property
+    def json_text(self) -> str:
+        """:meth:`to_dict` as JSON text with sorted keys, made once: the ledger writes it at
+        each of an action's steps (planned, sent, its outcome)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,9 +327,15 @@ def action_from_dict(data: Mapping[str, Any]) -> Action:
         raise PlanFileError(f"action {data.get('key', '?')!r} is not valid: {exc}") from None
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _jsonable(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+        names = _FIELD_NAMES.get(type(value))
+        if names is None:
+            names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
+        return {name: _jsonable(getattr(value, name)) for name in names}
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Mapping):

@@ -293,6 +293,7 @@ class Store:
         object's own replication field): the new safe watermark."""
         rows = []
         newest: tuple[str, str] | None = None
+        attributes, synced = {"type": page.sobject}, synced_at.isoformat()
         for raw in page.records:  # each with an Id and its stamp (see pipeline._usable)
             stamp = str(raw[page.stamp_field])
             key = (stamp, str(raw[schema.ID]))
@@ -307,8 +308,8 @@ class Store:
                     "what_id": _text(raw.get(schema.WHAT_ID)),
                     "who_id": _text(raw.get(schema.WHO_ID)),
                     "parent_id": _text(raw.get(schema.PARENT_ID)),
-                    "raw": {**raw, schema.ATTRIBUTES: {"type": page.sobject}},
-                    "synced_at": synced_at.isoformat(),
+                    "raw": {**raw, schema.ATTRIBUTES: attributes},
+                    "synced_at": synced,
                 }
             )
 
@@ -868,7 +869,7 @@ class StoredSnapshot(Snapshot):
       (one query per :data:`STREAM_PAGE` rows); ``get`` reads a record by its Id (the
       primary key) and ``children`` by an index of child Ids per parent, built once per
       lookup field in one query that reads only the Id and the lookup (its column, or the
-      JSON field); the last :data:`RECENT` records read that way are kept.
+      JSON field); the last :data:`RECENT` records read, streamed or by Id, are kept.
 
     A row whose JSON cannot be read is left out, as :meth:`Store.load_snapshot` leaves it
     out, and logged once (``cache.unreadable_record``); ``problems`` lists them.
@@ -920,6 +921,9 @@ class StoredSnapshot(Snapshot):
             rows = self._rows(query.order_by(self._ids).limit(STREAM_PAGE))
             for rid, raw in rows:
                 record = self._decode(rid, sobject, raw)
+                # Kept as a record read by Id is: a rule, or the suppression check, looks the
+                # record it is deciding on up again, and must not read it back from the store.
+                self._remember(rid, record)
                 if record is not None:
                     yield record
             if len(rows) < STREAM_PAGE:
@@ -1348,7 +1352,7 @@ def _ledger_row(action: Action, run_id: str, status: Outcome, now: dt.datetime) 
         "target_id": action.target.id,
         "target_name": action.target.name,
         "status": status.value,
-        "action": json.dumps(action.to_dict(), sort_keys=True),
+        "action": action.json_text,
         "planned_at": now.isoformat(),
         "updated_at": now.isoformat(),
     }
