@@ -213,16 +213,35 @@ class Snapshot:
     """All cached records of one cycle, by sObject, with lookup indexes built on demand.
 
     ``of`` gives an object's records in Id order; rules iterate it (a stored snapshot
-    streams it), so they treat it as a sequence, not as a tuple."""
+    streams it), so they treat it as a sequence, not as a tuple.
+
+    ``changed_since``, when set, is the horizon of the rules' previous evaluation: records
+    whose ``SystemModstamp`` is before it were in the cache then, unchanged since. A rule
+    may decide only what records changed since it touch (``lead_dedupe``); None: decide
+    everything (a full pass)."""
 
     records: Mapping[str, Sequence[Record]] = field(default_factory=dict)
+    changed_since: dt.datetime | None = None
 
     @classmethod
-    def build(cls, records: Iterable[Record]) -> Snapshot:
+    def build(cls, records: Iterable[Record], changed_since: dt.datetime | None = None) -> Snapshot:
         grouped: dict[str, list[Record]] = defaultdict(list)
         for rec in records:
             grouped[rec.sobject].append(rec)
-        return cls({k: tuple(sorted(v, key=lambda r: r.id)) for k, v in grouped.items()})
+        return cls(
+            {k: tuple(sorted(v, key=lambda r: r.id)) for k, v in grouped.items()}, changed_since
+        )
+
+    def changed(self, record: Record) -> bool:
+        """Whether ``record`` changed since :attr:`changed_since` (always, without one; a
+        record without a readable stamp counts as changed)."""
+        if self.changed_since is None:
+            return True
+        stamp = record.get(schema.SYSTEM_MODSTAMP)
+        try:
+            return not isinstance(stamp, str) or parse_sf_datetime(stamp) >= self.changed_since
+        except ValueError:
+            return True
 
     def of(self, sobject: str) -> Sequence[Record]:
         return self.records.get(sobject, ())

@@ -56,6 +56,8 @@ def read_phone(raw: str, region: str) -> Phone:
 
 def fold(text: str) -> str:
     """Lower case without accents or surrounding blanks: ``Côte d'Ivoire`` -> ``cote d'ivoire``."""
+    if text.isascii():  # nothing to decompose: the same answer, without the per-character walk
+        return text.strip().lower()
     decomposed = unicodedata.normalize("NFKD", text.strip().casefold())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
@@ -198,13 +200,20 @@ def registrable_domain(host: str) -> str | None:
 
 
 def under_domain(host: str, domains: Iterable[str]) -> str | None:
-    """The one of ``domains`` that ``host`` is, or is a subdomain of."""
-    host = host.lower()
-    for domain in domains:
-        domain = domain.lower()
-        if host == domain or host.endswith("." + domain):
-            return domain
-    return None
+    """The one of ``domains`` that ``host`` is, or is a subdomain of (the first listed, when
+    several are)."""
+    labels = host.lower().split(".")
+    order = _domain_order(tuple(domains))
+    found = [d for i in range(len(labels)) if (d := ".".join(labels[i:])) in order]
+    return min(found, key=order.__getitem__) if found else None
+
+
+@cache
+def _domain_order(domains: tuple[str, ...]) -> dict[str, int]:
+    order: dict[str, int] = {}
+    for i, domain in enumerate(domains):
+        order.setdefault(domain.lower(), i)
+    return order
 
 
 # -- companies, placeholders -----------------------------------------------------------------

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -71,6 +72,7 @@ _PLAIN_EMAIL = re.compile(
     r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
     r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
+_DIGITS = re.compile(r"\D+")
 Policy = Literal["most_activity", "oldest", "active_owner"]
 
 
@@ -269,23 +271,25 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
         if in_scope(r, s.lead_scope) and not r.flag(schema.IS_CONVERTED)
     ]
     region = org.org.phone_region
-    keys = {lead.id: lead_keys(lead, s, region) for lead in leads}
+    if snapshot.changed_since is None:
+        keys = {lead.id: lead_keys(lead, s, region) for lead in leads}
+        decided, pool = leads, leads
+    else:
+        keys, decided, pool = touched(leads, snapshot, s, org)
     index = AccountIndex.build(snapshot.of(ACCOUNT), s, org)
+    wanted = {coarse_email(keys[lead.id].email, s) for lead in decided}
     contacts: dict[str, list[str]] = defaultdict(list)
     for contact in snapshot.of(CONTACT):
-        found = email_key(contact.text(s.contact_email_field), s)
-        if found:
+        raw = contact.text(s.contact_email_field)
+        if coarse_email(raw, s) in wanted and (found := email_key(raw, s)):
             contacts[found].append(contact.id)
-    possible = possible_duplicates(leads, keys, s)
+    possible = possible_duplicates(pool, keys, s)
     groups: dict[str, list[Record]] = defaultdict(list)
-    roles = {fold(r) for r in s.role_mailboxes}
-    for lead in leads:
-        email = keys[lead.id].email
-        shared = email is not None and email.split("@", 1)[0] in roles
-        groups[email if email and not shared else f"lead:{lead.id}"].append(lead)
+    for lead in decided:
+        groups[group_key(keys[lead.id], lead, s)].append(lead)
     budget = s.merge_cap if s.merge else 0
-    for group_key, members in sorted(groups.items()):
-        label = f"email:{group_key}" if len(members) > 1 else f"lead:{members[0].id}"
+    for key, members in sorted(groups.items()):
+        label = f"email:{key}" if len(members) > 1 else f"lead:{members[0].id}"
         requests = len(members) // 2  # the master and two others a request
         allowed = 0 < requests <= budget
         budget -= requests if allowed else 0
@@ -298,6 +302,133 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
             possible={m.id: possible.get(m.id, ()) for m in members},
             merge_allowed=allowed,
         )
+
+
+def group_key(k: Keys, lead: Record, s: LeadDedupeSettings) -> str:
+    """The lead's email group: its email key, or the lead alone (no email, or a mailbox
+    several people share)."""
+    shared = k.email is not None and k.email.split("@", 1)[0] in _roles(s.role_mailboxes)
+    return k.email if k.email and not shared else f"lead:{lead.id}"
+
+
+@cache
+def _roles(role_mailboxes: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(fold(r) for r in role_mailboxes)
+
+
+def coarse_email(raw: str | None, s: LeadDedupeSettings) -> str | None:
+    """A cheap key that two addresses with the same :func:`email_key` always share (it
+    drops more: every dot and plus suffix of the local part): the leads not changed since
+    the last evaluation are sorted by it, and keyed exactly only when a changed one shares
+    it. An address that is not ASCII is keyed exactly first (its domain may be an IDN)."""
+    if raw and not raw.isascii():
+        raw = email_key(raw, s)
+    if not raw:
+        return None
+    local, _, domain = raw.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0].replace('.', '')}@{domain}"
+
+
+def touched(
+    leads: Sequence[Record], snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping
+) -> tuple[dict[str, Keys], list[Record], list[Record]]:
+    """An incremental pass: the leads to decide (the email groups of the leads changed
+    since the last evaluation, of the contacts changed since, and, with ``merge`` on,
+    every group of two or more, whose merge may still be pending), the keys they need, and
+    the leads possible duplicates are looked for among (those, and the unchanged leads that
+    may share their phone or domain). Accounts changed since add the leads they may match,
+    found by every lead's keys. Decides what a full pass decides for the groups it decides;
+    the others a full pass would find nothing new in."""
+    region = org.org.phone_region
+    keys: dict[str, Keys] = {}
+
+    def keyed(lead: Record) -> Keys:
+        if lead.id not in keys:
+            keys[lead.id] = lead_keys(lead, s, region)
+        return keys[lead.id]
+
+    changed = [lead for lead in leads if snapshot.changed(lead)]
+    accounts = [a for a in snapshot.of(ACCOUNT) if snapshot.changed(a)]
+    if accounts:
+        changed += accounts_touch(leads, accounts, s, org, keyed)
+    rough: dict[str | None, list[Record]] = defaultdict(list)
+    for lead in leads:
+        rough[coarse_email(lead.text(s.email_field), s)].append(lead)
+    rough.pop(None, None)  # no address: a group of one
+    emails = {keyed(lead).email for lead in changed}
+    emails.update(
+        email_key(c.text(s.contact_email_field), s)
+        for c in snapshot.of(CONTACT)
+        if snapshot.changed(c)
+    )
+    roles = _roles(s.role_mailboxes)
+    emails = {e for e in emails if e and e.split("@", 1)[0] not in roles}
+    near = [r for e in emails for r in rough.get(coarse_email(e, s), ())]
+    if s.merge:
+        near += [r for members in rough.values() if len(members) > 1 for r in members]
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for lead in {r.id: r for r in (*changed, *near)}.values():
+        groups[group_key(keyed(lead), lead, s)].append(lead)
+    ids = {lead.id for lead in changed}
+    decided = [
+        lead
+        for group in groups.values()
+        if any(m.id in ids or keys[m.id].email in emails for m in group)
+        or (s.merge and len(group) > 1)
+        for lead in group
+    ]
+    return keys, decided, neighbours(leads, decided, s, keyed)
+
+
+def accounts_touch(
+    leads: Sequence[Record],
+    accounts: Sequence[Record],
+    s: LeadDedupeSettings,
+    org: OrgMapping,
+    keyed: Callable[[Record], Keys],
+) -> list[Record]:
+    """The leads a changed account may now match: its domain, its company key, or a
+    company in its fuzzy block (the key's first word)."""
+    found = AccountIndex.build(accounts, s, org)
+    words = set(found.by_word)
+    out = []
+    for lead in leads:
+        k = keyed(lead)
+        if (k.domain and k.domain in found.by_domain) or (
+            k.company and k.company.split()[0] in words
+        ):
+            out.append(lead)
+    return out
+
+
+def neighbours(
+    leads: Sequence[Record],
+    decided: Sequence[Record],
+    s: LeadDedupeSettings,
+    keyed: Callable[[Record], Keys],
+) -> list[Record]:
+    """The decided leads and every lead that may share a possible-duplicate block with one
+    (the same phone, or the same domain and company): those whose phone has the last seven
+    digits of a decided lead's number, or whose email is at a decided lead's domain, keyed
+    exactly; the others cannot."""
+    tails = {k.phone[-7:] for lead in decided if (k := keyed(lead)).phone}
+    domains = {k.domain for lead in decided if (k := keyed(lead)).domain and k.company}
+    ids = {lead.id for lead in decided}
+    pool = list(decided)
+    for lead in leads:
+        if lead.id in ids:
+            continue
+        phone = _DIGITS.sub("", lead.text(s.phone_field) or "")
+        email = (lead.text(s.email_field) or "").strip().lower()
+        labels = email.rpartition("@")[2].split(".")
+        if (
+            not email.isascii()
+            or any(phone[i : i + 7] in tails for i in range(max(len(phone) - 6, 0)))
+            or any(".".join(labels[i:]) in domains for i in range(len(labels)))
+        ):
+            keyed(lead)
+            pool.append(lead)
+    return pool
 
 
 @dataclass(frozen=True)
