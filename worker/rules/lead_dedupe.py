@@ -72,7 +72,7 @@ _PLAIN_EMAIL = re.compile(
     r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
     r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
-_DIGITS = re.compile(r"\D+")
+_DIGITS = re.compile(r"[0-9]+")
 Policy = Literal["most_activity", "oldest", "active_owner"]
 
 
@@ -277,11 +277,11 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
     else:
         keys, decided, pool = touched(leads, snapshot, s, org)
     index = AccountIndex.build(snapshot.of(ACCOUNT), s, org)
-    wanted = {coarse_email(keys[lead.id].email, s) for lead in decided}
+    wanted = {coarse_email(keys[lead.id].email) for lead in decided}
     contacts: dict[str, list[str]] = defaultdict(list)
     for contact in snapshot.of(CONTACT):
         raw = contact.text(s.contact_email_field)
-        if coarse_email(raw, s) in wanted and (found := email_key(raw, s)):
+        if coarse_email(raw) in wanted and (found := email_key(raw, s)):
             contacts[found].append(contact.id)
     possible = possible_duplicates(pool, keys, s)
     groups: dict[str, list[Record]] = defaultdict(list)
@@ -316,17 +316,16 @@ def _roles(role_mailboxes: tuple[str, ...]) -> frozenset[str]:
     return frozenset(fold(r) for r in role_mailboxes)
 
 
-def coarse_email(raw: str | None, s: LeadDedupeSettings) -> str | None:
-    """A cheap key that two addresses with the same :func:`email_key` always share (it
-    drops more: every dot and plus suffix of the local part): the leads not changed since
-    the last evaluation are sorted by it, and keyed exactly only when a changed one shares
-    it. An address that is not ASCII is keyed exactly first (its domain may be an IDN)."""
-    if raw and not raw.isascii():
-        raw = email_key(raw, s)
-    if not raw:
+def coarse_email(raw: str | None) -> str | None:
+    """A cheap key that two addresses with the same :func:`email_key` always share: the
+    local part alone, folded, without its plus suffix and its dots (so it ignores more than
+    the key does). The leads not changed since the last evaluation are sorted by it, and
+    keyed exactly only when a changed one shares it."""
+    if not raw or "@" not in raw:
         return None
-    local, _, domain = raw.strip().lower().rpartition("@")
-    return f"{local.split('+', 1)[0].replace('.', '')}@{domain}"
+    local = raw.strip().rpartition("@")[0]
+    local = local.lower() if local.isascii() else fold(local)
+    return local.split("+", 1)[0].replace(".", "") or None
 
 
 def touched(
@@ -353,7 +352,7 @@ def touched(
         changed += accounts_touch(leads, accounts, s, org, keyed)
     rough: dict[str | None, list[Record]] = defaultdict(list)
     for lead in leads:
-        rough[coarse_email(lead.text(s.email_field), s)].append(lead)
+        rough[coarse_email(lead.text(s.email_field))].append(lead)
     rough.pop(None, None)  # no address: a group of one
     emails = {keyed(lead).email for lead in changed}
     emails.update(
@@ -363,7 +362,7 @@ def touched(
     )
     roles = _roles(s.role_mailboxes)
     emails = {e for e in emails if e and e.split("@", 1)[0] not in roles}
-    near = [r for e in emails for r in rough.get(coarse_email(e, s), ())]
+    near = [r for e in emails for r in rough.get(coarse_email(e), ())]
     if s.merge:
         near += [r for members in rough.values() if len(members) > 1 for r in members]
     groups: dict[str, list[Record]] = defaultdict(list)
@@ -408,9 +407,9 @@ def neighbours(
     keyed: Callable[[Record], Keys],
 ) -> list[Record]:
     """The decided leads and every lead that may share a possible-duplicate block with one
-    (the same phone, or the same domain and company): those whose phone has the last seven
-    digits of a decided lead's number, or whose email is at a decided lead's domain, keyed
-    exactly; the others cannot."""
+    (the same phone, or the same domain and company), keyed exactly: those whose phone has,
+    at the end of a run of digits, the last seven digits of a decided lead's number, and
+    those whose email is at a decided lead's domain (or at a domain not in ASCII)."""
     tails = {k.phone[-7:] for lead in decided if (k := keyed(lead)).phone}
     domains = {k.domain for lead in decided if (k := keyed(lead)).domain and k.company}
     ids = {lead.id for lead in decided}
@@ -418,12 +417,16 @@ def neighbours(
     for lead in leads:
         if lead.id in ids:
             continue
-        phone = _DIGITS.sub("", lead.text(s.phone_field) or "")
-        email = (lead.text(s.email_field) or "").strip().lower()
-        labels = email.rpartition("@")[2].split(".")
+        digits = ""
+        phone = False
+        for run in _DIGITS.findall(lead.text(s.phone_field) or ""):
+            digits += run
+            phone = phone or digits[-7:] in tails
+        host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
+        labels = host.split(".")
         if (
-            not email.isascii()
-            or any(phone[i : i + 7] in tails for i in range(max(len(phone) - 6, 0)))
+            phone
+            or not host.isascii()
             or any(".".join(labels[i:]) in domains for i in range(len(labels)))
         ):
             keyed(lead)
