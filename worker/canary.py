@@ -50,7 +50,7 @@ class Canary:
         order: list[str] = []
         for rid in (
             *(a.target.id for a in plan.actions),
-            *(s.action.target.id for s in (*plan.skipped, *plan.superseded)),
+            *(s.action.target.id for s in (*plan.skipped, *plan.superseded, *plan.deferred)),
         ):
             if rid not in order:
                 order.append(rid)
@@ -68,4 +68,5 @@ class Canary:
             actions=tuple(a for a in plan.actions if a.target.id in keep),
             skipped=tuple(s for s in plan.skipped if s.action.target.id in keep),
             superseded=tuple(s for s in plan.superseded if s.action.target.id in keep),
+            deferred=tuple(s for s in plan.deferred if s.action.target.id in keep),
         )

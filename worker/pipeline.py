@@ -100,6 +100,7 @@ WRITE_BATCH = 5000
 # commit. An email whose log the org does not show yet is sent again only after that.
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
 UNKNOWN = "unknown"  # an outcome (and a run status): the answer to a write was lost
+WRITTEN_IN_RUN = "WRITTEN_IN_RUN"  # a merge deferred: another rule writes its records now
 Cursor = tuple[dt.datetime, str | None]  # (stamp, Id of the last record read at that stamp)
 
 
@@ -498,6 +499,14 @@ class Pipeline:
         )
         for skip in passed_over:
             report.outcomes[(skip.action.rule, Outcome.SKIPPED.value)] += 1
+        # Deferred merges: a conflict, not final, so the next run plans them afresh.
+        deferred = [
+            ActionResult(d.action.key, Outcome.CONFLICT, error_code=WRITTEN_IN_RUN, message=d.why)
+            for d in plan.deferred
+        ]
+        by_key = {d.action.key: d.action for d in plan.deferred}
+        self.ledger.record_results(by_key, deferred, report.run_id, now)
+        self._count(deferred, by_key, report)
         status = self.ledger.ledger_status(a.key for a in plan.actions)
         # Still ``sent`` after reconcile: an email that may still go out; never sent twice.
         done = (Outcome.APPLIED, Outcome.SKIPPED, Outcome.SENT)

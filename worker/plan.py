@@ -19,6 +19,7 @@ A plan file is JSON (``schema`` = :data:`PLAN_SCHEMA`, ``version`` = :data:`PLAN
      "actions":    [action, ...],                  # to apply, in order
      "skipped":    [{"action": action, "why": str}, ...],   # steps missed, not done late
      "superseded": [{"action": action, "why": str}, ...],   # lost to a stronger rule
+     "deferred":   [{"action": action, "why": str}, ...],   # waits for the next run
      "suppressed": [{"action": action, "why": str}, ...],   # a call or email to a person
                                                     # who may not be contacted that way
      "done":       [key, ...],                      # already applied earlier
@@ -38,6 +39,13 @@ can share: they are refused, with a message saying to plan again.
 
 ``suppressed`` actions (:mod:`worker.suppression`) are shown, never applied nor recorded in
 the ledger: the check is made again at every plan.
+
+``deferred`` actions wait for the next run: a merge whose master or victim another rule
+writes in the same plan (an update, a closure, a conversion, an approval) would be sent on
+the values read before that write, and would clobber it (on the master) or delete it with
+the victim. Applying records it as a ``conflict`` (``WRITTEN_IN_RUN``, the rule and record
+named), which is not final: the next run plans the merge afresh from the values the other
+rule left.
 """
 
 from __future__ import annotations
@@ -55,7 +63,9 @@ from worker.actions import (
     Action,
     CloseRecord,
     ConvertLead,
+    MergeRecords,
     Outcome,
+    SubmitApproval,
     UpdateRecord,
     action_from_dict,
 )
@@ -104,6 +114,7 @@ class Plan:
     skipped: tuple[Skip, ...] = ()
     superseded: tuple[Skip, ...] = ()
     suppressed: tuple[Skip, ...] = ()
+    deferred: tuple[Skip, ...] = ()
     done: tuple[str, ...] = ()
     errors: tuple[RecordProblem, ...] = ()
     api_calls: int = 0
@@ -128,6 +139,7 @@ class Plan:
             "skipped": [{"action": s.action.to_dict(), "why": s.why} for s in self.skipped],
             "superseded": [{"action": s.action.to_dict(), "why": s.why} for s in self.superseded],
             "suppressed": [{"action": s.action.to_dict(), "why": s.why} for s in self.suppressed],
+            "deferred": [{"action": s.action.to_dict(), "why": s.why} for s in self.deferred],
             "done": list(self.done),
             "errors": [
                 {
@@ -155,6 +167,7 @@ class Plan:
             skipped=tuple(s for s in self.skipped if keep(s.action.rule, s.action.target.id)),
             superseded=tuple(s for s in self.superseded if keep(s.action.rule, s.action.target.id)),
             suppressed=tuple(s for s in self.suppressed if keep(s.action.rule, s.action.target.id)),
+            deferred=tuple(s for s in self.deferred if keep(s.action.rule, s.action.target.id)),
             done=tuple(k for k in self.done if keep(k.split(":", 1)[0], k.rsplit(":", 1)[-1])),
             errors=tuple(e for e in self.errors if keep(e.rule, e.target.id)),
         )
@@ -198,6 +211,7 @@ class Plan:
                 skipped=_skips(data.get("skipped", ())),
                 superseded=_skips(data.get("superseded", ())),
                 suppressed=_skips(data.get("suppressed", ())),
+                deferred=_skips(data.get("deferred", ())),
                 done=tuple(data.get("done", ())),
                 errors=tuple(
                     RecordProblem(
@@ -294,6 +308,39 @@ def resolve_precedence(
     return kept, dropped
 
 
+# What another rule may write on a merge's records that the merge must not be sent beside.
+_WRITES = (UpdateRecord, CloseRecord, ConvertLead, SubmitApproval, MergeRecords)
+
+
+def defer_merges(actions: Sequence[Action]) -> tuple[list[Action], list[Skip]]:
+    """Merges whose master or victim another rule's action writes in the same plan wait
+    for the next run (all the merges into that master: they share its surviving values)."""
+    writers: dict[str, list[Action]] = defaultdict(list)
+    for action in actions:
+        if isinstance(action, _WRITES):
+            writers[action.target.id].append(action)
+    why: dict[str, str] = {}
+    for action in actions:
+        if not isinstance(action, MergeRecords) or action.target.id in why:
+            continue
+        for record in action.checked_records():
+            other = next((w for w in writers[record.id] if w.rule != action.rule), None)
+            if other is not None:
+                role = "the master" if record.id == action.target.id else f"victim {record.id}"
+                why[action.target.id] = (
+                    f"deferred to the next run: rule {other.rule} writes {role} in this run "
+                    f"({other.summary()}); the merge is planned again from the values it leaves"
+                )
+                break
+    kept = [a for a in actions if not (isinstance(a, MergeRecords) and a.target.id in why)]
+    deferred = [
+        Skip(a, why[a.target.id])
+        for a in actions
+        if isinstance(a, MergeRecords) and a.target.id in why
+    ]
+    return kept, deferred
+
+
 def build_plan(
     evaluations: Sequence[Evaluation],
     *,
@@ -314,7 +361,7 @@ def build_plan(
     # applied or deliberately skipped key is final.
     final_states = {Outcome.APPLIED, Outcome.SKIPPED}
     done = tuple(sorted(a.key for a in kept if ledger.get(a.key) in final_states))
-    todo = [a for a in kept if ledger.get(a.key) not in final_states]
+    todo, deferred = defer_merges([a for a in kept if ledger.get(a.key) not in final_states])
     # Stable: within one record, actions keep the order their rule emitted them in.
     todo.sort(key=lambda a: (rank.get(a.rule, len(rank)), a.target.sobject, a.target.id))
     skipped = [
@@ -341,6 +388,7 @@ def build_plan(
             for s in e.suppressed
             if ledger.get(s.action.key) not in final_states
         ),
+        deferred=tuple(deferred),
         done=done,
         errors=errors,
     )

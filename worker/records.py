@@ -238,10 +238,19 @@ class Snapshot:
         if self.changed_since is None:
             return True
         stamp = record.get(schema.SYSTEM_MODSTAMP)
+        if not isinstance(stamp, str):
+            return True
+        if len(stamp) == 28 and stamp.endswith("+0000"):  # as Salesforce writes it: by text
+            return stamp >= self._since_text
         try:
-            return not isinstance(stamp, str) or parse_sf_datetime(stamp) >= self.changed_since
+            return parse_sf_datetime(stamp) >= self.changed_since
         except ValueError:
             return True
+
+    @cached_property
+    def _since_text(self) -> str:
+        assert self.changed_since is not None
+        return format_sf_datetime(self.changed_since)
 
     def of(self, sobject: str) -> Sequence[Record]:
         return self.records.get(sobject, ())

@@ -105,7 +105,9 @@ def plan_totals(plan: Plan) -> str:
     remaining = "unknown" if plan.remaining_daily is None else f"{plan.remaining_daily:,}"
     return (
         f"{len(plan.actions)} action(s) to apply, {len(plan.skipped)} skipped, "
-        f"{len(plan.superseded)} superseded, {len(plan.suppressed)} suppressed, "
+        f"{len(plan.superseded)} superseded, "
+        + (f"{len(plan.deferred)} deferred to the next run, " if plan.deferred else "")
+        + f"{len(plan.suppressed)} suppressed, "
         f"{len(plan.done)} already done, "
         f"{len(plan.errors)} record error(s). Cost: {plan.api_calls} API call(s); "
         f"daily allowance remaining: {remaining}."
@@ -123,6 +125,7 @@ def print_plan_summary(plan: Plan, console: Console) -> None:
     for label, n in (
         ("skipped (missed while the worker was not running)", len(plan.skipped)),
         ("superseded (a stronger rule acts on the same record)", len(plan.superseded)),
+        ("deferred (another rule writes the records now; next run)", len(plan.deferred)),
         ("suppressed (a call or email to a person who may not be contacted)", len(plan.suppressed)),
         ("records that could not be evaluated", len(plan.errors)),
     ):
@@ -174,6 +177,17 @@ def _print_left_out(plan: Plan, console: Console) -> None:
                 s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
             )
         console.print(lost)
+    if plan.deferred:
+        later = Table(
+            title="Deferred to the next run (another rule writes the records)", expand=True
+        )
+        for name in ("Record", "Rule", "Change", "Why"):
+            later.add_column(name, overflow="fold")
+        for s in plan.deferred:
+            later.add_row(
+                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
+            )
+        console.print(later)
     if plan.suppressed:
         held = Table(title="Suppressed (the person may not be called or emailed)", expand=True)
         for name in ("Record", "Rule", "Change", "Why"):

@@ -202,10 +202,17 @@ def registrable_domain(host: str) -> str | None:
 def under_domain(host: str, domains: Iterable[str]) -> str | None:
     """The one of ``domains`` that ``host`` is, or is a subdomain of (the first listed, when
     several are)."""
-    labels = host.lower().split(".")
+    host = host.lower()
     order = _domain_order(tuple(domains))
-    found = [d for i in range(len(labels)) if (d := ".".join(labels[i:])) in order]
-    return min(found, key=order.__getitem__) if found else None
+    found: str | None = None
+    start = 0
+    while start >= 0:  # the host, then each domain it is under
+        suffix = host[start:]
+        if suffix in order and (found is None or order[suffix] < order[found]):
+            found = suffix
+        start = host.find(".", start)
+        start = start + 1 if start >= 0 else -1
+    return found
 
 
 @cache

@@ -39,7 +39,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -73,6 +73,8 @@ _PLAIN_EMAIL = re.compile(
     r"@((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
 _DIGITS = re.compile(r"[0-9]+")
+_WORDS = re.compile(r"\w+")
+_HYPHENATED = re.compile(r"[\w-]+")  # a web domain's label, the key of a name that is one
 Policy = Literal["most_activity", "oldest", "active_owner"]
 
 
@@ -224,8 +226,7 @@ def lead_keys(lead: Record, s: LeadDedupeSettings, region: str) -> Keys:
 
 
 def account_keys(account: Record, s: LeadDedupeSettings, org: OrgMapping) -> Keys:
-    website = account.text(s.account_website_field) or ""
-    host = website.lower().split("://", 1)[-1].split("/", 1)[0]
+    host = _host(account.text(s.account_website_field))
     name = account.text(org.name_field(ACCOUNT))
     country = _country(account.text(s.account_country_field), s)
     phone_raw = account.text(s.account_phone_field)
@@ -237,8 +238,23 @@ def account_keys(account: Record, s: LeadDedupeSettings, org: OrgMapping) -> Key
     )
 
 
+def _host(website: str | None) -> str:
+    return (website or "").lower().split("://", 1)[-1].split("/", 1)[0]
+
+
+def _under(host: str, domains: set[str]) -> bool:
+    """Whether ``host`` is one of ``domains`` or under one."""
+    labels = host.split(".")
+    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
+
+
 def _country(raw: str | None, s: LeadDedupeSettings) -> str | None:
-    return read_place(raw, None, {}, None).country if raw else None
+    return _country_code(raw) if raw else None
+
+
+@lru_cache(maxsize=4096)  # a few hundred spellings of countries, read for every record
+def _country_code(raw: str) -> str | None:
+    return read_place(raw, None, {}, None).country
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -276,7 +292,10 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
         decided, pool = leads, leads
     else:
         keys, decided, pool = touched(leads, snapshot, s, org)
-    index = AccountIndex.build(snapshot.of(ACCOUNT), s, org)
+    accounts = snapshot.of(ACCOUNT)
+    if snapshot.changed_since is not None:
+        accounts = near_accounts(accounts, [keys[lead.id] for lead in decided], s, org)
+    index = AccountIndex.build(accounts, s, org)
     wanted = {coarse_email(keys[lead.id].email) for lead in decided}
     contacts: dict[str, list[str]] = defaultdict(list)
     for contact in snapshot.of(CONTACT):
@@ -400,6 +419,41 @@ def accounts_touch(
     return out
 
 
+def near_accounts(
+    accounts: Sequence[Record], keys: Sequence[Keys], s: LeadDedupeSettings, org: OrgMapping
+) -> list[Record]:
+    """The accounts that may match one of these leads, to be keyed exactly (the others
+    cannot): first those whose website is at a lead's domain or whose name has every word
+    of a lead's company key (the domain and name tiers); then, for the leads those leave
+    unmatched, every account whose name has the first word of their key (the fuzzy
+    tier's block)."""
+    name_field = org.name_field(ACCOUNT)
+    domains = {k.domain for k in keys if k.domain}
+    by_last: dict[str, list[frozenset[str]]] = defaultdict(list)
+    for k in keys:
+        if k.company:
+            words = k.company.split()
+            by_last[words[-1]].append(frozenset(words))
+    words_of = {a.id: _words(a.text(name_field)) for a in accounts}
+    near = [
+        a
+        for a in accounts
+        if _under(_host(a.text(s.account_website_field)), domains)
+        or any(key <= words_of[a.id] for w in words_of[a.id] & by_last.keys() for key in by_last[w])
+    ]
+    found = AccountIndex.build(near, s, org)
+    fuzzy = {k.company.split()[0] for k in keys if k.company and not found.match(k, fuzzy=False)}
+    seen = {a.id for a in near}
+    return near + [a for a in accounts if a.id not in seen and not fuzzy.isdisjoint(words_of[a.id])]
+
+
+def _words(name: str | None) -> set[str]:
+    """The words a company key of ``name`` can have (more: hyphens kept and not, and
+    "and" for "&")."""
+    text = fold(name or "").replace("'", "")
+    return {*_WORDS.findall(text), *_HYPHENATED.findall(text), "and"}
+
+
 def neighbours(
     leads: Sequence[Record],
     decided: Sequence[Record],
@@ -423,12 +477,7 @@ def neighbours(
             digits += run
             phone = phone or digits[-7:] in tails
         host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
-        labels = host.split(".")
-        if (
-            phone
-            or not host.isascii()
-            or any(".".join(labels[i:]) in domains for i in range(len(labels)))
-        ):
+        if phone or not host.isascii() or _under(host, domains):
             keyed(lead)
             pool.append(lead)
     return pool
@@ -472,8 +521,9 @@ class AccountIndex:
             s.fuzzy_company_threshold,
         )
 
-    def match(self, lead: Keys) -> tuple[AccountMatch, ...]:
-        """The accounts of the first tier that finds any, best first."""
+    def match(self, lead: Keys, fuzzy: bool = True) -> tuple[AccountMatch, ...]:
+        """The accounts of the first tier that finds any, best first (``fuzzy`` False:
+        the domain and name tiers only)."""
         if lead.domain and (found := self.by_domain.get(lead.domain)):
             return tuple(
                 AccountMatch(a, "domain", 100.0, f"email domain {lead.domain} = website")
@@ -485,6 +535,8 @@ class AccountIndex:
             return tuple(
                 AccountMatch(a, "name", 100.0, f"company key {lead.company!r}") for a in found
             )
+        if not fuzzy:
+            return ()
         block = self.by_word.get(lead.company.split()[0], ())
         choices = {a: self.keys[a].company or "" for a in block}
         scored = process.extract(
