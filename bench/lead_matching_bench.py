@@ -30,21 +30,33 @@ Two figures, printed:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import math
 import random
 import resource
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.actions import UpdateRecord  # noqa: E402
+from bench.sop004_bench import only  # noqa: E402
+from tests.salesforce import demo_seed  # noqa: E402
+from tests.salesforce.fakeorg import FakeOrg  # noqa: E402
+from tests.salesforce.sfhelpers import make_client  # noqa: E402
+from worker.actions import MergeRecords, UpdateRecord  # noqa: E402
 from worker.mapping import LoadedMapping, load_mapping  # noqa: E402
+from worker.pipeline import Pipeline  # noqa: E402
 from worker.records import Record, Snapshot  # noqa: E402
-from worker.rules import ALL_RULES, Evaluation, evaluate_rule, rule_models  # noqa: E402
+from worker.rules import ALL_RULES, Evaluation, evaluate_rule, rule_models, runnable  # noqa: E402
+from worker.salesforce.sink import SalesforceSink  # noqa: E402
+from worker.salesforce.source import SalesforceSource  # noqa: E402
+from worker.store import Store  # noqa: E402
 
 RULE = next(r for r in ALL_RULES if r.id == "lead_dedupe")
 DAY = dt.date(2026, 11, 23)
@@ -431,11 +443,89 @@ def incremental(mapping: LoadedMapping, records: list[dict[str, Any]], new: int)
     }
 
 
+# -- API calls -------------------------------------------------------------------------------
+
+
+def calls(mapping: LoadedMapping, leads: int, groups: int, folder: Path) -> dict[str, Any]:
+    """``leads`` new leads (``groups`` of them with a second lead at the same address) in
+    the fake org beside the demo's records, and ``lead_hygiene`` and ``lead_dedupe`` (merges
+    on) run through the real source, sink and store: the first run cleans every lead and
+    defers the merges (hygiene writes their leads), the second merges. Each run's calls by
+    kind, against the floor of its writes: one composite of five 200-record collections a
+    1,000 updates, one merge() a 200 requests, and the snapshots' upserts a 1,000."""
+    bench = only(mapping, ("lead_hygiene", "lead_dedupe"))
+    dedupe = bench.rules["lead_dedupe"].model_copy(update={"merge": True, "merge_cap": leads})
+    bench = dataclasses.replace(bench, rules={**bench.rules, "lead_dedupe": dedupe})
+    out: dict[str, Any] = {"leads": leads, "groups": groups, "runs": []}
+    with FakeOrg(daily_limit=1_000_000) as org, Store.open(folder / "calls.db") as store:
+        demo_seed.seed(org)
+        org.now = dt.datetime.combine(demo_seed.as_of(), dt.time(15), dt.UTC)
+        client = make_client(org)
+        pipeline = Pipeline(
+            store=store,
+            source=SalesforceSource(client),
+            sink=SalesforceSink(client, task_key_field=bench.common.org.task_key_field),
+            ledger=store,
+            mapping=bench,
+            rules=runnable(ALL_RULES, bench),
+            clock=lambda: org.now,
+        )
+        pipeline.run("settle", demo_seed.as_of())
+        org.now += dt.timedelta(minutes=30)
+        rng = random.Random(5)
+        for n in range(leads):
+            twin = n - 1 if 0 < n <= 2 * groups and n % 2 == 1 else n  # pairs: 0-1, 2-3, ...
+            first, last = FIRST[twin % len(FIRST)], LAST[(twin // len(FIRST)) % len(LAST)]
+            org.add(
+                "Lead",
+                FirstName=first,
+                LastName=last,
+                Email=f"{first}.{last}.{twin}@firm{twin}.example".upper()
+                if twin != n
+                else f"{first}.{last}.{twin}@firm{twin}.example",
+                Company=f"Firm {twin} Inc.",
+                Title=rng.choice(["VP Sales", "CTO", "Head of Marketing"]),
+                Phone=f"(415) 555-{n % 10_000:04d}",
+                Country="USA",
+                LeadSource="Web",
+                RecordType={"DeveloperName": "Sales"},
+                Status="Open - Not Contacted",
+                IsConverted=False,
+            )
+        for run_id in ("clean", "merge"):
+            org.now += dt.timedelta(minutes=30)
+            before, kinds = org.call_count, Counter(org.calls_by_kind)
+            report = pipeline.run(run_id, demo_seed.as_of())
+            applied = {r: n for (r, outcome), n in report.outcomes.items() if outcome == "applied"}
+            plan = report.plan
+            deferred = len(plan.deferred) if plan else 0
+            todo = plan.actions if plan else ()
+            updates = sum(1 for a in todo if isinstance(a, UpdateRecord))
+            merges = sum(1 for a in todo if isinstance(a, MergeRecords))
+            floor = math.ceil(updates / 1000) + math.ceil(merges / 200) + math.ceil(merges / 1000)
+            out["runs"].append(
+                {
+                    "run": run_id,
+                    "status": report.status,
+                    "calls": org.call_count - before,
+                    "by_kind": dict(Counter(org.calls_by_kind) - kinds),
+                    "applied": applied,
+                    "deferred": deferred,
+                    "updates": updates,
+                    "merges": merges,
+                    "write_floor": floor,
+                }
+            )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--accounts", type=int, default=50_000)
     parser.add_argument("--new", type=int, default=1_000, help="new leads, incremental pass")
+    parser.add_argument("--calls-leads", type=int, default=10_000, help="new leads, API calls")
+    parser.add_argument("--groups", type=int, default=300, help="duplicate pairs among them")
     args = parser.parse_args()
     mapping = load_mapping(ROOT / "mappings" / "default.toml", rule_models())
     precision, recall, pairs = quality(mapping)
@@ -454,11 +544,22 @@ def main() -> int:
         f"{inc['actions']:,} actions, the same as the full pass's: "
         f"{'yes' if inc['same_actions'] else 'NO'}"
     )
+    with tempfile.TemporaryDirectory(prefix="lead-matching-bench-") as tmp:
+        cost = calls(mapping, args.calls_leads, args.groups, Path(tmp))
+    for run in cost["runs"]:
+        print(
+            f"API calls, {args.calls_leads:,} new leads with {args.groups} duplicate pairs, "
+            f"run {run['run']!r} ({run['status']}): {run['calls']} calls for "
+            f"{run['updates']:,} updates and {run['merges']} merge requests "
+            f"({run['deferred']} deferred); floor of the writes {run['write_floor']}; "
+            f"by kind {run['by_kind']}; applied {run['applied']}"
+        )
     big = args.leads >= 100_000
     failed = (
         precision < 0.98
         or (big and (seconds > 60 or peak > 1024 or inc["seconds"] > 5))
         or not inc["same_actions"]
+        or any(run["status"] != "ok" for run in cost["runs"])
     )
     return 1 if failed else 0
 

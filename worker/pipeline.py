@@ -42,6 +42,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import json
 import queue
 import threading
 import time
@@ -101,6 +102,11 @@ WRITE_BATCH = 5000
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
 UNKNOWN = "unknown"  # an outcome (and a run status): the answer to a write was lost
 WRITTEN_IN_RUN = "WRITTEN_IN_RUN"  # a merge deferred: another rule writes its records now
+# Records stamped this long before the previous clean run began count as changed since it: a
+# row Salesforce commits late carries an older stamp (the pull's SF_OVERLAP_SECONDS, 600 s
+# by default, reads it again for the same reason).
+HORIZON_OVERLAP = dt.timedelta(hours=1)
+CLEAN = ("ok", "ok, with errors")  # a run's statuses whose every planned action was settled
 Cursor = tuple[dt.datetime, str | None]  # (stamp, Id of the last record read at that stamp)
 
 
@@ -123,6 +129,7 @@ class RunReport:
     seconds: float = 0.0
     plan: Plan | None = None
     org: OrgIdentity | None = None
+    rules_digest: str | None = None  # the rules and settings it evaluated with
 
     def stop(self, reason: str, message: str) -> None:
         if self.stop_reason is None:
@@ -174,6 +181,7 @@ class RunReport:
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
             "seconds": round(self.seconds, 3),
+            "rules_digest": self.rules_digest,
         }
 
 
@@ -387,13 +395,50 @@ class Pipeline:
         ``as_of`` at that time of day when the as-of date is another day."""
         return AsOf.on(as_of, self.clock(), self.mapping.common.org.zone)
 
+    def rules_digest(self) -> str:
+        """What the rules decide with: their ids, settings and the org section. A run on
+        other rules or settings is no horizon for an incremental pass."""
+        text = json.dumps(
+            [self.mapping.common.org.model_dump(mode="json")]
+            + [[r.id, self.mapping.rules[r.id].model_dump(mode="json")] for r in self.rules],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def horizon(self, run_id: str | None = None) -> dt.datetime | None:
+        """The previous evaluation's horizon (:attr:`Snapshot.changed_since`): the start of
+        the newest run that wrote everything it planned (a run, not a dry run nor a canary,
+        that ended ok, on this org, with these rules and settings), less
+        :data:`HORIZON_OVERLAP`. None, a full pass, when there is none. A run that failed,
+        stopped or lost an answer is no horizon, so what it left undone is decided again."""
+        org_id = self.org().org_id
+        digest = self.rules_digest()
+        for row in self.store.runs(limit=100):
+            if row["run_id"] == run_id or row["mode"] != "run" or row["status"] not in CLEAN:
+                continue
+            summary = json.loads(row["summary"] or "{}")
+            if (
+                summary.get("org_id") == org_id
+                and summary.get("rules_digest") == digest
+                and not any(k.endswith(":held_back") for k in summary.get("actions", {}))
+            ):
+                return dt.datetime.fromisoformat(row["started_at"]) - HORIZON_OVERLAP
+        return None
+
     def evaluate(
-        self, as_of: AsOf, report: RunReport | None = None, snapshot: Snapshot | None = None
+        self,
+        as_of: AsOf,
+        report: RunReport | None = None,
+        snapshot: Snapshot | None = None,
+        changed_since: dt.datetime | None = None,
     ) -> tuple[list[Evaluation], int]:
-        """Every rule over the cached records (or over ``snapshot``: a simulated day's)."""
+        """Every rule over the cached records (or over ``snapshot``: a simulated day's);
+        ``changed_since`` the previous evaluation's horizon (:meth:`horizon`), None: a
+        full pass."""
         stored: StoredSnapshot | None = None
         if snapshot is None:
-            snapshot = stored = self.store.snapshot(self.mapping.object_fields())
+            snapshot = stored = self.store.snapshot(self.mapping.object_fields(), changed_since)
         evaluations = list(self._evaluations(snapshot, as_of, report))
         return evaluations, len(stored.problems) if stored else 0
 
@@ -414,11 +459,16 @@ class Pipeline:
             self._report_progress(report, "plan", done + 1, len(self.rules))
 
     def plan(self, as_of: dt.date, report: RunReport | None = None) -> Plan:
+        """The cycle's plan; the rules that can decide only what changed since the previous
+        clean run (:meth:`horizon`) do."""
         at = self.instant(as_of)
+        if report is not None:
+            report.rules_digest = self.rules_digest()
+        since = self.horizon(report.run_id if report else None)
         # Only what the plan is made of is kept: a verdict with nothing to do (done, not
         # due, out of scope) is counted by no one, and holding one per record would make
         # a cycle's memory grow with the org (``explain`` shows those).
-        snapshot = self.store.snapshot(self.mapping.object_fields())
+        snapshot = self.store.snapshot(self.mapping.object_fields(), since)
         evaluations = [e for e in self._evaluations(snapshot, at, report) if _counts(e)]
         keys = [a.key for e in evaluations for a in e.actions]
         keys += [s.key for e in evaluations for s in e.skipped]

@@ -389,9 +389,11 @@ class Store:
                 raise self._error(exc) from None
         return Snapshot.build(records), problems
 
-    def snapshot(self, sobjects: Iterable[str]) -> StoredSnapshot:
+    def snapshot(
+        self, sobjects: Iterable[str], changed_since: dt.datetime | None = None
+    ) -> StoredSnapshot:
         """The cached records of ``sobjects`` as the rules read them, without holding them
-        all: see :class:`StoredSnapshot`."""
+        all: see :class:`StoredSnapshot` (and :attr:`Snapshot.changed_since`)."""
         names = sorted(set(sobjects))
         query = (
             sa.select(RECORDS.c.sobject, sa.func.count())
@@ -399,7 +401,7 @@ class Store:
             .group_by(RECORDS.c.sobject)
         )
         rows = self.transaction(lambda c: c.execute(query).all(), write=False)
-        return StoredSnapshot(self, {sobject: int(n) for sobject, n in rows})
+        return StoredSnapshot(self, {sobject: int(n) for sobject, n in rows}, changed_since)
 
     def cached_record(self, record_id: str) -> Record | None:
         row = self.transaction(
@@ -875,8 +877,11 @@ class StoredSnapshot(Snapshot):
     out, and logged once (``cache.unreadable_record``); ``problems`` lists them.
     """
 
-    def __init__(self, store: Store, counts: Mapping[str, int]) -> None:
+    def __init__(
+        self, store: Store, counts: Mapping[str, int], changed_since: dt.datetime | None = None
+    ) -> None:
         object.__setattr__(self, "records", _StoredRecords(self, counts))
+        object.__setattr__(self, "changed_since", changed_since)
         self._store = store
         self._counts = dict(counts)
         self._whole: dict[str, tuple[Record, ...]] = {}

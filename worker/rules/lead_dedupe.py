@@ -244,8 +244,13 @@ def _host(website: str | None) -> str:
 
 def _under(host: str, domains: set[str]) -> bool:
     """Whether ``host`` is one of ``domains`` or under one."""
-    labels = host.split(".")
-    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
+    start = 0
+    while start >= 0:
+        if host[start:] in domains:
+            return True
+        start = host.find(".", start)
+        start = start + 1 if start >= 0 else -1
+    return False
 
 
 def _country(raw: str | None, s: LeadDedupeSettings) -> str | None:
@@ -451,7 +456,8 @@ def _words(name: str | None) -> set[str]:
     """The words a company key of ``name`` can have (more: hyphens kept and not, and
     "and" for "&")."""
     text = fold(name or "").replace("'", "")
-    return {*_WORDS.findall(text), *_HYPHENATED.findall(text), "and"}
+    words = {*_WORDS.findall(text), "and"}
+    return words.union(_HYPHENATED.findall(text)) if "-" in text else words
 
 
 def neighbours(
@@ -473,7 +479,7 @@ def neighbours(
             continue
         digits = ""
         phone = False
-        for run in _DIGITS.findall(lead.text(s.phone_field) or ""):
+        for run in _DIGITS.findall(lead.text(s.phone_field) or "") if tails else ():
             digits += run
             phone = phone or digits[-7:] in tails
         host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
