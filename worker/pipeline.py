@@ -102,9 +102,9 @@ WRITE_BATCH = 5000
 REQUEST_TIME_LIMIT = dt.timedelta(minutes=10)
 UNKNOWN = "unknown"  # an outcome (and a run status): the answer to a write was lost
 WRITTEN_IN_RUN = "WRITTEN_IN_RUN"  # a merge deferred: another rule writes its records now
-# Records stamped this long before the previous clean run began count as changed since it: a
-# row Salesforce commits late carries an older stamp (the pull's SF_OVERLAP_SECONDS, 600 s
-# by default, reads it again for the same reason).
+# Records stamped up to this long before the newest stamp the previous clean run had cached
+# count as changed since it: a row Salesforce commits late carries an older stamp (the
+# pull's SF_OVERLAP_SECONDS, 600 s by default, reads it again for the same reason).
 HORIZON_OVERLAP = dt.timedelta(hours=1)
 CLEAN = ("ok", "ok, with errors")  # a run's statuses whose every planned action was settled
 Cursor = tuple[dt.datetime, str | None]  # (stamp, Id of the last record read at that stamp)
@@ -130,6 +130,7 @@ class RunReport:
     plan: Plan | None = None
     org: OrgIdentity | None = None
     rules_digest: str | None = None  # the rules and settings it evaluated with
+    evaluated_to: dt.datetime | None = None  # the newest cached stamp when it evaluated
 
     def stop(self, reason: str, message: str) -> None:
         if self.stop_reason is None:
@@ -182,6 +183,7 @@ class RunReport:
             "stop_reason": self.stop_reason,
             "seconds": round(self.seconds, 3),
             "rules_digest": self.rules_digest,
+            "evaluated_to": self.evaluated_to.isoformat() if self.evaluated_to else None,
         }
 
 
@@ -407,11 +409,13 @@ class Pipeline:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def horizon(self, run_id: str | None = None) -> dt.datetime | None:
-        """The previous evaluation's horizon (:attr:`Snapshot.changed_since`): the start of
-        the newest run that wrote everything it planned (a run, not a dry run nor a canary,
-        that ended ok, on this org, with these rules and settings), less
-        :data:`HORIZON_OVERLAP`. None, a full pass, when there is none. A run that failed,
-        stopped or lost an answer is no horizon, so what it left undone is decided again."""
+        """The previous evaluation's horizon (:attr:`Snapshot.changed_since`), in the org's
+        own clock: the newest stamp the cache held when the newest run that wrote everything
+        it planned evaluated (a run, not a dry run nor a canary, that ended ok, on this
+        org, with these rules and settings), less :data:`HORIZON_OVERLAP`. None, a full
+        pass, when there is none. A run that failed, stopped or lost an answer is no
+        horizon, so what it left undone is decided again; what a run writes is stamped
+        after the horizon it evaluated to, so it is decided again next run."""
         org_id = self.org().org_id
         digest = self.rules_digest()
         for row in self.store.runs(limit=100):
@@ -421,9 +425,10 @@ class Pipeline:
             if (
                 summary.get("org_id") == org_id
                 and summary.get("rules_digest") == digest
+                and summary.get("evaluated_to")
                 and not any(k.endswith(":held_back") for k in summary.get("actions", {}))
             ):
-                return dt.datetime.fromisoformat(row["started_at"]) - HORIZON_OVERLAP
+                return dt.datetime.fromisoformat(summary["evaluated_to"]) - HORIZON_OVERLAP
         return None
 
     def evaluate(
@@ -464,6 +469,7 @@ class Pipeline:
         at = self.instant(as_of)
         if report is not None:
             report.rules_digest = self.rules_digest()
+            report.evaluated_to = self.store.newest_stamp()
         since = self.horizon(report.run_id if report else None)
         # Only what the plan is made of is kept: a verdict with nothing to do (done, not
         # due, out of scope) is counted by no one, and holding one per record would make

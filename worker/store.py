@@ -403,6 +403,13 @@ class Store:
         rows = self.transaction(lambda c: c.execute(query).all(), write=False)
         return StoredSnapshot(self, {sobject: int(n) for sobject, n in rows}, changed_since)
 
+    def newest_stamp(self) -> dt.datetime | None:
+        """The newest ``SystemModstamp`` (or replication stamp) of the cached records, in the
+        org's own clock: how far the cache has read."""
+        query = sa.select(sa.func.max(RECORDS.c.system_modstamp))
+        found = self.transaction(lambda c: c.execute(query).scalar(), write=False)
+        return parse_sf_datetime(found) if found else None
+
     def cached_record(self, record_id: str) -> Record | None:
         row = self.transaction(
             lambda c: c.execute(
