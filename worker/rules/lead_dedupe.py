@@ -411,15 +411,21 @@ def accounts_touch(
     keyed: Callable[[Record], Keys],
 ) -> list[Record]:
     """The leads a changed account may now match: its domain, its company key, or a
-    company in its fuzzy block (the key's first word)."""
+    company in its fuzzy block (the key's first word). Only the leads whose email is under
+    such a domain, or whose company has such a word, are keyed exactly."""
     found = AccountIndex.build(accounts, s, org)
-    words = set(found.by_word)
+    domains, words = set(found.by_domain), set(found.by_word)
     out = []
     for lead in leads:
-        k = keyed(lead)
-        if (k.domain and k.domain in found.by_domain) or (
-            k.company and k.company.split()[0] in words
+        host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
+        if not (
+            _under(host, domains)
+            or not host.isascii()
+            or not words.isdisjoint(_words(lead.text(s.company_field)))
         ):
+            continue
+        k = keyed(lead)
+        if (k.domain and k.domain in domains) or (k.company and k.company.split()[0] in words):
             out.append(lead)
     return out
 
