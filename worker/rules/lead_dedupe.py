@@ -31,6 +31,11 @@ from comparing every pair:
   same country, or the same E.164 phone). The lookup, the tier and the evidence are written
   to the lead; two accounts at the winning tier link to none (ambiguous, said in the
   verdict).
+
+With the snapshot's ``changed_since`` (the previous clean run's horizon), an incremental
+pass: only the groups that leads, contacts or accounts changed since touch are decided, the
+rest only indexed, and the plan is a full pass's (:func:`touched`; docs/rules/lead_dedupe.md,
+"Incremental passes").
 """
 
 from __future__ import annotations
@@ -359,8 +364,8 @@ def touched(
     since the last evaluation, of the contacts changed since, and, with ``merge`` on,
     every group of two or more, whose merge may still be pending), the keys they need, and
     the leads possible duplicates are looked for among (those, and the unchanged leads that
-    may share their phone or domain). Accounts changed since add the leads they may match,
-    found by every lead's keys. Decides what a full pass decides for the groups it decides;
+    may share their phone or domain). Accounts changed since add the leads they may match
+    (:func:`accounts_touch`). Decides what a full pass decides for the groups it decides;
     the others a full pass would find nothing new in."""
     region = org.org.phone_region
     keys: dict[str, Keys] = {}
