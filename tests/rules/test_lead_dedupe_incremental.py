@@ -31,6 +31,7 @@ def records() -> list[dict[str, Any]]:
         account(1, "Globex", "https://globex.com", SystemModstamp=OLD),
         account(2, "Hooli", "https://www.hooli.com", SystemModstamp=NEW),  # new accounts
         account(3, "Soylent", SystemModstamp=NEW),
+        account(4, "Massive Dynamics", BillingCountry="US", SystemModstamp=NEW),
         # An old lead, linked before, and a new lead with its address: one group.
         lead(1, Email="jo@globex.com", SystemModstamp=OLD, **LINKED),
         lead(2, Email="Jo+news@Globex.com", SystemModstamp=NEW),
@@ -57,6 +58,8 @@ def records() -> list[dict[str, Any]]:
         lead(7, Email="kim@hooli.com", FirstName="Kim", Company="Kim Co", SystemModstamp=OLD),
         # Old, with the other new account's name.
         lead(10, Email="ray@soylent.example", FirstName="Ray", Company="Soylent Inc."),
+        # Old, a letter from the third one's name, in its country.
+        lead(11, Email="ivy@massive.example", FirstName="Ivy", Company="Massive Dynamic"),
         # A new lead with an old lead's phone and name, another address: a possible duplicate.
         lead(
             8, Email="sam@stark.example", FirstName="Sam", Phone="+14155550188", SystemModstamp=NEW
@@ -102,6 +105,7 @@ def test_an_incremental_pass_plans_what_a_full_pass_plans(
     assert "email matches contact 003TstD000000001AAA" in incremental[ids[6]].why
     assert "account 001TstD000000002AAA by domain" in incremental[ids[7]].why
     assert "account 001TstD000000003AAA by name" in incremental["00QTstD0000000010AAA"].why
+    assert "account 001TstD000000004AAA by fuzzy" in incremental["00QTstD0000000011AAA"].why
     assert f"possible duplicate {ids[9]}" in incremental[ids[8]].why
     # What nothing changed touches is not decided again: the untouched old lead, and the old
     # pair decided before (with merges on, a pair still there may be a merge not yet made,
@@ -120,4 +124,4 @@ def test_the_old_pair_is_planned_once(mapping: LoadedMapping) -> None:
 
 
 def test_without_a_horizon_every_lead_is_decided(mapping: LoadedMapping) -> None:
-    assert len(evaluate(mapping, None)) == 10
+    assert len(evaluate(mapping, None)) == 11

@@ -415,22 +415,31 @@ def accounts_touch(
     org: OrgMapping,
     keyed: Callable[[Record], Keys],
 ) -> list[Record]:
-    """The leads a changed account may now match: its domain, its company key, or a
-    company in its fuzzy block (the key's first word). Only the leads whose email is under
-    such a domain, or whose company has such a word, are keyed exactly."""
+    """The leads a changed account may now match: at its domain, with its company key, or
+    with a company in its fuzzy block (the key's first word) that scores at least
+    ``fuzzy_company_threshold`` against its key. Only the leads whose email is under such a
+    domain are keyed in full; the others by their company key alone."""
     found = AccountIndex.build(accounts, s, org)
     domains, words = set(found.by_domain), set(found.by_word)
     out = []
     for lead in leads:
         host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
-        if not (
-            _under(host, domains)
-            or not host.isascii()
-            or not words.isdisjoint(_words(lead.text(s.company_field)))
-        ):
+        if _under(host, domains) or not host.isascii():
+            k = keyed(lead)
+            if k.domain and k.domain in domains:
+                out.append(lead)
+                continue
+        raw = lead.text(s.company_field)
+        if not raw or words.isdisjoint(_words(raw)):
             continue
-        k = keyed(lead)
-        if (k.domain and k.domain in domains) or (k.company and k.company.split()[0] in words):
+        company = company_key(raw, s.legal_suffixes)
+        if company and (
+            company in found.by_company
+            or any(
+                fuzz.token_sort_ratio(company, found.keys[a].company or "") >= found.threshold
+                for a in found.by_word.get(company.split()[0], ())
+            )
+        ):
             out.append(lead)
     return out
 
