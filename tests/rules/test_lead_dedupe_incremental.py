@@ -35,6 +35,11 @@ def records() -> list[dict[str, Any]]:
         # An old lead, linked before, and a new lead with its address: one group.
         lead(1, Email="jo@globex.com", SystemModstamp=OLD, **LINKED),
         lead(2, Email="Jo+news@Globex.com", SystemModstamp=NEW),
+        # Neither is merged: one converted (new), one out of the scope (old).
+        lead(12, Email="jo@globex.com", IsConverted=True, SystemModstamp=NEW),
+        lead(
+            13, Email="JO@globex.com", RecordType={"DeveloperName": "HomeCare"}, SystemModstamp=OLD
+        ),
         # An old pair decided before (linked; merged only with merges on).
         lead(3, Email="pat@globex.com", FirstName="Pat", SystemModstamp=OLD, **LINKED),
         lead(4, Email="PAT@globex.com", FirstName="Pat", SystemModstamp=OLD, **LINKED),
@@ -101,6 +106,7 @@ def test_an_incremental_pass_plans_what_a_full_pass_plans(
     # The new lead that duplicates an old one is decided with it.
     assert "same email jo@globex.com" in incremental[ids[2]].why
     assert {ids[1], ids[2]} <= incremental.keys()
+    assert not {"00QTstD0000000012AAA", "00QTstD0000000013AAA"} & incremental.keys()
     # A new contact, a new account and a new lead's phone reach the old leads they touch.
     assert "email matches contact 003TstD000000001AAA" in incremental[ids[6]].why
     assert "account 001TstD000000002AAA by domain" in incremental[ids[7]].why

@@ -291,17 +291,13 @@ class DedupeBatch(Batch):
 
 
 def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Iterator[Batch]:
-    leads = [
-        r
-        for r in snapshot.of(schema.LEAD)
-        if in_scope(r, s.lead_scope) and not r.flag(schema.IS_CONVERTED)
-    ]
     region = org.org.phone_region
     if snapshot.changed_since is None:
+        leads = [r for r in snapshot.of(schema.LEAD) if mergeable(r, s)]
         keys = {lead.id: lead_keys(lead, s, region) for lead in leads}
         decided, pool = leads, leads
     else:
-        keys, decided, pool = touched(leads, snapshot, s, org)
+        keys, decided, pool = touched(snapshot, s, org)
     accounts = snapshot.of(ACCOUNT)
     if snapshot.changed_since is not None:
         accounts = near_accounts(accounts, [keys[lead.id] for lead in decided], s, org)
@@ -333,6 +329,11 @@ def batches(snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping) -> Itera
         )
 
 
+def mergeable(lead: Record, s: LeadDedupeSettings) -> bool:
+    """In ``lead_scope`` and not converted (Salesforce merges no converted lead)."""
+    return in_scope(lead, s.lead_scope) and not lead.flag(schema.IS_CONVERTED)
+
+
 def group_key(k: Keys, lead: Record, s: LeadDedupeSettings) -> str:
     """The lead's email group: its email key, or the lead alone (no email, or a mailbox
     several people share)."""
@@ -358,7 +359,7 @@ def coarse_email(raw: str | None) -> str | None:
 
 
 def touched(
-    leads: Sequence[Record], snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping
+    snapshot: Snapshot, s: LeadDedupeSettings, org: OrgMapping
 ) -> tuple[dict[str, Keys], list[Record], list[Record]]:
     """An incremental pass: the leads to decide (the email groups of the leads changed
     since the last evaluation, of the contacts changed since, and, with ``merge`` on,
@@ -366,19 +367,31 @@ def touched(
     the leads possible duplicates are looked for among (those, and the unchanged leads that
     may share their phone or domain). Accounts changed since add the leads they may match
     (:func:`accounts_touch`). Decides what a full pass decides for the groups it decides;
-    the others a full pass would find nothing new in."""
+    the others a full pass would find nothing new in. A lead's scope is read only once a
+    cheap key has found it near a changed one."""
     region = org.org.phone_region
     keys: dict[str, Keys] = {}
+    scope: dict[str, bool] = {}
+    leads = snapshot.of(schema.LEAD)
+
+    def scoped(found: Iterable[Record]) -> list[Record]:
+        out = []
+        for lead in found:
+            if lead.id not in scope:
+                scope[lead.id] = mergeable(lead, s)
+            if scope[lead.id]:
+                out.append(lead)
+        return out
 
     def keyed(lead: Record) -> Keys:
         if lead.id not in keys:
             keys[lead.id] = lead_keys(lead, s, region)
         return keys[lead.id]
 
-    changed = [lead for lead in leads if snapshot.changed(lead)]
+    changed = scoped(lead for lead in leads if snapshot.changed(lead))
     accounts = [a for a in snapshot.of(ACCOUNT) if snapshot.changed(a)]
     if accounts:
-        changed += accounts_touch(leads, accounts, s, org, keyed)
+        changed += scoped(accounts_touch(leads, accounts, s, org, keyed))
     rough: dict[str | None, list[Record]] = defaultdict(list)
     for lead in leads:
         rough[coarse_email(lead.text(s.email_field))].append(lead)
@@ -394,6 +407,7 @@ def touched(
     near = [r for e in emails for r in rough.get(coarse_email(e), ())]
     if s.merge:
         near += [r for members in rough.values() if len(members) > 1 for r in members]
+    near = scoped(near)
     groups: dict[str, list[Record]] = defaultdict(list)
     for lead in {r.id: r for r in (*changed, *near)}.values():
         groups[group_key(keyed(lead), lead, s)].append(lead)
@@ -405,7 +419,7 @@ def touched(
         or (s.merge and len(group) > 1)
         for lead in group
     ]
-    return keys, decided, neighbours(leads, decided, s, keyed)
+    return keys, decided, neighbours(leads, decided, s, keyed, scoped)
 
 
 def accounts_touch(
@@ -485,6 +499,7 @@ def neighbours(
     decided: Sequence[Record],
     s: LeadDedupeSettings,
     keyed: Callable[[Record], Keys],
+    scoped: Callable[[Iterable[Record]], list[Record]],
 ) -> list[Record]:
     """The decided leads and every lead that may share a possible-duplicate block with one
     (the same phone, or the same domain and company), keyed exactly: those whose phone has,
@@ -503,7 +518,7 @@ def neighbours(
             digits += run
             phone = phone or digits[-7:] in tails
         host = (lead.text(s.email_field) or "").strip().lower().rpartition("@")[2]
-        if phone or not host.isascii() or _under(host, domains):
+        if (phone or not host.isascii() or _under(host, domains)) and scoped((lead,)):
             keyed(lead)
             pool.append(lead)
     return pool
