@@ -286,10 +286,11 @@ class Snapshot:
 
     def tasks_for(self, record_id: str) -> tuple[Record, ...]:
         """Tasks whose WhatId or WhoId is the record, oldest activity first."""
-        seen: dict[str, Record] = {}
-        for lookup in (schema.WHAT_ID, schema.WHO_ID):
-            for task in self.children(schema.TASK, lookup, record_id):
-                seen[task.id] = task
+        what = self.children(schema.TASK, schema.WHAT_ID, record_id)
+        who = self.children(schema.TASK, schema.WHO_ID, record_id)
+        if not what and not who:
+            return ()
+        seen = {task.id: task for task in (*what, *who)}
         return tuple(sorted(seen.values(), key=_activity_order))
 
     def comments_for(self, case_id: str) -> tuple[Record, ...]:

@@ -265,6 +265,26 @@ def test_band_thresholds_are_settings(mapping: LoadedMapping, total: int, catego
     assert settings(mapping).category(total) == category
 
 
+def test_a_copy_with_other_tables_scores_by_its_own(mapping: LoadedMapping) -> None:
+    """The tables are made ready once per settings object; a copy given other bands or
+    rows (``model_copy`` carries what the original made ready) is not scored by the
+    original's."""
+    s = settings(mapping)
+    vp = lead(**VP)
+    assert score_lead(vp, Snapshot.build([vp]), DAY, s, mapping.common).total == 44
+    assert s.category(44) == "Qualified"
+    strict = s.model_copy(update={"bands": {"Hot": 90, "Cold": 0}})
+    assert strict.category(44) == "Cold"
+    demographic = s.groups["demographic"]
+    flat = demographic.model_copy(
+        update={"rows": tuple(r for r in demographic.rows if r.label != "VP")}
+    )
+    fewer = s.model_copy(update={"groups": {**s.groups, "demographic": flat}})
+    found = score_lead(vp, Snapshot.build([vp]), DAY, fewer, mapping.common)
+    assert (found.total, found.groups[0]) == (32, ("D", 10))
+    assert score_lead(vp, Snapshot.build([vp]), DAY, s, mapping.common).total == 44
+
+
 def test_writes_score_category_and_breakdown_once(mapping: LoadedMapping) -> None:
     records = [lead(**VP), task(1, "Demo request", "2026-11-20")]
     (first,) = evaluate_rule(RULE, Snapshot.build(records), DAY, settings(mapping), mapping.common)

@@ -385,11 +385,12 @@ class Emit:
         )
 
     def changes(self, values: Mapping[str, Any]) -> tuple[FieldChange, ...]:
-        return tuple(
-            FieldChange(name, self.record.get(name), value)
-            for name, value in values.items()
-            if self.record.get(name) != value
-        )
+        out = []
+        for name, value in values.items():
+            before = self.record.get(name)
+            if before != value:
+                out.append(FieldChange(name, before, value))
+        return tuple(out)
 
     def update(
         self, step_id: str, values: Mapping[str, Any], *, reason: str, step_key: str | None = None

@@ -24,7 +24,7 @@ import datetime as dt
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
@@ -147,12 +147,20 @@ class LeadScoringSettings(RuleSettings):
             raise ValueError("bands: a band's lowest score must be within 0-100")
         return self
 
-    def ordered_bands(self) -> list[tuple[str, int]]:
-        """(category, lowest score), highest first."""
-        return sorted(self.bands.items(), key=lambda kv: -kv[1])
+    @functools.cached_property
+    def _ready(self) -> ScoreTable:
+        return ScoreTable.of(self)
+
+    @property
+    def table(self) -> ScoreTable:
+        """The tables made ready to match, once per loaded mapping rather than once per
+        lead. A copy given other ``groups`` or ``bands`` (``model_copy`` keeps what the
+        original cached) has its own made."""
+        table = self._ready
+        return table if table.made_from(self) else ScoreTable.of(self)
 
     def category(self, total: int) -> str:
-        return next(name for name, low in self.ordered_bands() if total >= low)
+        return self.table.category(total)
 
     def needs(self) -> dict[str, set[str]]:
         """The annotated fields, and what a campaign row reads to find the lead's responses."""
@@ -164,6 +172,134 @@ class LeadScoringSettings(RuleSettings):
 
 # What a campaign row reads of a CampaignMember beside its own field.
 _RESPONSE_FIELDS = (schema.LEAD_ID, "HasResponded", "FirstRespondedDate", schema.CREATED_DATE)
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # by identity: two rows may be alike
+class _Row:
+    label: str
+    points: int
+    tier: str
+    item: tuple[str, int]  # (label, points), as the score lists it
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """Consecutive rows of a group that read the same field the same way and test it the
+    same way (``equals``, ``contains``, ``at_least`` or ``is_set``), ready to match: the
+    field is read once for them all, as each row would read it, and the values of
+    ``equals`` rows are a lookup."""
+
+    source: str
+    field: str
+    dated_by: str
+    test: str  # equals, contains, at_least or is_set
+    rows: tuple[_Row, ...]
+    by_value: Mapping[str, tuple[_Row, ...]]  # equals: value -> its rows, in order
+    patterns: tuple[tuple[re.Pattern[str], _Row], ...]  # contains
+    limits: tuple[tuple[Decimal, _Row], ...]  # at_least
+
+    @classmethod
+    def group(cls, rows: Iterable[PointRow]) -> tuple[_Read, ...]:
+        runs: list[tuple[tuple[str, str, str, str], list[PointRow]]] = []
+        for row in rows:
+            test = next(
+                name
+                for name, given in (
+                    ("equals", row.equals),
+                    ("contains", row.contains),
+                    ("at_least", row.at_least is not None),
+                    ("is_set", row.is_set),
+                )
+                if given
+            )
+            how = (row.source, row.field, row.dated_by, test)
+            if runs and runs[-1][0] == how:
+                runs[-1][1].append(row)
+            else:
+                runs.append((how, [row]))
+        return tuple(cls.of(*how, run) for how, run in runs)
+
+    @classmethod
+    def of(cls, source: str, field: str, dated_by: str, test: str, run: list[PointRow]) -> _Read:
+        ready = [_Row(r.label, r.points, r.tier, (r.label, r.points)) for r in run]
+        by_value: dict[str, tuple[_Row, ...]] = {}
+        for row, r in zip(run, ready, strict=True):
+            for value in dict.fromkeys(row.equals):
+                by_value[value] = (*by_value.get(value, ()), r)
+        return cls(
+            source=source,
+            field=field,
+            dated_by=dated_by,
+            test=test,
+            rows=tuple(ready),
+            by_value=by_value,
+            patterns=tuple(
+                (_words(row.contains), r) for row, r in zip(run, ready, strict=True) if row.contains
+            ),
+            limits=tuple(
+                (row.at_least, r)
+                for row, r in zip(run, ready, strict=True)
+                if row.at_least is not None
+            ),
+        )
+
+    def value(self, record: Record) -> str | Decimal | None:
+        if self.test == "at_least":
+            return record.number(self.field)
+        return record.text(self.field)
+
+    def matched(self, value: str | Decimal) -> Sequence[_Row]:
+        """The rows a set value matches, in order (a number: an ``at_least`` read's)."""
+        if isinstance(value, Decimal):
+            return [row for limit, row in self.limits if value >= limit]
+        if self.test == "equals":
+            return self.by_value.get(value, ())
+        if self.test == "is_set":
+            return self.rows
+        return [row for words, row in self.patterns if words.search(value)]
+
+    def collect(self, lead: Record, behaviour: _Behaviour, hits: list[_Row]) -> None:
+        """Append the rows that match to ``hits``."""
+        if self.source == schema.LEAD:
+            if self.dated_by and not behaviour.within(lead.date(self.dated_by)):
+                return
+            value = self.value(lead)
+            if value is not None:
+                hits.extend(self.matched(value))
+            return
+        found = behaviour.tasks() if self.source == schema.TASK else behaviour.responses()
+        if not found:
+            return
+        for row in self.rows:  # each row looks through them until one matches
+            if any((v := self.value(r)) is not None and row in self.matched(v) for r in found):
+                hits.append(row)
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """The settings' point tables and bands as scoring reads them, built once per loaded
+    mapping rather than once per lead: (letter, cap, rows) per group, the bands highest
+    first."""
+
+    groups: tuple[tuple[str, int, tuple[_Read, ...]], ...]
+    bands: tuple[tuple[str, int], ...]
+    # What it was made from, by identity: a copy of the settings with other tables is seen.
+    source: tuple[object, object]
+
+    @classmethod
+    def of(cls, s: LeadScoringSettings) -> ScoreTable:
+        return cls(
+            groups=tuple((g.letter, g.cap, _Read.group(g.rows)) for g in s.groups.values()),
+            bands=tuple(sorted(s.bands.items(), key=lambda kv: -kv[1])),
+            source=(s.groups, s.bands),
+        )
+
+    def made_from(self, s: LeadScoringSettings) -> bool:
+        return self.source[0] is s.groups and self.source[1] is s.bands
+
+    def category(self, total: int) -> str:
+        """The first band (highest first) the total reaches."""
+        return next(name for name, low in self.bands if total >= low)
 
 
 @dataclass(frozen=True)
@@ -200,87 +336,71 @@ def score_lead(
     lead: Record, snapshot: Snapshot, day: dt.date, s: LeadScoringSettings, org: OrgMapping
 ) -> Score:
     """The lead's score on ``day`` (pure)."""
+    table = s.table
     behaviour = _Behaviour(
         lead, snapshot, day - dt.timedelta(days=s.behaviour_window_days), day, org
     )
     groups: list[tuple[str, int]] = []
     items: list[tuple[str, int]] = []
     capped: list[str] = []
-    for group in s.groups.values():
-        best: dict[str, PointRow] = {}
-        counted: list[PointRow] = []
-        for row in group.rows:
-            if not _matches(row, lead, behaviour):
-                continue
-            if not row.tier:
-                counted.append(row)
-            elif row.tier not in best or row.points > best[row.tier].points:
-                best[row.tier] = row
-        # By identity, not equality: two rows may be alike (and comparing models is slow).
-        chosen = {id(r) for r in counted} | {id(r) for r in best.values()}
-        rows = [r for r in group.rows if id(r) in chosen]
-        raw = sum(r.points for r in rows)
-        if raw > group.cap:
-            capped.append(group.letter)
-        groups.append((group.letter, min(raw, group.cap)))
-        items.extend((r.label, r.points) for r in rows)
+    for letter, cap, reads in table.groups:
+        hits: list[_Row] = []
+        for read in reads:
+            read.collect(lead, behaviour, hits)
+        best: dict[str, _Row] = {}
+        for t in hits:
+            if t.tier and (t.tier not in best or t.points > best[t.tier].points):
+                best[t.tier] = t
+        raw = 0
+        for t in hits:  # in the table's order; by identity, as two rows may be alike
+            if not t.tier or best[t.tier] is t:
+                raw += t.points
+                items.append(t.item)
+        if raw > cap:
+            capped.append(letter)
+        groups.append((letter, min(raw, cap)))
     total = sum(points for _, points in groups)
-    return Score(tuple(groups), tuple(items), total, s.category(total), tuple(capped))
+    return Score(tuple(groups), tuple(items), total, table.category(total), tuple(capped))
 
 
-@dataclass
 class _Behaviour:
     """The lead's Tasks logged by people and its campaign responses within the window
     (``since`` to ``day``), each gathered once per lead, when a row first asks, for all the
     rows that read them."""
 
-    lead: Record
-    snapshot: Snapshot
-    since: dt.date
-    day: dt.date
-    org: OrgMapping
+    __slots__ = ("_responses", "_tasks", "day", "lead", "org", "since", "snapshot")
 
-    @functools.cached_property
+    def __init__(
+        self, lead: Record, snapshot: Snapshot, since: dt.date, day: dt.date, org: OrgMapping
+    ) -> None:
+        self.lead, self.snapshot, self.since, self.day, self.org = lead, snapshot, since, day, org
+        self._tasks: tuple[Record, ...] | None = None
+        self._responses: tuple[Record, ...] | None = None
+
     def tasks(self) -> tuple[Record, ...]:
-        return tuple(
-            t
-            for t in self.snapshot.tasks_for(self.lead.id)
-            if not task_key(t, self.org)
-            and self.within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE))
-        )
+        if self._tasks is None:
+            self._tasks = tuple(
+                t
+                for t in self.snapshot.tasks_for(self.lead.id)
+                if not task_key(t, self.org)
+                and self.within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE))
+            )
+        return self._tasks
 
-    @functools.cached_property
     def responses(self) -> tuple[Record, ...]:
-        return tuple(
-            m
-            for m in self.snapshot.children(schema.CAMPAIGN_MEMBER, schema.LEAD_ID, self.lead.id)
-            if m.flag("HasResponded")
-            and self.within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE))
-        )
+        if self._responses is None:
+            self._responses = tuple(
+                m
+                for m in self.snapshot.children(
+                    schema.CAMPAIGN_MEMBER, schema.LEAD_ID, self.lead.id
+                )
+                if m.flag("HasResponded")
+                and self.within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE))
+            )
+        return self._responses
 
     def within(self, when: dt.date | None) -> bool:
         return when is not None and self.since <= when <= self.day
-
-
-def _matches(row: PointRow, lead: Record, behaviour: _Behaviour) -> bool:
-    if row.source == schema.LEAD:
-        if row.dated_by and not behaviour.within(lead.date(row.dated_by)):
-            return False
-        return _value_matches(row, lead)
-    found = behaviour.tasks if row.source == schema.TASK else behaviour.responses
-    return any(_value_matches(row, r) for r in found)
-
-
-def _value_matches(row: PointRow, record: Record) -> bool:
-    if row.at_least is not None:
-        number = record.number(row.field)
-        return number is not None and number >= row.at_least
-    value = record.text(row.field)
-    if value is None:
-        return False
-    if row.equals:
-        return value in row.equals
-    return row.is_set or _words(row.contains).search(value) is not None
 
 
 @functools.cache
