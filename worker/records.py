@@ -135,13 +135,13 @@ class Record:
             return self.fields.get(name)
         value: Any = self.fields
         for part in name.split("."):
-            if not isinstance(value, Mapping):
+            if type(value) is not dict and not isinstance(value, Mapping):  # dict: no ABC check
                 return None
             value = value.get(part)
         return value
 
     def text(self, name: str) -> str | None:
-        value = self.get(name)
+        value = self.fields.get(name) if "." not in name else self.get(name)  # hot: inlined
         if value is None or value == "":
             return None
         if isinstance(value, (dict, list)):
@@ -183,7 +183,7 @@ class Record:
             raise RecordError(self.id, name, f"not a datetime: {value!r}") from None
 
     def number(self, name: str) -> Decimal | None:
-        value = self.get(name)
+        value = self.fields.get(name) if "." not in name else self.get(name)
         if value is None or value == "":
             return None
         if isinstance(value, bool):

@@ -258,15 +258,8 @@ class _Read:
             return self.rows
         return [row for words, row in self.patterns if words.search(value)]
 
-    def collect(self, lead: Record, behaviour: _Behaviour, hits: list[_Row]) -> None:
-        """Append the rows that match to ``hits``."""
-        if self.source == schema.LEAD:
-            if self.dated_by and not behaviour.within(lead.date(self.dated_by)):
-                return
-            value = self.value(lead)
-            if value is not None:
-                hits.extend(self.matched(value))
-            return
+    def collect(self, behaviour: _Behaviour, hits: list[_Row]) -> None:
+        """Append the rows that one of the lead's Tasks (or responses) matches to ``hits``."""
         found = behaviour.tasks() if self.source == schema.TASK else behaviour.responses()
         if not found:
             return
@@ -313,8 +306,8 @@ class Score:
     capped: tuple[str, ...] = ()  # letters of groups whose rows passed the cap
 
     def breakdown(self, max_chars: int) -> str:
-        head = " ".join(f"{letter}{points}" for letter, points in self.groups)
-        parts = ", ".join(f"{label} +{points}" for label, points in self.items)
+        head = " ".join([f"{letter}{points}" for letter, points in self.groups])
+        parts = ", ".join([f"{label} +{points}" for label, points in self.items])
         text = f"{head}: {parts}" if parts else f"{head}: no points"
         return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
@@ -346,7 +339,12 @@ def score_lead(
     for letter, cap, reads in table.groups:
         hits: list[_Row] = []
         for read in reads:
-            read.collect(lead, behaviour, hits)
+            if read.source != schema.LEAD:
+                read.collect(behaviour, hits)
+            elif not read.dated_by or behaviour.within(lead.date(read.dated_by)):
+                value = read.value(lead)
+                if value is not None:
+                    hits.extend(read.matched(value))
         best: dict[str, _Row] = {}
         for t in hits:
             if t.tier and (t.tier not in best or t.points > best[t.tier].points):
