@@ -194,7 +194,7 @@ class _Read:
     dated_by: str
     test: str  # equals, contains, at_least or is_set
     rows: tuple[_Row, ...]
-    by_value: Mapping[str, tuple[_Row, ...]]  # equals: value -> its rows, in order
+    by_value: Mapping[str | Decimal, tuple[_Row, ...]]  # equals: value -> its rows, in order
     patterns: tuple[tuple[re.Pattern[str], _Row], ...]  # contains
     limits: tuple[tuple[Decimal, _Row], ...]  # at_least
 
@@ -222,7 +222,7 @@ class _Read:
     @classmethod
     def of(cls, source: str, field: str, dated_by: str, test: str, run: list[PointRow]) -> _Read:
         ready = [_Row(r.label, r.points, r.tier, (r.label, r.points)) for r in run]
-        by_value: dict[str, tuple[_Row, ...]] = {}
+        by_value: dict[str | Decimal, tuple[_Row, ...]] = {}
         for row, r in zip(run, ready, strict=True):
             for value in dict.fromkeys(row.equals):
                 by_value[value] = (*by_value.get(value, ()), r)
@@ -250,12 +250,12 @@ class _Read:
 
     def matched(self, value: str | Decimal) -> Sequence[_Row]:
         """The rows a set value matches, in order (a number: an ``at_least`` read's)."""
-        if isinstance(value, Decimal):
-            return [row for limit, row in self.limits if value >= limit]
         if self.test == "equals":
             return self.by_value.get(value, ())
         if self.test == "is_set":
             return self.rows
+        if isinstance(value, Decimal):
+            return [row for limit, row in self.limits if value >= limit]
         return [row for words, row in self.patterns if words.search(value)]
 
     def collect(self, behaviour: _Behaviour, hits: list[_Row]) -> None:
