@@ -258,11 +258,8 @@ class _Read:
             return [row for limit, row in self.limits if value >= limit]
         return [row for words, row in self.patterns if words.search(value)]
 
-    def collect(self, behaviour: _Behaviour, hits: list[_Row]) -> None:
+    def collect(self, found: tuple[Record, ...], hits: list[_Row]) -> None:
         """Append the rows that one of the lead's Tasks (or responses) matches to ``hits``."""
-        found = behaviour.tasks() if self.source == schema.TASK else behaviour.responses()
-        if not found:
-            return
         for row in self.rows:  # each row looks through them until one matches
             if any((v := self.value(r)) is not None and row in self.matched(v) for r in found):
                 hits.append(row)
@@ -330,9 +327,9 @@ def score_lead(
 ) -> Score:
     """The lead's score on ``day`` (pure)."""
     table = s.table
-    behaviour = _Behaviour(
-        lead, snapshot, day - dt.timedelta(days=s.behaviour_window_days), day, org
-    )
+    since = day - dt.timedelta(days=s.behaviour_window_days)
+    # The lead's Tasks and responses in the window, each gathered when a row first asks.
+    behaviour: dict[str, tuple[Record, ...]] = {}
     groups: list[tuple[str, int]] = []
     items: list[tuple[str, int]] = []
     capped: list[str] = []
@@ -340,8 +337,14 @@ def score_lead(
         hits: list[_Row] = []
         for read in reads:
             if read.source != schema.LEAD:
-                read.collect(behaviour, hits)
-            elif not read.dated_by or behaviour.within(lead.date(read.dated_by)):
+                found = behaviour.get(read.source)
+                if found is None:
+                    found = behaviour[read.source] = _behaviour(
+                        read.source, lead, snapshot, since, day, org
+                    )
+                if found:
+                    read.collect(found, hits)
+            elif not read.dated_by or _within(lead.date(read.dated_by), since, day):
                 value = read.value(lead)
                 if value is not None:
                     hits.extend(read.matched(value))
@@ -361,44 +364,28 @@ def score_lead(
     return Score(tuple(groups), tuple(items), total, table.category(total), tuple(capped))
 
 
-class _Behaviour:
-    """The lead's Tasks logged by people and its campaign responses within the window
-    (``since`` to ``day``), each gathered once per lead, when a row first asks, for all the
-    rows that read them."""
+def _behaviour(
+    source: str, lead: Record, snapshot: Snapshot, since: dt.date, day: dt.date, org: OrgMapping
+) -> tuple[Record, ...]:
+    """The lead's Tasks logged by people (``source`` Task) or its campaign responses, dated
+    within the window (``since`` to ``day``)."""
+    if source == schema.TASK:
+        return tuple(
+            t
+            for t in snapshot.tasks_for(lead.id)
+            if not task_key(t, org)
+            and _within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE), since, day)
+        )
+    return tuple(
+        m
+        for m in snapshot.children(schema.CAMPAIGN_MEMBER, schema.LEAD_ID, lead.id)
+        if m.flag("HasResponded")
+        and _within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE), since, day)
+    )
 
-    __slots__ = ("_responses", "_tasks", "day", "lead", "org", "since", "snapshot")
 
-    def __init__(
-        self, lead: Record, snapshot: Snapshot, since: dt.date, day: dt.date, org: OrgMapping
-    ) -> None:
-        self.lead, self.snapshot, self.since, self.day, self.org = lead, snapshot, since, day, org
-        self._tasks: tuple[Record, ...] | None = None
-        self._responses: tuple[Record, ...] | None = None
-
-    def tasks(self) -> tuple[Record, ...]:
-        if self._tasks is None:
-            self._tasks = tuple(
-                t
-                for t in self.snapshot.tasks_for(self.lead.id)
-                if not task_key(t, self.org)
-                and self.within(t.date(schema.ACTIVITY_DATE) or t.date(schema.CREATED_DATE))
-            )
-        return self._tasks
-
-    def responses(self) -> tuple[Record, ...]:
-        if self._responses is None:
-            self._responses = tuple(
-                m
-                for m in self.snapshot.children(
-                    schema.CAMPAIGN_MEMBER, schema.LEAD_ID, self.lead.id
-                )
-                if m.flag("HasResponded")
-                and self.within(m.date("FirstRespondedDate") or m.date(schema.CREATED_DATE))
-            )
-        return self._responses
-
-    def within(self, when: dt.date | None) -> bool:
-        return when is not None and self.since <= when <= self.day
+def _within(when: dt.date | None, since: dt.date, day: dt.date) -> bool:
+    return when is not None and since <= when <= day
 
 
 @functools.cache
