@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(json.dumps({"scoring": score, "routing": leads, "sales": sales}))
     slow = args.score >= 100_000 and score["seconds"] > 10
-    failed = any(figure["status"] != "ok" for figure in (leads, sales))
+    # Record errors are the copies of the demo's deliberately malformed records (printed).
+    failed = any(figure["status"] not in ("ok", "ok, with errors") for figure in (leads, sales))
     return 1 if slow or failed else 0
 
 
