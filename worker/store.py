@@ -69,6 +69,7 @@ RUN_KILLED = "killed"  # its process died; a later run took its lease over
 RUN_LOCKED = "locked"  # refused: another run held the lock
 CHUNK = 500  # ids per IN (...) list: well under SQLite's 32,766 bound parameters
 RECONNECTS = 3  # attempts of one transaction whose connection dropped
+LEDGER_ROWS = 1000  # ledger and audit rows built and written per statement
 
 
 def database_url(target: str | Path) -> sa.URL:
@@ -519,8 +520,7 @@ class Store:
     def record_planned(self, actions: Sequence[Action], run_id: str, now: dt.datetime) -> None:
         """Enter new keys as planned; a key the ledger already holds keeps its status, and a
         still-open one (planned, conflict) takes the new plan's version of the action."""
-        rows = [_ledger_row(a, run_id, Outcome.PLANNED, now) for a in actions]
-        if not rows:
+        if not actions:
             return
         refresh = (
             LEDGER.update()
@@ -538,14 +538,21 @@ class Store:
         )
 
         def work(conn: Connection) -> None:
-            conn.execute(_insert(conn, LEDGER).on_conflict_do_nothing(), rows)
-            conn.execute(
-                refresh,
-                [
-                    {"k": r["key"], "r": run_id, "a": r["action"], "u": r["updated_at"]}
-                    for r in rows
-                ],
-            )
+            # One transaction, a statement pair per LEDGER_ROWS actions: the rows of a large
+            # plan are never all built at once.
+            for start in range(0, len(actions), LEDGER_ROWS):
+                rows = [
+                    _ledger_row(a, run_id, Outcome.PLANNED, now)
+                    for a in actions[start : start + LEDGER_ROWS]
+                ]
+                conn.execute(_insert(conn, LEDGER).on_conflict_do_nothing(), rows)
+                conn.execute(
+                    refresh,
+                    [
+                        {"k": r["key"], "r": run_id, "a": r["action"], "u": r["updated_at"]}
+                        for r in rows
+                    ],
+                )
 
         self.transaction(work)
 
@@ -553,12 +560,17 @@ class Store:
         """Before a write: the intent row in the audit and ``sent`` in the ledger, together."""
         if not actions:
             return
-        ledger = [_ledger_row(a, run_id, Outcome.SENT, now) for a in actions]
-        audit = [self._audit_row(run_id, now, "intent", a, Outcome.SENT, None) for a in actions]
+        self._run_org(run_id)  # read now: the audit rows below are built in the transaction
 
         def work(conn: Connection) -> None:
-            conn.execute(_upsert(conn, LEDGER), ledger)
-            conn.execute(AUDIT.insert(), audit)
+            for start in range(0, len(actions), LEDGER_ROWS):
+                chunk = actions[start : start + LEDGER_ROWS]
+                ledger = [_ledger_row(a, run_id, Outcome.SENT, now) for a in chunk]
+                conn.execute(_upsert(conn, LEDGER), ledger)
+                audit = [
+                    self._audit_row(run_id, now, "intent", a, Outcome.SENT, None) for a in chunk
+                ]
+                conn.execute(AUDIT.insert(), audit)
 
         self.transaction(work)
 
@@ -573,18 +585,24 @@ class Store:
         """After a write (or a decision not to write): ledger status + outcome audit row."""
         if not results:
             return
-        ledger, audit = [], []
-        for result in results:
-            result = dataclasses.replace(result, message=redact_value(result.message))
-            action = actions[result.key]
-            row = _ledger_row(action, run_id, result.outcome, now)
-            row.update(sf_id=result.sf_id, error_code=result.error_code, message=result.message)
-            ledger.append(row)
-            audit.append(self._audit_row(run_id, now, event, action, result.outcome, result))
+        self._run_org(run_id)  # read now: the audit rows below are built in the transaction
 
         def work(conn: Connection) -> None:
-            conn.execute(_upsert(conn, LEDGER), ledger)
-            conn.execute(AUDIT.insert(), audit)
+            for start in range(0, len(results), LEDGER_ROWS):
+                ledger, audit = [], []
+                for result in results[start : start + LEDGER_ROWS]:
+                    result = dataclasses.replace(result, message=redact_value(result.message))
+                    action = actions[result.key]
+                    row = _ledger_row(action, run_id, result.outcome, now)
+                    row.update(
+                        sf_id=result.sf_id, error_code=result.error_code, message=result.message
+                    )
+                    ledger.append(row)
+                    audit.append(
+                        self._audit_row(run_id, now, event, action, result.outcome, result)
+                    )
+                conn.execute(_upsert(conn, LEDGER), ledger)
+                conn.execute(AUDIT.insert(), audit)
 
         self.transaction(work)
 
