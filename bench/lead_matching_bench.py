@@ -54,17 +54,13 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sop004_bench import only  # noqa: E402
+from bench.sop004_bench import demo_pipeline, only  # noqa: E402
 from tests.salesforce import demo_seed  # noqa: E402
 from tests.salesforce.fakeorg import FakeOrg  # noqa: E402
-from tests.salesforce.sfhelpers import make_client  # noqa: E402
 from worker.actions import MergeRecords, UpdateRecord  # noqa: E402
 from worker.mapping import LoadedMapping, load_mapping  # noqa: E402
-from worker.pipeline import Pipeline  # noqa: E402
 from worker.records import Record, Snapshot  # noqa: E402
-from worker.rules import ALL_RULES, Evaluation, evaluate_rule, rule_models, runnable  # noqa: E402
-from worker.salesforce.sink import SalesforceSink  # noqa: E402
-from worker.salesforce.source import SalesforceSource  # noqa: E402
+from worker.rules import ALL_RULES, Evaluation, evaluate_rule, rule_models  # noqa: E402
 from worker.store import Store  # noqa: E402
 
 RULE = next(r for r in ALL_RULES if r.id == "lead_dedupe")
@@ -475,18 +471,7 @@ def calls(mapping: LoadedMapping, leads: int, groups: int, folder: Path) -> dict
     bench = dataclasses.replace(bench, rules={**bench.rules, "lead_dedupe": dedupe})
     out: dict[str, Any] = {"leads": leads, "groups": groups, "runs": []}
     with FakeOrg(daily_limit=1_000_000) as org, Store.open(folder / "calls.db") as store:
-        demo_seed.seed(org)
-        org.now = dt.datetime.combine(demo_seed.as_of(), dt.time(15), dt.UTC)
-        client = make_client(org)
-        pipeline = Pipeline(
-            store=store,
-            source=SalesforceSource(client),
-            sink=SalesforceSink(client, task_key_field=bench.common.org.task_key_field),
-            ledger=store,
-            mapping=bench,
-            rules=runnable(ALL_RULES, bench),
-            clock=lambda: org.now,
-        )
+        pipeline = demo_pipeline(org, store, bench, demo_seed.as_of())
         pipeline.run("settle", demo_seed.as_of())
         org.now += dt.timedelta(minutes=30)
         rng = random.Random(5)

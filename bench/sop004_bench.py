@@ -167,24 +167,30 @@ def only(mapping: LoadedMapping, rule_ids: tuple[str, ...]) -> LoadedMapping:
     return dataclasses.replace(mapping, rules=rules)
 
 
+def demo_pipeline(org: FakeOrg, store: Store, bench: LoadedMapping, day: dt.date) -> Pipeline:
+    """The real pipeline over the fake org seeded with the demo org, its clock at 15:00 on
+    ``day``: source, sink, ``store`` as cache, ledger and audit, the mapping's rules."""
+    demo_seed.seed(org)
+    org.now = dt.datetime.combine(day, dt.time(15), dt.UTC)
+    client = make_client(org)
+    return Pipeline(
+        store=store,
+        source=SalesforceSource(client),
+        sink=SalesforceSink(client, task_key_field=bench.common.org.task_key_field),
+        ledger=store,
+        mapping=bench,
+        rules=runnable(ALL_RULES, bench),
+        clock=lambda: org.now,
+    )
+
+
 def calls_for_changes(
     mapping: LoadedMapping, rule_ids: tuple[str, ...], files: tuple[str, ...], sobject: str,
     changed: int, folder: Path,
 ) -> dict[str, Any]:  # fmt: skip
     bench = only(mapping, rule_ids)
     with FakeOrg() as org, Store.open(folder / f"{sobject}.db") as store:
-        demo_seed.seed(org)
-        org.now = dt.datetime.combine(DAY, dt.time(15), dt.UTC)
-        client = make_client(org)
-        pipeline = Pipeline(
-            store=store,
-            source=SalesforceSource(client),
-            sink=SalesforceSink(client, task_key_field=bench.common.org.task_key_field),
-            ledger=store,
-            mapping=bench,
-            rules=runnable(ALL_RULES, bench),
-            clock=lambda: org.now,
-        )
+        pipeline = demo_pipeline(org, store, bench, DAY)
         pipeline.run("settle", DAY)
         org.now += dt.timedelta(minutes=30)  # past the read's overlap window
         added = 0
