@@ -23,7 +23,7 @@ from worker.actions import Action, AddCaseComment, CloseRecord, Outcome, UpdateR
 from worker.findings import Finding, FindingKind, Severity
 from worker.mapping import LoadedMapping
 from worker.pipeline import Explanation
-from worker.plan import PLAN_CSV_COLUMNS, Plan
+from worker.plan import PLAN_CSV_COLUMNS, Plan, Skip
 from worker.rules.base import Rule
 from worker.store import ActionOutcome, AuditRow
 
@@ -155,6 +155,18 @@ def print_plan(plan: Plan, console: Console) -> None:
     _print_left_out(plan, console)
 
 
+def _left_out_table(title: str, skips: Sequence[Skip]) -> Table:
+    """Actions left out of a plan: the record, the rule, the change it would make, why."""
+    table = Table(title=title, expand=True)
+    for name in ("Record", "Rule", "Change", "Why"):
+        table.add_column(name, overflow="fold")
+    for s in skips:
+        table.add_row(
+            s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
+        )
+    return table
+
+
 def _print_left_out(plan: Plan, console: Console) -> None:
     if plan.skipped:
         skipped = Table(title="Skipped (missed while the worker was not running)", expand=True)
@@ -168,35 +180,13 @@ def _print_left_out(plan: Plan, console: Console) -> None:
                 s.action.reason,
             )
         console.print(skipped)
-    if plan.superseded:
-        lost = Table(title="Superseded (a stronger rule acts on the same record)", expand=True)
-        for name in ("Record", "Rule", "Change", "Why"):
-            lost.add_column(name, overflow="fold")
-        for s in plan.superseded:
-            lost.add_row(
-                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
-            )
-        console.print(lost)
-    if plan.deferred:
-        later = Table(
-            title="Deferred to the next run (another rule writes the records)", expand=True
-        )
-        for name in ("Record", "Rule", "Change", "Why"):
-            later.add_column(name, overflow="fold")
-        for s in plan.deferred:
-            later.add_row(
-                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
-            )
-        console.print(later)
-    if plan.suppressed:
-        held = Table(title="Suppressed (the person may not be called or emailed)", expand=True)
-        for name in ("Record", "Rule", "Change", "Why"):
-            held.add_column(name, overflow="fold")
-        for s in plan.suppressed:
-            held.add_row(
-                s.action.target.name or s.action.target.id, s.action.rule, s.action.summary(), s.why
-            )
-        console.print(held)
+    for title, skips in (
+        ("Superseded (a stronger rule acts on the same record)", plan.superseded),
+        ("Deferred to the next run (another rule writes the records)", plan.deferred),
+        ("Suppressed (the person may not be called or emailed)", plan.suppressed),
+    ):
+        if skips:
+            console.print(_left_out_table(title, skips))
     if plan.errors:
         errors = Table(
             title="Records that could not be evaluated (skipped, nothing written)", expand=True

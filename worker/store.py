@@ -540,11 +540,8 @@ class Store:
         def work(conn: Connection) -> None:
             # One transaction, a statement pair per LEDGER_ROWS actions: the rows of a large
             # plan are never all built at once.
-            for start in range(0, len(actions), LEDGER_ROWS):
-                rows = [
-                    _ledger_row(a, run_id, Outcome.PLANNED, now)
-                    for a in actions[start : start + LEDGER_ROWS]
-                ]
+            for chunk in _chunks(actions, LEDGER_ROWS):
+                rows = [_ledger_row(a, run_id, Outcome.PLANNED, now) for a in chunk]
                 conn.execute(_insert(conn, LEDGER).on_conflict_do_nothing(), rows)
                 conn.execute(
                     refresh,
@@ -563,8 +560,7 @@ class Store:
         self._run_org(run_id)  # read now: the audit rows below are built in the transaction
 
         def work(conn: Connection) -> None:
-            for start in range(0, len(actions), LEDGER_ROWS):
-                chunk = actions[start : start + LEDGER_ROWS]
+            for chunk in _chunks(actions, LEDGER_ROWS):
                 ledger = [_ledger_row(a, run_id, Outcome.SENT, now) for a in chunk]
                 conn.execute(_upsert(conn, LEDGER), ledger)
                 audit = [
@@ -588,9 +584,9 @@ class Store:
         self._run_org(run_id)  # read now: the audit rows below are built in the transaction
 
         def work(conn: Connection) -> None:
-            for start in range(0, len(results), LEDGER_ROWS):
+            for chunk in _chunks(results, LEDGER_ROWS):
                 ledger, audit = [], []
-                for result in results[start : start + LEDGER_ROWS]:
+                for result in chunk:
                     result = dataclasses.replace(result, message=redact_value(result.message))
                     action = actions[result.key]
                     row = _ledger_row(action, run_id, result.outcome, now)
@@ -1102,55 +1098,73 @@ class _StoredRecords(Mapping[str, Sequence[Record]]):
 _COLUMNS = {schema.WHAT_ID: "what_id", schema.WHO_ID: "who_id", schema.PARENT_ID: "parent_id"}
 
 
-def _may_hold(backend: str, name: str, values: Sequence[str]) -> sa.ColumnElement[bool] | None:
-    """SQL true for a record whose field ``name`` is text among ``values``, or is a value
-    of another kind than text or null (a number, a checkbox, a nested record: left for
-    Python to judge); None for a name that is no field path."""
+@dataclass(frozen=True)
+class _JsonField:
+    """One field path of a record's raw JSON in SQL: its JSON type (``text`` names a
+    string, ``empty`` null) and its value as text."""
+
+    kind: sa.ColumnElement[Any]
+    value: sa.ColumnElement[Any]
+    text: str
+    empty: str = "null"
+
+
+def _json_field(backend: str, name: str) -> _JsonField | None:
+    """``name`` (``Owner.Name``) read from the raw JSON; None for a name that is no path."""
     if not _PATH.fullmatch(name):
         return None
     parts = name.split(".")
     if backend == "postgresql":
         path = sa.literal(parts, postgresql.ARRAY(sa.Text))
-        kind = sa.func.jsonb_typeof(RECORDS.c.raw.op("#>")(path))
-        text = RECORDS.c.raw.op("#>>", return_type=sa.Text)(path)
-        other = kind.not_in(["string", "null"])
-        return sa.or_(sa.and_(kind == "string", text.in_(list(values))), other)
+        return _JsonField(
+            sa.func.jsonb_typeof(RECORDS.c.raw.op("#>")(path)),
+            RECORDS.c.raw.op("#>>", return_type=sa.Text)(path),
+            "string",
+        )
     json_path = "$." + ".".join(f'"{p}"' for p in parts)
-    of_kind = sa.func.json_type(RECORDS.c.raw, json_path)
-    value = sa.func.json_extract(RECORDS.c.raw, json_path)
-    held = sa.or_(
-        sa.and_(of_kind == "text", value.in_(list(values))), of_kind.not_in(["text", "null"])
+    return _JsonField(
+        sa.func.json_type(RECORDS.c.raw, json_path),
+        sa.func.json_extract(RECORDS.c.raw, json_path),
+        "text",
     )
-    # A damaged row (not JSON) is read, to be reported as unreadable: json_type raises on it.
-    return sa.case((sa.func.json_valid(RECORDS.c.raw) == 1, held), else_=sa.true())
+
+
+def _readable(
+    backend: str, expression: sa.ColumnElement[Any], damaged: Any
+) -> sa.ColumnElement[Any]:
+    """``expression`` on a row SQLite can read as JSON, ``damaged`` on one it cannot
+    (``json_type`` raises on it); PostgreSQL's JSONB holds JSON only."""
+    if backend == "postgresql":
+        return expression
+    return sa.case((sa.func.json_valid(RECORDS.c.raw) == 1, expression), else_=damaged)
+
+
+def _may_hold(backend: str, name: str, values: Sequence[str]) -> sa.ColumnElement[bool] | None:
+    """SQL true for a record whose field ``name`` is text among ``values``, or is a value
+    of another kind than text or null (a number, a checkbox, a nested record: left for
+    Python to judge); None for a name that is no field path. A damaged row is read, to be
+    reported as unreadable."""
+    found = _json_field(backend, name)
+    if found is None:
+        return None
+    held = sa.or_(
+        sa.and_(found.kind == found.text, found.value.in_(list(values))),
+        found.kind.not_in([found.text, found.empty]),
+    )
+    return _readable(backend, held, sa.true())
 
 
 def _lookup_value(backend: str, lookup_field: str) -> sa.ColumnElement[Any] | None:
     """The SQL for a record's ``lookup_field`` as text (NULL when it is no string): its
-    column, or the field read from the raw JSON; None for a name that is no field path."""
+    column, or the field read from the raw JSON; None for a name that is no field path. A
+    damaged row reads as NULL."""
     if lookup_field in _COLUMNS:
         return RECORDS.c[_COLUMNS[lookup_field]]
-    if not _PATH.fullmatch(lookup_field):
+    found = _json_field(backend, lookup_field)
+    if found is None:
         return None
-    parts = lookup_field.split(".")
-    if backend == "postgresql":
-        path = sa.literal(parts, postgresql.ARRAY(sa.Text))
-        node = RECORDS.c.raw.op("#>")(path)
-        return sa.case(
-            (
-                sa.func.jsonb_typeof(node) == "string",
-                RECORDS.c.raw.op("#>>", return_type=sa.Text)(path),
-            )
-        )
-    json_path = "$." + ".".join(f'"{p}"' for p in parts)
-    text = sa.case(
-        (
-            sa.func.json_type(RECORDS.c.raw, json_path) == "text",
-            sa.func.json_extract(RECORDS.c.raw, json_path),
-        )
-    )
-    # A damaged row (not JSON) must not fail the query: json_type would raise on it.
-    return sa.case((sa.func.json_valid(RECORDS.c.raw) == 1, text))
+    text = sa.case((found.kind == found.text, found.value))
+    return _readable(backend, text, None)
 
 
 def _ordered_id(backend: str) -> sa.ColumnElement[str]:
@@ -1355,9 +1369,9 @@ def _statuses(conn: Connection, keys: Sequence[str]) -> dict[str, Outcome]:
     return out
 
 
-def _chunks(items: list[T]) -> Iterator[list[T]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _loaded(raw: Any) -> Any:

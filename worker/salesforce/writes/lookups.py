@@ -33,9 +33,8 @@ from worker.salesforce.writes.state import (
 def current_state(ctx: WriteContext, targets: Sequence[RecordRef]) -> Mapping[str, TargetState]:
     """Each target's SystemModstamp now, with ``IsClosed``/``IsConverted`` where its
     object has them: one query per object and :data:`STAMP_IDS_PER_QUERY` Ids, five
-    queries a call. A target
-    missing from the answer is deleted. Converted Leads seen here are remembered, so no
-    update is sent to them."""
+    queries a call. A target missing from the answer is deleted. Converted Leads seen here
+    are remembered, so no update is sent to them."""
     soqls = [
         select(
             Select(
