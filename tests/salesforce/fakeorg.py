@@ -1259,7 +1259,13 @@ class FakeOrg:
     def _matching(self, q: Query, all_rows: bool) -> list[str]:
         ids = []
         keyed = []
-        for record in self._iter(q.sobject):
+        name = self._schema_name(q.sobject)
+        rows = (
+            self._iter(q.sobject)
+            if q.ids is None
+            else (r for rid in sorted(q.ids) if (r := self._load(name, rid)) is not None)
+        )
+        for record in rows:
             if record.get("IsDeleted") and not all_rows:
                 continue
             if q.where is not None and not q.where(record):
@@ -2336,8 +2342,8 @@ class FakeOrg:
         synth = self.synthetic.get(sobject)
         if (
             synth is not None
-            and rid.startswith(PREFIXES.get(sobject, "a00"))
             and _is_synthetic_id(rid, synth.count)
+            and rid == self.synthetic_id(sobject, int(rid[3:15]))
         ):
             return self._make(sobject, synth, int(rid[3:15]), rid)
         return None

@@ -135,6 +135,10 @@ class Query:
     where_fields: tuple[str, ...]
     order_by: tuple[tuple[str, bool], ...]  # (field, descending)
     limit: int | None
+    # The Ids the WHERE clause can match, when it names them (``Id IN (...)`` or ``Id = ...``
+    # on its top-level AND): the rows looked up by Id, as Salesforce's index on Id finds
+    # them, instead of every row of the object tested.
+    ids: frozenset[str] | None = None
 
 
 def get_path(record: Mapping[str, Any], path: str) -> Any:
@@ -210,6 +214,7 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.where_fields: list[str] = []
+        self.ids: dict[int, frozenset[str]] = {}  # id() of a predicate: the Ids it can match
 
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -264,20 +269,36 @@ class _Parser:
             limit = tok.value
         if self.peek() is not None:
             raise SoqlError("MALFORMED_QUERY", f"unexpected token: {self.peek().text!r}")  # type: ignore[union-attr]
-        return Query(sobject, tuple(fields), where, tuple(self.where_fields), tuple(order), limit)
+        ids = self.ids.get(id(where)) if where is not None else None
+        return Query(
+            sobject, tuple(fields), where, tuple(self.where_fields), tuple(order), limit, ids
+        )
+
+    def _keyed(self, pred: Predicate, ids: frozenset[str] | None) -> Predicate:
+        if ids is not None:
+            self.ids[id(pred)] = ids
+        return pred
 
     def expr(self) -> Predicate:
         left = self.term()
         while self.accept("kw", "OR"):
             right = self.term()
-            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
+            one, other = self.ids.get(id(left)), self.ids.get(id(right))
+            left = self._keyed(
+                (lambda a, b: lambda r: a(r) or b(r))(left, right),
+                one | other if one is not None and other is not None else None,
+            )
         return left
 
     def term(self) -> Predicate:
         left = self.factor()
         while self.accept("kw", "AND"):
             right = self.factor()
-            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+            known = [k for k in (self.ids.get(id(left)), self.ids.get(id(right))) if k is not None]
+            left = self._keyed(
+                (lambda a, b: lambda r: a(r) and b(r))(left, right),
+                frozenset.intersection(*known) if known else None,
+            )
         return left
 
     def factor(self) -> Predicate:
@@ -306,8 +327,9 @@ class _Parser:
             among = _membership(self.values())
             return lambda r: not among(get_path(r, name))
         if self.accept("kw", "IN"):
-            among = _membership(self.values())
-            return lambda r: among(get_path(r, name))
+            vals = self.values()
+            among = _membership(vals)
+            return self._keyed(lambda r: among(get_path(r, name)), _id_values(name, vals))
         if self.accept("kw", "LIKE"):
             tok = self.take("value")
             if not isinstance(tok.value, str):
@@ -316,6 +338,7 @@ class _Parser:
             return lambda r: _like(get_path(r, name), pattern)
         op = self.take("op").text
         literal = self.take("value").value
+        ids = _id_values(name, [literal]) if op == "=" else None
 
         def check(r: Mapping[str, Any]) -> bool:
             left, right = _comparable(get_path(r, name), literal)
@@ -329,7 +352,14 @@ class _Parser:
                 {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right}[op]
             )
 
-        return check
+        return self._keyed(check, ids)
+
+
+def _id_values(name: str, values: list[Any]) -> frozenset[str] | None:
+    """The Ids a comparison on ``Id`` names (None: another field, or not all text)."""
+    if name.lower() != "id" or not all(isinstance(v, str) for v in values):
+        return None
+    return frozenset(values)
 
 
 def parse(text: str) -> Query:

@@ -129,6 +129,39 @@ def test_synthetic_records_are_made_on_demand(org: FakeOrg) -> None:
     assert [r["LastName"] for r in org.of("Lead")] == ["S0", "S1", "S2", "edited", "S4"]
 
 
+def test_a_query_naming_ids_reads_only_those_rows_and_answers_as_a_scan_would(
+    org: FakeOrg,
+) -> None:
+    made: list[int] = []
+
+    def make(i: int, rid: str) -> dict[str, Any]:
+        made.append(i)
+        return {"LastName": f"S{i % 3}", "SystemModstamp": "2026-11-01T00:00:00.000+0000"}
+
+    org.add_synthetic("Lead", 1000, make)
+    ids = [org.synthetic_id("Lead", i) for i in (7, 8, 9, 500)]
+    org.edit(ids[0], IsDeleted=True)
+    listed = ", ".join(f"'{i}'" for i in [*ids, "00Q000000000000ZZZ"])
+
+    def names(where: str, resource: str = "query") -> list[str]:
+        soql = f"SELECT Id, LastName FROM Lead WHERE {where} ORDER BY Id"  # noqa: S608
+        body = call(org, "GET", f"{V}/{resource}/", params={"q": soql}).json()
+        return [r["Id"] for r in body["records"]]
+
+    made.clear()
+    # Looked up by Id (the deleted one only through queryAll), the other terms still apply.
+    assert names(f"Id IN ({listed}) AND LastName = 'S2'") == [ids[1], ids[3]]
+    assert names(f"Id IN ({listed})", "queryAll") == ids
+    assert names(f"Id = '{ids[3]}' OR (Id IN ({listed}) AND LastName != 'S2')") == ids[2:]
+    assert len(made) < 30  # the rows named (each made again to be answered), not a thousand
+    # An OR with a term on another field can match any row: every row is tested.
+    assert names(f"Id IN ({listed}) OR LastName = 'S1'")[:2] == [
+        org.synthetic_id("Lead", 1),
+        org.synthetic_id("Lead", 4),
+    ]
+    assert len(made) > 1000
+
+
 @pytest.mark.parametrize("enhanced_email", [False, True], ids=["task-logged", "enhanced-email"])
 def test_emailsimple_logs_only_what_is_asked_to_be_logged(
     org: FakeOrg, enhanced_email: bool
