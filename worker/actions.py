@@ -11,12 +11,12 @@ Actions serialise to plain JSON (``to_dict``/``action_from_dict``) for plan file
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from functools import cached_property
 from typing import Any, ClassVar
+
+import orjson
 
 from worker.errors import ApiLimitError, AuthError, PlanFileError, StopRequested
 from worker.records import RecordRef
@@ -103,11 +103,12 @@ class Action:
         out["kind"] = self.kind.value
         return out
 
-    @cached_property
+    @property
     def json_text(self) -> str:
-        """:meth:`to_dict` as JSON text with sorted keys, made once: the ledger writes it at
-        each of an action's steps (planned, sent, its outcome)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """:meth:`to_dict` as compact JSON text with sorted keys (orjson: the ledger writes it
+        at each of an action's steps, planned, sent and its outcome). Made each time, never
+        kept: a plan of 20,000 actions would otherwise hold 16 MB of it through the apply."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
 
 
 @dataclass(frozen=True, kw_only=True)

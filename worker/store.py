@@ -879,7 +879,7 @@ class Store:
 # a larger one is streamed from the store a page at a time.
 WHOLE_ROWS = 10_000
 STREAM_PAGE = 2000
-RECENT = 5000  # decoded records of streamed objects kept by Id (get, children)
+RECENT = 1000  # decoded records of streamed objects kept by Id (get, children)
 _PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 
 
