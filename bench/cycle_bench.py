@@ -20,7 +20,8 @@ API calls are the fake org's own count (``FakeOrg.call_count``). The floor is th
 composite floor ceil(P/5) + ceil(W/5): P query pages of 2,000 rows over the objects read,
 W write chunks of 200 per object and operation. ``idle`` is the cycle after the run (it
 reads the worker's own writes back: new to the cache), ``idle_2`` the one after it, with
-the org unchanged. Peak RSS is each process's own (``wait4``). The last line is one JSON
+the org unchanged. Peak RSS is each process's own (``wait4``). The worker's seconds per step
+are its run summary's ``phase_seconds``. The last line is one JSON
 object: per size, both sides' figures and the reasons the worker's calls exceed the floor.
 """
 
@@ -286,6 +287,7 @@ def bench_size(n: int, latency: float, folder: Path, soqls: list[str]) -> dict[s
     actions = worker.pop("actions")
     summary = worker.pop("summary")
     bound = floor(n, len(soqls), actions)
+    phases = summary.get("phase_seconds") or {}
     idle = idle_floor()
     return {
         "records": n,
@@ -303,6 +305,14 @@ def bench_size(n: int, latency: float, folder: Path, soqls: list[str]) -> dict[s
             "run_api_calls_counted": summary.get("api_calls"),
             # The plan's price of its apply, beside the calls the apply made.
             "apply_calls": summary.get("apply_calls"),
+            # Where the run's seconds went (the run's own summary), and the local work's
+            # rates: cached records the plan step decided on per second, the ledger's and
+            # audit's bookkeeping per 1,000 actions.
+            "phase_seconds": phases,
+            "plan_records_per_s": round(n / phases["plan"]) if phases.get("plan") else None,
+            "ledger_s_per_1000_actions": (
+                round(phases.get("ledger", 0.0) * 1000 / len(actions), 3) if actions else None
+            ),
         },
         "script": {
             "calls": script["run"]["calls"],
@@ -336,7 +346,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{s['calls']} (floor {result['floor']}); wall {w['wall_s']} / {s['wall_s']} s; "
                 f"peak RSS {w['peak_rss_mb']} / {s['peak_rss_mb']} MB; idle cycle "
                 f"{w['idle_calls']} (then {w['idle_2_calls']}) / {s['idle_calls']} calls; "
-                f"apply priced {priced.get('estimated')} / made {priced.get('made')} calls",
+                f"apply priced {priced.get('estimated')} / made {priced.get('made')} calls; "
+                f"plan step {w['plan_records_per_s']} records/s, ledger "
+                f"{w['ledger_s_per_1000_actions']} s per 1,000 actions",
                 flush=True,
             )
     print(json.dumps({"latency_s": args.latency, "sizes": results}))

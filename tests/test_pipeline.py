@@ -8,6 +8,8 @@ the run's status; and when two rules want the same record, the plan says which r
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -132,6 +134,23 @@ def test_reserve_reached_mid_batch_stops_and_the_next_run_finishes(app: App) -> 
     assert run_status(app, "r2") == "ok, with errors"  # the demo org's malformed records
     assert set(sink.written) == planned
     assert max(sink.written.values()) == 1  # each key written once across both runs
+
+
+def test_the_summary_says_where_the_cycles_seconds_went(app: App) -> None:
+    class SlowSink(FlakySink):
+        def write(self, actions: Sequence[Action]) -> list[ActionResult]:
+            time.sleep(0.2)
+            return super().write(actions)
+
+    assert isinstance(app.pipeline.sink, LocalOrg)
+    app.pipeline.sink = SlowSink(app.pipeline.sink)
+    report = app.pipeline.run("r1", AS_OF)
+    stored = next(r for r in app.store.runs() if r["run_id"] == "r1")
+    phases = json.loads(stored["summary"])["phase_seconds"]
+    assert set(phases) == {"reconcile", "pull", "plan", "apply", "ledger", "write"}
+    assert phases["write"] >= 0.2  # the sink's time, inside the apply's with the ledger's
+    assert phases["apply"] >= phases["write"] + phases["ledger"] - 0.002
+    assert sum(phases[p] for p in ("reconcile", "pull", "plan", "apply")) <= report.seconds
 
 
 def test_a_stop_during_a_write_batch_lets_it_finish_and_starts_no_other(

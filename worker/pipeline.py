@@ -131,6 +131,18 @@ class RunReport:
     org: OrgIdentity | None = None
     rules_digest: str | None = None  # the rules and settings it evaluated with
     evaluated_to: dt.datetime | None = None  # the newest cached stamp when it evaluated
+    # Seconds per step of the cycle (reconcile, pull, plan, apply) and, within the apply,
+    # in the ledger's bookkeeping and in the sink's writes: where a slow cycle spends them.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            spent = time.monotonic() - started
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + spent
 
     def stop(self, reason: str, message: str) -> None:
         if self.stop_reason is None:
@@ -184,6 +196,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "rules_digest": self.rules_digest,
             "evaluated_to": self.evaluated_to.isoformat() if self.evaluated_to else None,
+            "phase_seconds": {k: round(v, 3) for k, v in self.phase_seconds.items()},
         }
 
 
@@ -542,7 +555,8 @@ class Pipeline:
     def apply(self, plan: Plan, report: RunReport) -> None:
         calls_before = self.sink.api_calls()
         try:
-            self._apply(plan, report)
+            with report.timed("apply"):
+                self._apply(plan, report)
         finally:
             report.apply_calls = self.sink.api_calls() - calls_before
 
@@ -567,7 +581,8 @@ class Pipeline:
         # Still ``sent`` after reconcile: an email that may still go out; never sent twice.
         done = (Outcome.APPLIED, Outcome.SKIPPED, Outcome.SENT)
         todo = [a for a in plan.actions if status.get(a.key) not in done]
-        self.ledger.record_planned(todo, report.run_id, now)
+        with report.timed("ledger"):
+            self.ledger.record_planned(todo, report.run_id, now)
         report.apply_calls_estimated = self.estimate_calls(todo)
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
@@ -579,9 +594,11 @@ class Pipeline:
                 self._stopped_applying(report, StopRequested().message, len(todo) - start)
                 return
             start += len(batch)
-            self.ledger.mark_sent(batch, report.run_id, self.clock())
+            with report.timed("ledger"):
+                self.ledger.mark_sent(batch, report.run_id, self.clock())
             try:
-                results = self.sink.write(batch)
+                with report.timed("write"):
+                    results = self.sink.write(batch)
             except (ApiLimitError, AuthError, StopRequested) as exc:
                 # Raised before anything of this batch went out: plan it again next run.
                 results = [
@@ -590,7 +607,8 @@ class Pipeline:
                     )
                     for a in batch
                 ]
-            self.ledger.record_results(by_key, results, report.run_id, self.clock())
+            with report.timed("ledger"):
+                self.ledger.record_results(by_key, results, report.run_id, self.clock())
             self._count(results, by_key, report)
             lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
             not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
@@ -683,10 +701,13 @@ class Pipeline:
         run_start = self.clock()
         with self._recorded(report, "dry-run" if dry_run else "run", run_start):
             self._record_org(report)
-            self.reconcile(report)
+            with report.timed("reconcile"):
+                self.reconcile(report)
             if pull:
-                self.pull(report, run_start)
-            plan = self.plan(as_of, report)
+                with report.timed("pull"):
+                    self.pull(report, run_start)
+            with report.timed("plan"):
+                plan = self.plan(as_of, report)
             report.plan = plan
             report.record_errors += len(plan.errors)
             for problem in plan.errors:
