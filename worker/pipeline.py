@@ -48,6 +48,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -587,46 +588,71 @@ class Pipeline:
         todo = self._drop_conflicts(todo, report)
         by_key = {a.key: a for a in todo}
         lost: list[Action] = []
-        start = 0
-        for batch in _batches(todo, WRITE_BATCH):
-            if self.stop.is_set():
-                # Left planned in the ledger: the next run plans and sends them.
-                self._stopped_applying(report, StopRequested().message, len(todo) - start)
-                return
-            start += len(batch)
-            with report.timed("ledger"):
-                self.ledger.mark_sent(batch, report.run_id, self.clock())
+        batches = list(_batches(todo, WRITE_BATCH))
+        left = len(todo)  # not yet sent
+        if batches and self.stop.is_set():
+            # Left planned in the ledger: the next run plans and sends them.
+            self._stopped_applying(report, StopRequested().message, left)
+            return
+        # The next batch is written (in a thread: the sink waits on the org) while the last
+        # one's results are recorded here; its ``sent`` rows are recorded before it goes,
+        # and only the last batch's results are ever unrecorded when it does. The store
+        # is used from this thread alone.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply-write") as pool:
+            sending = self._send(pool, batches[0], report) if batches else None
+            for i, batch in enumerate(batches):
+                assert sending is not None
+                results = sending.result()
+                left -= len(batch)
+                not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
+                stop = bool(not_sent) or self.stop.is_set()
+                more = i + 1 < len(batches) and not stop
+                sending = self._send(pool, batches[i + 1], report) if more else None
+                with report.timed("ledger"):
+                    self.ledger.record_results(by_key, results, report.run_id, self.clock())
+                self._count(results, by_key, report)
+                lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
+                written = len(todo) - left - len(not_sent)
+                self._report_progress(report, "write", written, len(todo), written)
+                if not_sent:
+                    # The sink stopped (API reserve reached, session lost, stop requested):
+                    # start nothing new.
+                    first = not_sent[0]
+                    self._stopped_applying(
+                        report,
+                        first.message or "",
+                        left + len(not_sent),
+                        first.error_code or STOPPED_API_LIMIT,
+                    )
+                    return
+                if stop and left:
+                    # Left planned in the ledger: the next run plans and sends them.
+                    self._stopped_applying(report, StopRequested().message, left)
+                    return
+        self._finish_lost(lost, report)
+
+    def _send(
+        self, pool: ThreadPoolExecutor, batch: list[Action], report: RunReport
+    ) -> Future[list[ActionResult]]:
+        """Record ``batch`` as sent (the intent, in the audit too), then write it in
+        ``pool``'s thread. A stop or an exhausted session raised before anything of it went
+        out answers every action ``planned``: the next run plans it again."""
+        with report.timed("ledger"):
+            self.ledger.mark_sent(batch, report.run_id, self.clock())
+
+        def write() -> list[ActionResult]:
             try:
                 with report.timed("write"):
-                    results = self.sink.write(batch)
+                    return self.sink.write(batch)
             except (ApiLimitError, AuthError, StopRequested) as exc:
-                # Raised before anything of this batch went out: plan it again next run.
-                results = [
+                return [
                     ActionResult(
                         a.key, Outcome.PLANNED, error_code=stop_code(exc), message=exc.message
                     )
                     for a in batch
                 ]
-            with report.timed("ledger"):
-                self.ledger.record_results(by_key, results, report.run_id, self.clock())
-            self._count(results, by_key, report)
-            lost += [by_key[r.key] for r in results if r.outcome is Outcome.SENT]
-            not_sent = [r for r in results if r.outcome is Outcome.PLANNED]
-            self._report_progress(
-                report, "write", start - len(not_sent), len(todo), start - len(not_sent)
-            )
-            if not_sent:
-                # The sink stopped (API reserve reached, session lost, stop requested): start
-                # nothing new.
-                first = not_sent[0]
-                self._stopped_applying(
-                    report,
-                    first.message or "",
-                    len(todo) - start + len(not_sent),
-                    first.error_code or STOPPED_API_LIMIT,
-                )
-                return
-        self._finish_lost(lost, report)
+
+        return pool.submit(contextvars.copy_context().run, write)
 
     @staticmethod
     def _stopped_applying(
